@@ -1,0 +1,34 @@
+"""Benchmark records and readers. ``load_benchmark(name, root, split)`` is the one entry point."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from composir.data.circo import load_circo
+from composir.data.cirr import load_cirr
+from composir.data.fashioniq import CATEGORIES, load_fashioniq
+from composir.data.records import Benchmark, GalleryItem, Triplet
+from composir.data.synthetic import load_synthetic
+from composir.data.webvid_covr import load_webvid_covr
+
+READERS: dict[str, Callable[..., Benchmark]] = {
+    "cirr": load_cirr,
+    "circo": load_circo,
+    "webvid-covr": load_webvid_covr,
+    "synthetic": load_synthetic,
+    **{f"fashioniq-{c}": partial(load_fashioniq, category=c) for c in CATEGORIES},
+}
+
+
+def load_benchmark(name: str, root: str | Path, split: str, **kwargs) -> Benchmark:
+    """Read a benchmark's annotations (never its pixels) into queries and a gallery."""
+    try:
+        reader = READERS[name]
+    except KeyError:
+        raise ValueError(f"unknown benchmark {name!r}; known: {sorted(READERS)}") from None
+    return reader(Path(root), split, **kwargs)
+
+
+__all__ = ["READERS", "Benchmark", "GalleryItem", "Triplet", "load_benchmark"]

@@ -1,0 +1,46 @@
+"""Backbones behind one ``Encoder`` interface, built by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from composir.encoders.base import Encoder
+
+_BUILDERS: dict[str, Callable[..., Encoder]] = {}
+
+
+def register_encoder(name: str):
+    def wrap(fn: Callable[..., Encoder]):
+        _BUILDERS[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_encoder("tiny")
+def _build_tiny(pretrained: str | None = None, config: dict[str, Any] | None = None) -> Encoder:
+    import torch
+
+    from composir.encoders.tiny import TinyConfig, TinyEncoder
+
+    encoder = TinyEncoder(TinyConfig(**(config or {})))
+    if pretrained:
+        from safetensors.torch import load_file
+
+        encoder.load_state_dict(load_file(pretrained))
+    encoder.to(torch.float32)
+    return encoder
+
+
+def build_encoder(name: str, pretrained: str | None = None, config: dict[str, Any] | None = None) -> Encoder:
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown encoder {name!r}; known: {sorted(_BUILDERS)}")
+    return _BUILDERS[name](pretrained=pretrained, config=config)
+
+
+def available_encoders() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+__all__ = ["Encoder", "available_encoders", "build_encoder", "register_encoder"]

@@ -1,0 +1,50 @@
+"""The one interface every backbone implements."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from PIL import Image
+from torch import nn
+
+
+class Encoder(nn.Module):
+    """Images/videos and texts to features.
+
+    ``frames`` are (B, T, 3, H, W) float tensors already preprocessed (an image is T=1).
+    ``encode_image``/``encode_text`` return pooled (B, D) features; ``encode_query`` fuses a
+    reference with a text where the backbone has a fusion module (the BLIP-2 Q-Former).
+    """
+
+    embed_dim: int
+    image_size: int
+    name: str = "encoder"
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        raise NotImplementedError
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_image(self, frames: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no multimodal fusion")
+
+    @property
+    def has_fusion(self) -> bool:
+        return type(self).encode_query is not Encoder.encode_query
+
+    def fingerprint(self) -> str:
+        """Hash of the architecture and weights: cached features from another model are refused."""
+        h = hashlib.sha256(type(self).__name__.encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(str(tuple(tensor.shape)).encode())
+            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes()[: 1 << 16])
+        return h.hexdigest()[:16]

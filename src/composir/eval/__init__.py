@@ -1,0 +1,1 @@
+"""Evaluation: metrics on ranked id lists, chunked ranking, test-server submission files."""

@@ -1,0 +1,211 @@
+"""Encode a benchmark's gallery once, rank every query in chunks, score with the benchmark's protocol."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from composir.data.media import load_media
+from composir.data.records import Benchmark, GalleryItem
+from composir.errors import MediaError
+from composir.eval import metrics as M
+from composir.eval.ranking import chunked_topk, rank_members
+
+log = logging.getLogger(__name__)
+
+
+class MediaDataset(Dataset):
+    """Preprocessed frames of media items; an unreadable item yields its error instead."""
+
+    def __init__(self, items: Sequence[GalleryItem], preprocess: Callable, num_frames: int):
+        self.items = items
+        self.preprocess = preprocess
+        self.num_frames = num_frames
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        item = self.items[index]
+        try:
+            if item.path is None:
+                raise MediaError(item.id, "no file path")
+            frames = load_media(item.path, self.num_frames, item.media_type)
+            return index, torch.stack([self.preprocess(f) for f in frames]), None
+        except MediaError as exc:
+            return index, None, str(exc)
+
+
+def _collate(batch):
+    good = [(i, x) for i, x, err in batch if err is None]
+    bad = [(i, err) for i, x, err in batch if err is not None]
+    if not good:
+        return torch.empty(0, dtype=torch.long), None, bad
+    return torch.tensor([i for i, _ in good]), torch.stack([x for _, x in good]), bad
+
+
+@dataclass
+class EncodedMedia:
+    features: torch.Tensor  # (n_ok, D), rows in ``ok_index`` order
+    ok_index: list[int]  # indices into the item list
+    failures: list[tuple[str, str]]  # (id, message)
+
+
+@torch.no_grad()
+def encode_media(
+    items: Sequence[GalleryItem],
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    preprocess: Callable,
+    num_frames: int = 8,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    desc: str = "encoding",
+) -> EncodedMedia:
+    loader = DataLoader(
+        MediaDataset(items, preprocess, num_frames), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+    )
+    feats, ok, failures = [], [], []
+    for index, frames, bad in tqdm(loader, desc=desc, unit="batch", leave=False):
+        failures.extend((items[i].id, err) for i, err in bad)
+        if frames is None:
+            continue
+        feats.append(encode(frames.to(device)).float().cpu())
+        ok.extend(index.tolist())
+    for item_id, err in failures:
+        log.warning("skipped %s: %s", item_id, err)
+    dim = feats[0].shape[1] if feats else 0
+    return EncodedMedia(torch.cat(feats) if feats else torch.empty(0, dim), ok, failures)
+
+
+@dataclass
+class EvalResult:
+    benchmark: str
+    split: str
+    metrics: dict[str, float]
+    query_ids: list[str]
+    ranked_ids: list[list[str]]
+    subset_ranked_ids: list[list[str]] | None
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    per_family: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "benchmark": self.benchmark,
+            "split": self.split,
+            "metrics": self.metrics,
+            "n_queries": len(self.query_ids),
+        }
+        if self.per_family:
+            out["per_family"] = self.per_family
+        if self.failures:
+            out["skipped_media"] = [{"id": i, "error": e} for i, e in self.failures]
+        return out
+
+
+def score(bench: Benchmark, ranked: list[list[str]], subset_ranked: list[list[str]] | None) -> dict[str, float]:
+    """The benchmark's official metrics from rankings (reference already removed where required)."""
+    queries = bench.queries
+    targets = [q.target_ids for q in queries]
+    if bench.protocol in ("cirr", "synthetic"):
+        return M.cirr_metrics(
+            ranked, subset_ranked, targets, [q.subset_ids or [] for q in queries], [q.reference_id for q in queries]
+        )
+    if bench.protocol == "fashioniq":
+        return {f"R@{k}": M.recall_at_k(ranked, targets, k) for k in (1, 5, 10, 50)}
+    if bench.protocol == "circo":
+        return M.circo_metrics(ranked, targets, [q.extra["target_img_id"] for q in queries])
+    return M.recall_metrics(ranked, targets)
+
+
+@torch.no_grad()
+def evaluate(
+    method,
+    bench: Benchmark,
+    *,
+    k: int = 50,
+    batch_size: int = 64,
+    num_frames: int = 8,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    query_chunk: int = 1024,
+    gallery_chunk: int = 65536,
+) -> EvalResult:
+    """Rank the gallery for every query of ``bench`` with ``method`` and score it."""
+    method.eval()
+    enc = method.encoder
+    common = dict(
+        preprocess=enc.preprocess, num_frames=num_frames, batch_size=batch_size, num_workers=num_workers, device=device
+    )
+    gallery = encode_media(bench.gallery, method.encode_target, desc="gallery", **common)
+    gallery_ids = [bench.gallery[i].id for i in gallery.ok_index]
+    position = {gid: row for row, gid in enumerate(gallery_ids)}
+
+    # Queries: reference frames fused with their texts, in batches.
+    refs = [bench.media_item(q.reference_id) for q in bench.queries]
+    tokens = enc.tokenize([q.text for q in bench.queries])
+    query_feats = torch.zeros(len(bench.queries), gallery.features.shape[1] if len(gallery_ids) else 1)
+    failures = list(gallery.failures)
+    dataset = MediaDataset(refs, enc.preprocess, num_frames)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    ok_query = torch.zeros(len(bench.queries), dtype=torch.bool)
+    for index, frames, bad in tqdm(loader, desc="queries", unit="batch", leave=False):
+        failures.extend((f"query {bench.queries[i].query_id}", err) for i, err in bad)
+        if frames is None:
+            continue
+        feats = method.encode_query(frames.to(device), tokens[index].to(device)).float().cpu()
+        query_feats[index] = feats
+        ok_query[index] = True
+
+    exclude = torch.full((len(bench.queries),), -1, dtype=torch.long)
+    if bench.exclude_reference:
+        for i, q in enumerate(bench.queries):
+            exclude[i] = position.get(q.reference_id, -1)
+    ranked: list[list[str]] = [[] for _ in bench.queries]
+    if len(gallery_ids):
+        _, index = chunked_topk(query_feats, gallery.features, k, exclude, query_chunk, gallery_chunk)
+        for i in range(len(bench.queries)):
+            if ok_query[i]:  # a query whose reference could not be read ranks nothing: a miss
+                ranked[i] = [gallery_ids[j] for j in index[i].tolist()]
+    subset_ranked = None
+    if any(q.subset_ids for q in bench.queries):
+        width = max(len(q.subset_ids or []) for q in bench.queries)
+        members = torch.tensor(
+            [
+                [position.get(m, -1) for m in (q.subset_ids or [])] + [-1] * (width - len(q.subset_ids or []))
+                for q in bench.queries
+            ]
+        )
+        order = rank_members(query_feats, gallery.features, members) if len(gallery_ids) else members
+        subset_ranked = [
+            [gallery_ids[j] for j in row if j >= 0] if ok_query[i] else [] for i, row in enumerate(order.tolist())
+        ]
+    metrics: dict[str, float] = {}
+    per_family: dict[str, dict[str, float]] = {}
+    if bench.has_targets and bench.queries:
+        metrics = score(bench, ranked, subset_ranked)
+        families = sorted({q.extra.get("family") for q in bench.queries if q.extra.get("family")})
+        for fam in families:
+            keep = [i for i, q in enumerate(bench.queries) if q.extra.get("family") == fam]
+            sub = Benchmark(
+                bench.name, bench.split, bench.root, [bench.queries[i] for i in keep], [], protocol=bench.protocol
+            )
+            per_family[fam] = score(
+                sub, [ranked[i] for i in keep], [subset_ranked[i] for i in keep] if subset_ranked else None
+            )
+    return EvalResult(
+        bench.name,
+        bench.split,
+        metrics,
+        [q.query_id for q in bench.queries],
+        ranked,
+        subset_ranked,
+        failures,
+        per_family,
+    )

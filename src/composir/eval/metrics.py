@@ -1,0 +1,114 @@
+"""Retrieval metrics as pure functions on ranked id lists.
+
+``ranked_ids[i]`` is query i's ranking (best first), already without the items the protocol
+removes (e.g. the reference). A query whose ground truth is absent from the gallery simply never
+hits: it stays in the denominator, as in the official scripts. All values are percentages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+Ranking = Sequence[str]
+
+
+def _check_lengths(ranked_ids: Sequence[Ranking], target_ids: Sequence[Sequence[str]]) -> None:
+    if len(ranked_ids) != len(target_ids):
+        raise ValueError(f"{len(ranked_ids)} rankings but {len(target_ids)} target lists")
+    if not ranked_ids:
+        raise ValueError("no queries to score")
+
+
+def recall_at_k(ranked_ids: Sequence[Ranking], target_ids: Sequence[Sequence[str]], k: int) -> float:
+    """Percent of queries with at least one ground truth in the top ``k``."""
+    _check_lengths(ranked_ids, target_ids)
+    hits = sum(1 for ranking, targets in zip(ranked_ids, target_ids) if set(ranking[:k]) & set(targets))
+    return 100.0 * hits / len(ranked_ids)
+
+
+def recall_subset_at_k(
+    ranked_ids: Sequence[Ranking],
+    target_ids: Sequence[Sequence[str]],
+    subset_ids: Sequence[Sequence[str]],
+    reference_ids: Sequence[str],
+    k: int,
+) -> float:
+    """CIRR Recall_subset@k: the ranking restricted to the query's img_set members minus its reference."""
+    _check_lengths(ranked_ids, target_ids)
+    restricted = []
+    for ranking, members, reference in zip(ranked_ids, subset_ids, reference_ids):
+        allowed = set(members) - {reference}
+        restricted.append([i for i in ranking if i in allowed])
+    return recall_at_k(restricted, target_ids, k)
+
+
+def average_precision_at_k(ranking: Ranking, targets: Sequence[str], k: int) -> float:
+    """CIRCO's AP@k: sum of precision at each hit in the top k, over min(k, number of ground truths)."""
+    relevant = set(targets)
+    if not relevant:
+        raise ValueError("AP needs at least one ground truth")
+    hits, total = 0, 0.0
+    for rank, item in enumerate(ranking[:k], start=1):
+        if item in relevant:
+            hits += 1
+            total += hits / rank
+    return total / min(k, len(relevant))
+
+
+def map_at_k(ranked_ids: Sequence[Ranking], target_ids: Sequence[Sequence[str]], k: int) -> float:
+    """CIRCO mAP@k (percent)."""
+    _check_lengths(ranked_ids, target_ids)
+    return 100.0 * sum(average_precision_at_k(r, t, k) for r, t in zip(ranked_ids, target_ids)) / len(ranked_ids)
+
+
+def mean_of(metrics: dict[str, float], keys: Sequence[str]) -> float:
+    return sum(metrics[k] for k in keys) / len(keys)
+
+
+def cirr_metrics(
+    ranked_ids: Sequence[Ranking],
+    subset_ranked_ids: Sequence[Ranking],
+    target_ids: Sequence[Sequence[str]],
+    subset_ids: Sequence[Sequence[str]],
+    reference_ids: Sequence[str],
+) -> dict[str, float]:
+    """Recall@{1,5,10,50}, Recall_subset@{1,2,3} and both published averages, named apart."""
+    out = {f"R@{k}": recall_at_k(ranked_ids, target_ids, k) for k in (1, 5, 10, 50)}
+    for k in (1, 2, 3):
+        out[f"Rsubset@{k}"] = recall_subset_at_k(subset_ranked_ids, target_ids, subset_ids, reference_ids, k)
+    # The usual CIRR "Avg" vs the IMAGINE paper's mean of all seven numbers.
+    out["Avg(R@5,Rsubset@1)"] = (out["R@5"] + out["Rsubset@1"]) / 2
+    out["Mean(all7)"] = mean_of(out, ["R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rsubset@3"])
+    return out
+
+
+def fashioniq_metrics(per_category: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Flatten per-category R@10/R@50 and add the category means and their mean."""
+    out: dict[str, float] = {}
+    for cat, m in per_category.items():
+        out[f"{cat}/R@10"] = m["R@10"]
+        out[f"{cat}/R@50"] = m["R@50"]
+    cats = list(per_category)
+    out["Avg R@10"] = sum(per_category[c]["R@10"] for c in cats) / len(cats)
+    out["Avg R@50"] = sum(per_category[c]["R@50"] for c in cats) / len(cats)
+    out["Avg"] = (out["Avg R@10"] + out["Avg R@50"]) / 2
+    return out
+
+
+def circo_metrics(
+    ranked_ids: Sequence[Ranking], target_ids: Sequence[Sequence[str]], first_targets: Sequence[str]
+) -> dict[str, float]:
+    """mAP@{5,10,25,50} on all ground truths, and Recall@K on ``target_img_id`` as the official script."""
+    out = {f"mAP@{k}": map_at_k(ranked_ids, target_ids, k) for k in (5, 10, 25, 50)}
+    for k in (5, 10, 25, 50):
+        out[f"R@{k}"] = recall_at_k(ranked_ids, [[t] for t in first_targets], k)
+    return out
+
+
+def recall_metrics(
+    ranked_ids: Sequence[Ranking], target_ids: Sequence[Sequence[str]], ks: Sequence[int] = (1, 5, 10, 50)
+) -> dict[str, float]:
+    """Recall@ks and their mean (WebVid-CoVR reports R@{1,5,10,50} and the mean)."""
+    out = {f"R@{k}": recall_at_k(ranked_ids, target_ids, k) for k in ks}
+    out["Mean"] = mean_of(out, [f"R@{k}" for k in ks])
+    return out

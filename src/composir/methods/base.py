@@ -1,0 +1,51 @@
+"""What every method provides: a composed query embedding, a target embedding, its losses."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from composir.encoders.base import Encoder
+
+
+@dataclass
+class MethodConfig:
+    temperature: float = 0.07
+    learn_temperature: bool = True
+
+
+class RetrievalMethod(nn.Module):
+    """Base class: (reference frames, text) -> query; target frames -> target; in-batch InfoNCE."""
+
+    name = "method"
+    config_class: type[MethodConfig] = MethodConfig
+
+    def __init__(self, encoder: Encoder, config: MethodConfig | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.config = config or self.config_class()
+        scale = torch.tensor(math.log(1.0 / self.config.temperature))
+        self.logit_scale = nn.Parameter(scale, requires_grad=self.config.learn_temperature)
+
+    def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_target(self, frames: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.encoder.encode_image(frames), dim=-1)
+
+    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        query = self.encode_query(batch["reference"], batch["tokens"])
+        target = self.encode_target(batch["target"])
+        scale = self.logit_scale.exp().clamp(max=100.0)
+        logits = scale * query @ target.T
+        labels = torch.arange(len(query), device=query.device)
+        return {"contrastive": F.cross_entropy(logits, labels)}
+
+    def explain(self, frames: torch.Tensor, tokens: torch.Tensor) -> list[dict[str, Any]] | None:
+        """Per-query explanation for people (reasoning, prototypes); None where the method has none."""
+        return None

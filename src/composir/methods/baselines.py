@@ -1,0 +1,35 @@
+"""Trivial baselines: what the reference alone, the text alone, or their sum retrieve."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from composir.methods.base import RetrievalMethod
+from composir.methods.registry import register_method
+
+
+@register_method("image_only")
+class ImageOnly(RetrievalMethod):
+    """Query = the reference's image feature; ignores the text."""
+
+    def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.encoder.encode_image(frames), dim=-1)
+
+
+@register_method("text_only")
+class TextOnly(RetrievalMethod):
+    """Query = the modification text's feature; ignores the reference."""
+
+    def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.encoder.encode_text(tokens), dim=-1)
+
+
+@register_method("sum")
+class Sum(RetrievalMethod):
+    """Query = normalised image feature + normalised text feature (the late-fusion baseline)."""
+
+    def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        image = F.normalize(self.encoder.encode_image(frames), dim=-1)
+        text = F.normalize(self.encoder.encode_text(tokens), dim=-1)
+        return F.normalize(image + text, dim=-1)

@@ -1,0 +1,48 @@
+"""Methods registered by name (as timm's model registry): adding a method is adding one file."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from composir.encoders.base import Encoder
+from composir.errors import ConfigError
+
+_METHODS: dict[str, type] = {}
+
+
+def register_method(name: str):
+    def wrap(cls):
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_method(name: str, encoder: Encoder, config: dict[str, Any] | None = None):
+    _import_all()
+    if name not in _METHODS:
+        raise ConfigError(f"unknown method {name!r}; known: {sorted(_METHODS)}")
+    cls = _METHODS[name]
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    unknown = set(config or {}) - fields
+    if unknown:
+        raise ConfigError(f"method {name!r}: unknown config key(s) {sorted(unknown)}; valid: {sorted(fields)}")
+    return cls(encoder, cls.config_class(**(config or {})))
+
+
+def available_methods() -> list[str]:
+    _import_all()
+    return sorted(_METHODS)
+
+
+def _import_all() -> None:
+    import importlib
+    import pkgutil
+
+    import composir.methods as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in {"base", "registry"}:
+            importlib.import_module(f"composir.methods.{info.name}")

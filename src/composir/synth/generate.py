@@ -1,0 +1,303 @@
+"""``composir synth``: write the synthetic benchmark in CIRR's published layout plus extra fields.
+
+Scenes come in *families* of 6 images that share one reference (CIRR's img_set of 6 similar
+images, so Recall_subset works as on CIRR):
+
+- ``explicit``: the reference and 5 single-edit variants; each variant is the target of one
+  triplet and a hard negative of the other four.
+- ``multi``: the reference, the target of a 2-3 edit sentence, and partial applications of the
+  edits (the hard negatives of ConText-CIR's contextual interference), filled up with single edits.
+- ``implicit``: the reference, the target of a concept ("make it night"), the reference under two
+  other concepts, filled up with single edits.
+
+Everything drawn for a family comes from a generator seeded by (seed, split, family kind, index),
+so output is identical for a seed however many worker processes render it.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from composir.data.media import write_video
+from composir.synth.concepts import concepts_for
+from composir.synth.render import render_frames
+from composir.synth.scenes import (
+    EXPLICIT_KINDS,
+    Edit,
+    EditConflict,
+    Scene,
+    caption_levels,
+    join_clauses,
+    random_edit,
+    random_scene,
+)
+from composir.utils.io import atomic_write_json
+
+FAMILY_KINDS = ("explicit", "multi", "implicit")
+SPLITS = ("train", "val", "test")
+FAMILY_SIZE = 6
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SynthConfig:
+    out: Path
+    seed: int = 0
+    size: int = 10_000  # triplets over all splits
+    video: bool = False
+    image_size: int = 64
+    num_frames: int = 8
+    split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    family_mix: dict[str, float] = field(default_factory=lambda: {"explicit": 0.4, "multi": 0.3, "implicit": 0.3})
+    workers: int = 2
+
+
+@dataclass
+class FamilyPlan:
+    members: list[Scene]
+    triplets: list[dict[str, Any]]  # ref/target member indices, text, edit annotations
+
+
+class _Members:
+    """Distinct scenes of one family, in insertion order."""
+
+    def __init__(self, reference: Scene):
+        self.scenes = [reference]
+
+    def add(self, scene: Scene) -> int | None:
+        if scene in self.scenes or len(self.scenes) >= FAMILY_SIZE:
+            return None
+        self.scenes.append(scene)
+        return len(self.scenes) - 1
+
+    def fill(self, rng: np.random.Generator, kinds: tuple[str, ...]) -> None:
+        for _ in range(50):
+            if len(self.scenes) >= FAMILY_SIZE:
+                return
+            edit = random_edit(self.scenes[0], rng, kinds)
+            if edit is not None:
+                self.add(edit.apply(self.scenes[0]))
+
+
+def _kinds(video: bool) -> tuple[str, ...]:
+    return (*EXPLICIT_KINDS, "motion") if video else EXPLICIT_KINDS
+
+
+def plan_explicit(rng: np.random.Generator, video: bool) -> FamilyPlan:
+    reference = random_scene(rng, video)
+    members = _Members(reference)
+    triplets = []
+    for _ in range(60):
+        if len(members.scenes) >= FAMILY_SIZE:
+            break
+        edit = random_edit(reference, rng, _kinds(video))
+        if edit is None:
+            continue
+        index = members.add(edit.apply(reference))
+        if index is not None:
+            triplets.append({"target": index, "text": edit.text(rng), "edits": [edit], "concrete": [edit.describe()]})
+    return FamilyPlan(members.scenes, triplets)
+
+
+def plan_multi(rng: np.random.Generator, video: bool) -> FamilyPlan:
+    while True:
+        reference = random_scene(rng, video, min_objects=2)
+        n_edits = int(rng.integers(2, 4))
+        scene, edits, touched = reference, [], set()
+        used_kinds: set[str] = set()
+        for _ in range(n_edits):
+            # One background edit and one add at most: two of either would overwrite each other.
+            edit = random_edit(scene, rng, _kinds(video), touched, used_kinds & {"background", "add"})
+            if edit is None:
+                break
+            scene = edit.apply(scene)
+            edits.append(edit)
+            used_kinds.add(edit.kind)
+            if edit.target:
+                touched.add(edit.target)
+            touched |= scene.object_keys() - reference.object_keys()
+        if len(edits) == n_edits and scene != reference:
+            break
+    members = _Members(reference)
+    target = members.add(scene)
+    negatives = []
+    for r in range(len(edits) - 1, 0, -1):
+        for subset in combinations(edits, r):
+            partial = reference
+            try:
+                for edit in subset:
+                    partial = edit.apply(partial)
+            except EditConflict:
+                continue
+            index = members.add(partial)
+            if index is not None:
+                negatives.append(index)
+    members.fill(rng, _kinds(video))
+    text = join_clauses([e.text(rng) for e in edits])
+    triplet = {
+        "target": target,
+        "text": text,
+        "edits": edits,
+        "concrete": [e.describe() for e in edits],
+        "hard_negatives": negatives,
+    }
+    return FamilyPlan(members.scenes, [triplet])
+
+
+def plan_implicit(rng: np.random.Generator, video: bool) -> FamilyPlan:
+    concepts = concepts_for(video)
+    while True:
+        concept = concepts[rng.integers(len(concepts))]
+        reference = concept.prepare(random_scene(rng, video), rng)
+        try:
+            target, concrete = concept.apply(reference)
+        except EditConflict:
+            continue
+        if target != reference:
+            break
+    members = _Members(reference)
+    target_index = members.add(target)
+    negatives = []
+    others = [c for c in concepts if c.name != concept.name]
+    for k in rng.permutation(len(others)):
+        if len(negatives) >= 2:
+            break
+        try:
+            scene, _ = others[k].apply(reference)
+        except EditConflict:
+            continue
+        index = members.add(scene)
+        if index is not None:
+            negatives.append(index)
+    members.fill(rng, _kinds(video))
+    text = concept.texts[rng.integers(len(concept.texts))]
+    triplet = {
+        "target": target_index,
+        "text": text,
+        "edits": [Edit("concept", None, concept.name)],
+        "concrete": concrete,
+        "concept": concept.name,
+        "hard_negatives": negatives,
+    }
+    return FamilyPlan(members.scenes, [triplet])
+
+
+PLANNERS = {"explicit": plan_explicit, "multi": plan_multi, "implicit": plan_implicit}
+
+
+def _reasoning(ref_caption: str, text: str, concrete: list[str], concept: str | None) -> str:
+    steps = join_clauses(concrete)
+    if concept:
+        return (
+            f'The reference shows {ref_caption}. The request "{text}" names the concept {concept!r}, '
+            f"which here means: {steps}. Everything else stays the same."
+        )
+    return f'The reference shows {ref_caption}. The request "{text}" asks to {steps}. Everything else stays the same.'
+
+
+def _family_task(args: tuple) -> tuple[list[str], dict[str, str], list[dict[str, Any]]]:
+    cfg, split, kind, index = args
+    rng = np.random.default_rng([cfg.seed, SPLITS.index(split), FAMILY_KINDS.index(kind), index])
+    plan = PLANNERS[kind](rng, cfg.video)
+    folder = Path(cfg.out) / split
+    suffix = ".mp4" if cfg.video else ".png"
+    names = [f"{split}-{kind[0]}{index:05d}-{m}" for m in range(len(plan.members))]
+    paths: dict[str, str] = {}
+    for name, scene in zip(names, plan.members):
+        frames = render_frames(scene, cfg.image_size, cfg.num_frames if cfg.video else 1, rng)
+        path = folder / f"{name}{suffix}"
+        if cfg.video:
+            write_video(path, frames)
+        else:
+            Image.fromarray(frames[0]).save(path, compress_level=1)
+        paths[name] = f"./{split}/{name}{suffix}"
+    captions = [caption_levels(s, cfg.video) for s in plan.members]
+    entries = []
+    for t in plan.triplets:
+        ref_caption = captions[0]["layout"]
+        target_caption = captions[t["target"]]["layout"]
+        entries.append(
+            {
+                "reference": names[0],
+                "target_hard": names[t["target"]],
+                "target_soft": {names[t["target"]]: 1.0},
+                "caption": t["text"],
+                "img_set": {"members": names, "reference_rank": 0, "target_rank": t["target"]},
+                "family": kind,
+                "concept": t.get("concept"),
+                "edits": [e.to_json() for e in t["edits"]],
+                "hard_negatives": [names[i] for i in t.get("hard_negatives", [])],
+                "reference_captions": captions[0],
+                "target_captions": captions[t["target"]],
+                "cot": {
+                    "caption": ref_caption,
+                    "reasoning": _reasoning(ref_caption, t["text"], t["concrete"], t.get("concept")),
+                    "conclusion": target_caption,
+                },
+                "target_scene": plan.members[t["target"]].to_json(),
+            }
+        )
+    return names, paths, entries
+
+
+def family_counts(cfg: SynthConfig) -> dict[str, dict[str, int]]:
+    """Families per split and kind so that triplet counts follow the split fractions and the mix."""
+    per_family = {"explicit": FAMILY_SIZE - 1, "multi": 1, "implicit": 1}
+    counts = {}
+    for split in SPLITS:
+        n = cfg.size * cfg.split_fractions.get(split, 0.0)
+        counts[split] = {k: math.ceil(n * cfg.family_mix.get(k, 0.0) / per_family[k]) if n else 0 for k in FAMILY_KINDS}
+    return counts
+
+
+def generate(cfg: SynthConfig, progress: bool = True) -> dict[str, Any]:
+    out = Path(cfg.out)
+    for split in SPLITS:
+        (out / split).mkdir(parents=True, exist_ok=True)
+    counts = family_counts(cfg)
+    tasks = [(cfg, split, kind, i) for split in SPLITS for kind in FAMILY_KINDS for i in range(counts[split][kind])]
+    results: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {s: ({}, []) for s in SPLITS}
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    bar = tqdm(total=len(tasks), desc="synth families", unit="fam", disable=not progress)
+    pool = ctx.Pool(cfg.workers) if cfg.workers > 1 else None
+    try:
+        iterator = pool.imap(_family_task, tasks, chunksize=16) if pool else map(_family_task, tasks)
+        for (_, split, _kind, _), (_names, paths, entries) in zip(tasks, iterator):
+            results[split][0].update(paths)
+            results[split][1].extend(entries)
+            bar.update()
+    finally:
+        bar.close()
+        if pool:
+            pool.close()
+            pool.join()
+    summary: dict[str, Any] = {"format_version": FORMAT_VERSION, "config": {**asdict(cfg), "out": str(out)}}
+    set_id = 0
+    for split in SPLITS:
+        paths, entries = results[split]
+        by_family: dict[str, int] = {}
+        for pairid, entry in enumerate(entries):
+            entry["pairid"] = pairid
+            members = tuple(entry["img_set"]["members"])
+            if members not in by_family:
+                by_family[members] = set_id
+                set_id += 1
+            entry["img_set"]["id"] = by_family[members]
+        atomic_write_json(out / "captions" / f"cap.rc2.{split}.json", entries)
+        atomic_write_json(out / "image_splits" / f"split.rc2.{split}.json", paths)
+        summary[split] = {
+            "triplets": len(entries),
+            "images": len(paths),
+            **{kind: sum(e["family"] == kind for e in entries) for kind in FAMILY_KINDS},
+        }
+    atomic_write_json(out / "synthetic.json", summary, indent=2)
+    return summary

@@ -1,0 +1,75 @@
+"""Media loading: orientation, uniform frame sampling, typed errors for bad files."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from composir.data.media import load_image, load_media, load_video, uniform_indices, write_video
+from composir.errors import MediaError
+
+
+def test_exif_orientation_applied(tmp_path):
+    img = Image.new("RGB", (40, 20), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    path = tmp_path / "rot.jpg"
+    img.save(path, exif=exif)
+    assert load_image(path).size == (20, 40)
+
+
+def test_grayscale_and_rgba_become_rgb(tmp_path):
+    Image.new("L", (8, 8), 128).save(tmp_path / "g.png")
+    Image.new("RGBA", (8, 8), (1, 2, 3, 4)).save(tmp_path / "a.png")
+    assert load_image(tmp_path / "g.png").mode == "RGB"
+    assert load_image(tmp_path / "a.png").mode == "RGB"
+
+
+@pytest.mark.parametrize("kind", ["truncated", "text", "empty", "missing"])
+def test_bad_images_raise_media_error(tmp_path, kind):
+    path = tmp_path / "bad.jpg"
+    if kind == "truncated":
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+        path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    elif kind == "text":
+        path = tmp_path / "notes.png"
+        path.write_text("this is not an image")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    with pytest.raises(MediaError) as info:
+        load_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_uniform_indices():
+    assert uniform_indices(8, 4) == [1, 3, 5, 7]
+    assert uniform_indices(3, 6) == [0, 0, 1, 1, 2, 2]
+    assert uniform_indices(0, 4) == []
+
+
+def test_video_uniform_sampling(tmp_path):
+    frames = [np.full((32, 32, 3), 10 * i, np.uint8) for i in range(16)]
+    path = tmp_path / "v.mp4"
+    write_video(path, frames)
+    out = load_video(path, 4)
+    assert len(out) == 4
+    means = [np.asarray(f, dtype=float).mean() for f in out]
+    # Centres of 4 segments of 16 frames are frames 2, 6, 10, 14 (values 20, 60, 100, 140).
+    assert means == pytest.approx([20, 60, 100, 140], abs=4)
+    assert len(load_media(path, 3)) == 3
+
+
+def test_bad_videos_raise_media_error(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"\x00" * 1000)
+    for path in (empty, garbage, tmp_path / "missing.mp4"):
+        with pytest.raises(MediaError):
+            load_video(path)
+    with pytest.raises(MediaError, match="unsupported file type"):
+        load_media(tmp_path / "x.txt")

@@ -1,0 +1,52 @@
+"""Chunked top-k equals one big stable sort, ties and exclusions included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from composir.eval.ranking import chunked_topk, rank_members
+
+
+def _reference(q, g, k, exclude):
+    sims = (q @ g.T).float()
+    for i, e in enumerate(exclude.tolist()):
+        if e >= 0:
+            sims[i, e] = float("-inf")
+    order = torch.sort(sims, dim=1, descending=True, stable=True).indices[:, :k]
+    return torch.gather(sims, 1, order), order
+
+
+@pytest.mark.parametrize(("query_chunk", "gallery_chunk"), [(7, 13), (64, 1000), (1, 3)])
+def test_matches_full_sort_with_ties(query_chunk, gallery_chunk):
+    gen = torch.Generator().manual_seed(0)
+    # Quantised features make many exact ties in the scores.
+    q = torch.randint(-2, 3, (40, 8), generator=gen).float()
+    g = torch.randint(-2, 3, (101, 8), generator=gen).float()
+    exclude = torch.randint(-1, 101, (40,), generator=gen)
+    s_ref, i_ref = _reference(q, g, 10, exclude)
+    s, i = chunked_topk(q, g, 10, exclude, query_chunk=query_chunk, gallery_chunk=gallery_chunk)
+    assert torch.equal(i, i_ref)
+    assert torch.equal(s, s_ref)
+    for row, e in enumerate(exclude.tolist()):
+        assert e not in i[row].tolist()
+
+
+def test_all_tied_scores_rank_by_gallery_order():
+    q = torch.ones(2, 4)
+    g = torch.ones(10, 4)
+    _, idx = chunked_topk(q, g, 4, torch.tensor([0, -1]), gallery_chunk=3)
+    assert idx.tolist() == [[1, 2, 3, 4], [0, 1, 2, 3]]
+
+
+def test_k_larger_than_gallery():
+    _, idx = chunked_topk(torch.eye(3), torch.eye(3), 50)
+    assert idx.shape == (3, 3)
+    assert idx[:, 0].tolist() == [0, 1, 2]
+
+
+def test_rank_members_orders_and_keeps_missing_last():
+    g = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+    q = torch.tensor([[0.0, 1.0]])
+    out = rank_members(q, g, torch.tensor([[0, 1, 2, -1]]))
+    assert out.tolist() == [[1, 2, 0, -1]]
