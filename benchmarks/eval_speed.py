@@ -56,8 +56,20 @@ def main() -> None:
         return
     results = {}
     for mode in ("chunked", "full"):
-        cmd = [sys.executable, __file__, "--worker", mode, "--queries", str(args.queries),
-               "--gallery", str(args.gallery), "--dim", str(args.dim), "--k", str(args.k)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            mode,
+            "--queries",
+            str(args.queries),
+            "--gallery",
+            str(args.gallery),
+            "--dim",
+            str(args.dim),
+            "--k",
+            str(args.k),
+        ]
         results[mode] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     c, f = results["chunked"], results["full"]
     same = "yes" if c["checksum"] == f["checksum"] else "NO"
@@ -67,8 +79,10 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| chunked_topk (1024 x 65536 blocks) | {c['seconds']:.2f} | {c['peak_extra_mb']:.0f} |")
     print(f"| one matmul + topk | {f['seconds']:.2f} | {f['peak_extra_mb']:.0f} |")
-    print(f"ratio time chunked/full: {c['seconds'] / f['seconds']:.2f}; "
-          f"memory full/chunked: {f['peak_extra_mb'] / max(1.0, c['peak_extra_mb']):.1f}x; same top-1: {same}")
+    print(
+        f"ratio time chunked/full: {c['seconds'] / f['seconds']:.2f}; "
+        f"memory full/chunked: {f['peak_extra_mb'] / max(1.0, c['peak_extra_mb']):.1f}x; same top-1: {same}"
+    )
 
 
 if __name__ == "__main__":

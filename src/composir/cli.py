@@ -1,4 +1,4 @@
-"""``composir`` command line: synth | eval | demo (train, cache, index, search, serve come with their issues)."""
+"""``composir`` command line: synth | train | eval | demo | methods."""
 
 from __future__ import annotations
 
@@ -51,6 +51,13 @@ def build_model(args: argparse.Namespace):
     from composir.encoders import build_encoder
     from composir.methods import build_method
 
+    if getattr(args, "run", None):
+        from composir.train import load_run
+
+        method, cfg = load_run(args.run, args.checkpoint, args.device)
+        if args.frames is None:
+            args.frames = cfg.data.num_frames
+        return method
     torch.manual_seed(args.seed)
     encoder = build_encoder(args.encoder, pretrained=args.pretrained)
     return build_method(args.method, encoder).to(args.device)
@@ -105,6 +112,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from composir.utils.io import atomic_write_json
 
     method = build_model(args)
+    if args.frames is None:
+        args.frames = 8
     out = run_eval(method, args.benchmark, args.root, args.split, args)
     print(f"{out['benchmark']} {out['split']} ({out['n_queries']} queries): {format_metrics(out['metrics'])}")
     for fam, m in out.get("per_family", {}).items():
@@ -113,6 +122,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"skipped {len(out['skipped_media'])} unreadable media (listed in the JSON)", file=sys.stderr)
     if args.json:
         atomic_write_json(args.json, out, indent=2)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from composir.train import load_config, train
+
+    overrides = list(args.set or [])
+    if args.out:
+        overrides.append(f"output_dir={args.out}")
+    cfg = load_config(args.config, overrides)
+    summary = train(cfg, resume=not args.no_resume)
+    print(
+        f"finished at step {summary['step']}; best {cfg.train.eval_metric} = {summary['best_metric']} "
+        f"(step {summary['best_step']}); run folder {summary['output_dir']}"
+    )
     return 0
 
 
@@ -148,14 +172,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the metrics JSON here")
     p.add_argument("--submission", default=None, help="write test-server submission files into this folder")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--frames", type=int, default=8, help="frames sampled per video")
+    p.add_argument("--frames", type=int, default=None, help="frames sampled per video (default: the run's, else 8)")
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--run", default=None, help="a training run folder: evaluate its model")
+    p.add_argument("--checkpoint", default="best", choices=["best", "latest"], help="which checkpoint of --run")
     _add_model_args(p)
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("train", help="train a method from a YAML config (resumes the run folder by default)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config values, e.g. train.max_steps=100")
+    p.add_argument("--out", default=None, help="run folder (overrides output_dir)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if the run folder has checkpoints")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("demo", help="synthetic benchmark -> train -> evaluate, end to end")
     p.add_argument("--out", default="demo-out")
-    p.add_argument("--size", type=int, default=3000)
+    p.add_argument("--size", type=int, default=6000, help="synthetic triplets over all splits")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo config's)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 

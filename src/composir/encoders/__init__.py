@@ -20,8 +20,6 @@ def register_encoder(name: str):
 
 @register_encoder("tiny")
 def _build_tiny(pretrained: str | None = None, config: dict[str, Any] | None = None) -> Encoder:
-    import torch
-
     from composir.encoders.tiny import TinyConfig, TinyEncoder
 
     encoder = TinyEncoder(TinyConfig(**(config or {})))
@@ -29,8 +27,21 @@ def _build_tiny(pretrained: str | None = None, config: dict[str, Any] | None = N
         from safetensors.torch import load_file
 
         encoder.load_state_dict(load_file(pretrained))
-    encoder.to(torch.float32)
     return encoder
+
+
+@register_encoder("blip2")
+def _build_blip2(pretrained: str | None = None, config: dict[str, Any] | None = None) -> Encoder:
+    from composir.encoders.blip2 import load_blip2
+
+    return load_blip2(pretrained, config)
+
+
+@register_encoder("openclip")
+def _build_openclip(pretrained: str | None = None, config: dict[str, Any] | None = None) -> Encoder:
+    from composir.encoders.openclip import load_openclip
+
+    return load_openclip(pretrained, config)
 
 
 def build_encoder(name: str, pretrained: str | None = None, config: dict[str, Any] | None = None) -> Encoder:

@@ -46,6 +46,10 @@ class RetrievalMethod(nn.Module):
         labels = torch.arange(len(query), device=query.device)
         return {"contrastive": F.cross_entropy(logits, labels)}
 
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        # DDP hooks gradient sync onto forward(), so training calls the losses through it.
+        return self.losses(batch)
+
     def explain(self, frames: torch.Tensor, tokens: torch.Tensor) -> list[dict[str, Any]] | None:
         """Per-query explanation for people (reasoning, prototypes); None where the method has none."""
         return None

@@ -1,0 +1,184 @@
+"""BLIP-2 feature extractor (``transformers``' ``Blip2ForImageTextRetrieval``): ViT + Q-Former with
+its learned query tokens and ITC projections, as used by CoVR-2, SPRC and IMAGINE.
+
+- ``encode_image``: Q-Former query outputs over the ViT tokens -> ``vision_projection`` ->
+  mean over the query tokens (B, D). ``image_query_features`` keeps the (B, Q, D) tokens.
+- ``encode_text``: the Q-Former in text-only mode, first token -> ``text_projection``.
+- ``encode_query``: the multimodal fusion of CoVR-2/SPRC: query tokens and text tokens go
+  through the Q-Former together, cross-attending to the reference's ViT tokens; the query-token
+  outputs -> ``text_projection`` -> mean (IMAGINE's average pooling; ``fusion_pool="cls"``
+  takes the first text token instead, as SPRC).
+- Videos (T > 1): the ViT runs per frame; the frame tokens are averaged (``video_pooling="mean"``,
+  CoVR's frame averaging) or concatenated (``"concat"``) before the Q-Former cross-attends to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from composir.encoders.base import Encoder
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_CHECKPOINT = "Salesforce/blip2-itm-vit-g"
+
+
+@dataclass
+class Blip2Options:
+    image_size: int = 224
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    max_text_length: int = 64
+    video_pooling: str = "mean"  # "mean" or "concat" of frame tokens
+    fusion_pool: str = "mean"  # "mean" of query tokens or "cls" (first text token)
+    gradient_checkpointing: bool = False
+
+
+class Blip2Encoder(Encoder):
+    name = "blip2"
+
+    def __init__(self, model, tokenizer, options: Blip2Options | None = None):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.options = opts = options or Blip2Options()
+        self.image_size = opts.image_size
+        self.embed_dim = model.config.image_text_hidden_size
+        self.num_query_tokens = model.config.num_query_tokens
+        self.qformer_width = model.config.qformer_config.hidden_size
+        self.pad_token_id = int(getattr(tokenizer, "pad_token_id", 0) or 0)
+        self.register_buffer("mean", torch.tensor(opts.mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(opts.std).view(3, 1, 1), persistent=False)
+        if opts.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+
+    # ---------------------------------------------------------------------------- inputs
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        if image.size != (self.image_size, self.image_size):
+            image = image.resize((self.image_size, self.image_size), Image.BICUBIC)
+        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+        return (x - self.mean) / self.std
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        if callable(getattr(self.tokenizer, "batch_encode_plus", None)) or hasattr(self.tokenizer, "model_max_length"):
+            out = self.tokenizer(
+                texts,
+                padding="max_length",
+                truncation=True,
+                max_length=self.options.max_text_length,
+                return_tensors="pt",
+            )
+            return out["input_ids"]
+        return self.tokenizer(texts)
+
+    def _mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = (tokens != self.pad_token_id).long()
+        mask[:, 0] = 1  # the first token ([CLS]) always attends
+        return mask
+
+    # ---------------------------------------------------------------------------- towers
+    def vision_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """ViT tokens, frames pooled: (B, N, C) for ``mean``, (B, T*N, C) for ``concat``."""
+        b, t = frames.shape[:2]
+        pixel = frames.flatten(0, 1).to(self.model.vision_model.embeddings.patch_embedding.weight.dtype)
+        tokens = self.model.vision_model(pixel_values=pixel).last_hidden_state
+        tokens = tokens.view(b, t, *tokens.shape[1:])
+        if t == 1:
+            return tokens[:, 0]
+        if self.options.video_pooling == "concat":
+            return tokens.flatten(1, 2)
+        return tokens.mean(1)
+
+    def image_query_outputs(self, frames: torch.Tensor) -> torch.Tensor:
+        """Q-Former query-token outputs for images/videos: (B, Q, width)."""
+        memory = self.vision_tokens(frames)
+        queries = self.model.query_tokens.expand(memory.shape[0], -1, -1)
+        out = self.model.qformer(
+            query_embeds=queries,
+            encoder_hidden_states=memory.to(queries.dtype),
+            encoder_attention_mask=torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device),
+        )
+        return out.last_hidden_state
+
+    def image_query_features(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.model.vision_projection(self.image_query_outputs(frames))
+
+    def encode_image(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.image_query_features(frames).mean(1)
+
+    def text_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        embeds = self.model.embeddings(input_ids=tokens)
+        out = self.model.qformer(query_embeds=embeds, query_length=0, attention_mask=self._mask(tokens))
+        return out.last_hidden_state
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.text_projection(self.text_hidden(tokens)[:, 0])
+
+    def fusion_hidden(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Joint query+text Q-Former outputs cross-attending to the reference: (B, Q + L, width)."""
+        memory = self.vision_tokens(frames)
+        b = memory.shape[0]
+        queries = self.model.query_tokens.expand(b, -1, -1)
+        embeds = self.model.embeddings(input_ids=tokens, query_embeds=queries)
+        mask = torch.cat(
+            [torch.ones(b, queries.shape[1], dtype=torch.long, device=tokens.device), self._mask(tokens)], dim=1
+        )
+        out = self.model.qformer(
+            query_embeds=embeds,
+            query_length=queries.shape[1],
+            attention_mask=mask,
+            encoder_hidden_states=memory.to(queries.dtype),
+            encoder_attention_mask=torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device),
+        )
+        return out.last_hidden_state
+
+    def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = self.fusion_hidden(frames, tokens)
+        q = self.num_query_tokens
+        if self.options.fusion_pool == "cls":
+            return self.model.text_projection(hidden[:, q])
+        return self.model.text_projection(hidden[:, :q]).mean(1)
+
+    # ---------------------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> None:
+        """A folder that ``build_encoder("blip2", pretrained=path)`` loads back."""
+        import json
+
+        path = Path(path)
+        self.model.save_pretrained(path)
+        if hasattr(self.tokenizer, "save_pretrained"):
+            self.tokenizer.save_pretrained(path)
+        (path / "composir_blip2.json").write_text(json.dumps(asdict(self.options)))
+
+
+def load_blip2(pretrained: str | None, config: dict[str, Any] | None = None) -> Blip2Encoder:
+    """Real weights from the hub cache or a local folder (``HF_HUB_OFFLINE=1`` works when cached).
+
+    ``config`` may hold Blip2Options fields, and ``model_config``: a Blip2Config dict to build a
+    randomly initialised model of that shape (tests; or training from scratch) with ``tokenizer``
+    (a path) for its vocabulary.
+    """
+    import json
+
+    from transformers import AutoTokenizer, Blip2Config, Blip2ForImageTextRetrieval
+
+    config = dict(config or {})
+    model_config = config.pop("model_config", None)
+    tokenizer_path = config.pop("tokenizer", None)
+    options_path = Path(pretrained) / "composir_blip2.json" if pretrained and Path(pretrained).is_dir() else None
+    saved = json.loads(options_path.read_text()) if options_path and options_path.is_file() else {}
+    options = Blip2Options(**{**saved, **config})
+    if model_config is not None and pretrained is None:
+        model = Blip2ForImageTextRetrieval(Blip2Config(**model_config))
+    else:
+        model = Blip2ForImageTextRetrieval.from_pretrained(pretrained or DEFAULT_CHECKPOINT)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or pretrained or DEFAULT_CHECKPOINT)
+    if options.image_size != model.config.vision_config.image_size:
+        options.image_size = model.config.vision_config.image_size
+    return Blip2Encoder(model.float(), tokenizer, options)

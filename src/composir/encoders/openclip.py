@@ -1,0 +1,67 @@
+"""open_clip backbones: any model name with a ``pretrained`` tag (from the user's cache; works
+offline with ``HF_HUB_OFFLINE=1`` once cached) or a local checkpoint path.
+
+``config``: ``model`` (the open_clip name, default ``RN50x4`` as CLIP4Cir), and optionally
+``model_config`` (an architecture dict registered under that name: tests build small random
+models this way).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from composir.encoders.base import Encoder
+
+
+class OpenClipEncoder(Encoder):
+    name = "openclip"
+
+    def __init__(self, model, preprocess, tokenizer, model_name: str):
+        super().__init__()
+        self.model = model
+        self._preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.embed_dim = int(
+            model.text_projection.shape[1]
+            if hasattr(model, "text_projection") and isinstance(model.text_projection, torch.Tensor)
+            else model.visual.output_dim
+        )
+        size = model.visual.image_size
+        self.image_size = size[0] if isinstance(size, (tuple, list)) else int(size)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self._preprocess(image)
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts)
+
+    def encode_image(self, frames: torch.Tensor) -> torch.Tensor:
+        b, t = frames.shape[:2]
+        feats = self.model.encode_image(frames.flatten(0, 1))
+        return feats.view(b, t, -1).mean(1)  # videos: mean of frame features
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens)
+
+
+def load_openclip(pretrained: str | None, config: dict[str, Any] | None = None) -> OpenClipEncoder:
+    import open_clip
+
+    config = dict(config or {})
+    name = config.pop("model", "RN50x4")
+    model_config = config.pop("model_config", None)
+    if config:
+        raise ValueError(f"openclip: unknown config key(s) {sorted(config)}")
+    if model_config is not None:
+        folder = Path(tempfile.mkdtemp(prefix="composir-openclip-"))
+        (folder / f"{name}.json").write_text(json.dumps(model_config))
+        open_clip.add_model_config(folder)
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+    return OpenClipEncoder(model.float(), preprocess, open_clip.get_tokenizer(name), name)

@@ -1,0 +1,134 @@
+"""Checkpoints: weights and optimizer tensors in safetensors, everything else in JSON.
+
+A checkpoint is a folder written under a temporary name and renamed into place, and
+``checkpoints/latest`` (a one-line file, itself replaced atomically) names the newest complete
+one: a kill at any moment leaves the previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from composir.utils.io import atomic_open, atomic_write_json
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses views that share storage; a copy per tensor keeps them apart.
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+
+def model_state(method: torch.nn.Module, save_frozen: bool) -> dict[str, torch.Tensor]:
+    """Everything but the frozen encoder parameters (rebuilt from ``pretrained``) unless asked."""
+    state = method.state_dict()
+    if save_frozen:
+        return state
+    frozen = {name for name, p in method.named_parameters() if not p.requires_grad and name.startswith("encoder.")}
+    return {k: v for k, v in state.items() if k not in frozen}
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, entry in sd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    for name, value in meta["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(
+    folder: Path, method, optimizer, trainer_state: dict[str, Any], save_frozen: bool, scaler_state: dict | None = None
+) -> Path:
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_file(_contiguous(model_state(method, save_frozen)), tmp / "model.safetensors")
+        if optimizer is not None:
+            tensors, meta = optimizer_tensors(optimizer)
+            save_file(_contiguous(tensors), tmp / "optimizer.safetensors")
+            trainer_state = {**trainer_state, "optimizer": meta}
+        if scaler_state:
+            trainer_state = {**trainer_state, "grad_scaler": scaler_state}
+        with open(tmp / "trainer_state.json", "w") as handle:
+            json.dump(trainer_state, handle, indent=1)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_model_weights(method: torch.nn.Module, folder: Path) -> None:
+    state = load_file(str(Path(folder) / "model.safetensors"))
+    missing, unexpected = method.load_state_dict(state, strict=False)
+    frozen = {n for n, p in method.named_parameters() if not p.requires_grad}
+    really_missing = [k for k in missing if k not in frozen]
+    if really_missing or unexpected:
+        raise RuntimeError(
+            f"{folder}: checkpoint does not fit the model (missing {really_missing[:5]}, unexpected {unexpected[:5]})"
+        )
+
+
+def read_trainer_state(folder: Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / "trainer_state.json").read_text())
+
+
+def set_latest(checkpoints: Path, name: str) -> None:
+    with atomic_open(checkpoints / "latest", "w") as handle:
+        handle.write(name + "\n")
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    pointer = Path(checkpoints) / "latest"
+    if not pointer.is_file():
+        return None
+    folder = Path(checkpoints) / pointer.read_text().strip()
+    return folder if (folder / "trainer_state.json").is_file() else None
+
+
+def prune(checkpoints: Path, keep: int) -> None:
+    steps = sorted(p for p in Path(checkpoints).glob("step-*") if p.is_dir())
+    for old in steps[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = [
+    "atomic_write_json",
+    "latest_checkpoint",
+    "load_model_weights",
+    "prune",
+    "read_trainer_state",
+    "restore_optimizer",
+    "save_checkpoint",
+    "set_latest",
+]

@@ -1,0 +1,159 @@
+"""Training triplets as tensors, an epoch-seeded batch sampler that can resume mid-epoch, and
+augmentation hooks."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from composir.data.media import load_media
+from composir.data.records import Benchmark
+from composir.errors import MediaError
+
+log = logging.getLogger(__name__)
+
+Augment = Callable[[list[Image.Image], random.Random], list[Image.Image]]
+
+
+def _none(frames: list[Image.Image], rng: random.Random) -> list[Image.Image]:
+    return frames
+
+
+def _light(frames: list[Image.Image], rng: random.Random) -> list[Image.Image]:
+    """Small shift by padding and cropping back (keeps layout words like 'top left' true)."""
+    w, h = frames[0].size
+    pad = max(1, w // 32)
+    dx, dy = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
+    return [ImageOps.expand(f, pad, fill=tuple(f.getpixel((0, 0)))).crop((dx, dy, dx + w, dy + h)) for f in frames]
+
+
+# Augmentations are registered by name so a config picks one; none flips (left/right words).
+AUGMENTATIONS: dict[str, Augment] = {"none": _none, "light": _light}
+
+
+class TripletDataset(Dataset):
+    """(reference frames, target frames, text) per query; the first target when there are several.
+
+    Items whose media cannot be read come back as ``None`` (the collate drops them and counts them).
+    """
+
+    def __init__(
+        self,
+        bench: Benchmark,
+        preprocess: Callable,
+        num_frames: int = 1,
+        augment: str = "none",
+        seed: int = 0,
+        text_fn: Callable | None = None,
+    ):
+        self.queries = [q for q in bench.queries if q.target_ids]
+        self.bench = bench
+        self.preprocess = preprocess
+        self.num_frames = num_frames
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {augment!r}; known: {sorted(AUGMENTATIONS)}")
+        self.augment = AUGMENTATIONS[augment]
+        self.seed = seed
+        self.epoch = 0
+        self.text_fn = text_fn
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def groups(self) -> list[list[int]]:
+        """Indices grouped by img_set (or by reference when there is none)."""
+        by_key: dict[object, list[int]] = {}
+        for i, q in enumerate(self.queries):
+            key = q.extra.get("img_set", {}).get("id") if isinstance(q.extra.get("img_set"), dict) else None
+            by_key.setdefault(key if key is not None else q.reference_id, []).append(i)
+        return list(by_key.values())
+
+    def _frames(self, media_id: str, rng: random.Random) -> torch.Tensor:
+        item = self.bench.media_item(media_id)
+        frames = self.augment(load_media(item.path, self.num_frames, item.media_type), rng)
+        return torch.stack([self.preprocess(f) for f in frames])
+
+    def __getitem__(self, index: int):
+        # Per-sample randomness depends on (seed, epoch, index) only: identical after a resume
+        # and whatever the number of workers.
+        rng = random.Random(hash((self.seed, self.epoch, index)))
+        q = self.queries[index]
+        try:
+            text = self.text_fn(q, rng) if self.text_fn else q.text
+            return {
+                "index": index,
+                "reference": self._frames(q.reference_id, rng),
+                "target": self._frames(q.target_ids[0], rng),
+                "text": text,
+            }
+        except MediaError as exc:
+            log.warning("skipping training triplet %s: %s", q.query_id, exc)
+            return None
+
+
+def make_collate(tokenize: Callable[[list[str]], torch.Tensor]) -> Callable:
+    def collate(items):
+        good = [x for x in items if x is not None]
+        batch = {"skipped": len(items) - len(good)}
+        if not good:
+            return batch
+        batch["index"] = torch.tensor([x["index"] for x in good])
+        batch["reference"] = torch.stack([x["reference"] for x in good])
+        batch["target"] = torch.stack([x["target"] for x in good])
+        batch["text"] = [x["text"] for x in good]
+        batch["tokens"] = tokenize(batch["text"])
+        return batch
+
+    return collate
+
+
+class ResumableBatchSampler:
+    """Batches of one epoch from a permutation seeded by (seed, epoch); starts at any batch.
+
+    With ``groups`` the permutation shuffles whole groups (then their members), so members of an
+    img_set land in the same batch. Under DDP each rank takes its slice of every global batch.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        groups: list[list[int]] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.n = n
+        self.batch_size = batch_size
+        self.seed = seed
+        self.groups = groups
+        self.rank = rank
+        self.world_size = world_size
+        self.global_batch = batch_size * world_size
+        if n < self.global_batch:
+            raise ValueError(f"{n} training triplets are fewer than one global batch of {self.global_batch}")
+
+    def order(self, epoch: int) -> list[int]:
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.groups is None:
+            return rng.permutation(self.n).tolist()
+        out: list[int] = []
+        for g in rng.permutation(len(self.groups)):
+            members = list(self.groups[g])
+            out.extend(members[i] for i in rng.permutation(len(members)))
+        return out
+
+    def batches_per_epoch(self) -> int:
+        return self.n // self.global_batch
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[list[int]]:
+        order = self.order(epoch)
+        for b in range(start, self.batches_per_epoch()):
+            chunk = order[b * self.global_batch : (b + 1) * self.global_batch]
+            yield chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]

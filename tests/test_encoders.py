@@ -1,0 +1,137 @@
+"""Encoders built from small random configs offline: shapes, dtypes, determinism, save/load."""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from composir.encoders import build_encoder
+
+OPENCLIP_TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+BLIP2_TINY = {
+    "vision_config": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+        "initializer_range": 0.02,
+    },
+    "qformer_config": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "vocab_size": 64,
+        "max_position_embeddings": 32,
+        "cross_attention_frequency": 1,
+        "encoder_hidden_size": 32,
+        "use_qformer_text_input": True,
+    },
+    "num_query_tokens": 4,
+    "image_text_hidden_size": 16,
+}
+WORDS = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "make",
+    "the",
+    "red",
+    "circle",
+    "blue",
+    "a",
+    "dog",
+    "it",
+    "night",
+    "add",
+    "cat",
+]
+
+
+def _images(n=2, size=40):
+    return [Image.new("RGB", (size, size), (30 * i, 100, 200 - 30 * i)) for i in range(n)]
+
+
+def _check_encoder(enc, make_again, tmp_path):
+    enc.eval()
+    frames = torch.stack([enc.preprocess(im) for im in _images()]).unsqueeze(1)  # (B, T=1, 3, H, W)
+    video = frames.repeat(1, 3, 1, 1, 1)
+    tokens = enc.tokenize(["make the red circle blue", "add a cat"])
+    with torch.no_grad():
+        img, vid, txt = enc.encode_image(frames), enc.encode_image(video), enc.encode_text(tokens)
+    assert img.shape == (2, enc.embed_dim) and txt.shape == (2, enc.embed_dim) and vid.shape == img.shape
+    assert img.dtype == torch.float32 and txt.dtype == torch.float32
+    # A video of identical frames pools to the image's feature.
+    torch.testing.assert_close(vid, img, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(enc.encode_image(frames), img)  # deterministic in eval mode
+    again = make_again()
+    again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_image(frames), img)
+        torch.testing.assert_close(again.encode_text(tokens), txt)
+    return frames, tokens
+
+
+def test_openclip_random_config_save_load(tmp_path):
+    cfg = {"model": "composir-test-vit", "model_config": OPENCLIP_TINY}
+    torch.manual_seed(0)
+    enc = build_encoder("openclip", config=cfg)
+    assert enc.embed_dim == 32 and enc.image_size == 32
+    path = tmp_path / "clip.pt"
+    torch.save({"state_dict": enc.model.state_dict()}, path)
+    _check_encoder(enc, lambda: build_encoder("openclip", pretrained=str(path), config=cfg), tmp_path)
+    assert not enc.has_fusion
+
+
+def test_blip2_random_config_save_load_and_fusion(tmp_path):
+    from transformers import BertTokenizer
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(WORDS + [f"w{i}" for i in range(64 - len(WORDS))]) + "\n")
+    BertTokenizer(str(vocab)).save_pretrained(tmp_path / "tok")
+    torch.manual_seed(0)
+    enc = build_encoder(
+        "blip2", config={"model_config": BLIP2_TINY, "tokenizer": str(tmp_path / "tok"), "max_text_length": 12}
+    )
+    assert enc.embed_dim == 16 and enc.num_query_tokens == 4 and enc.image_size == 32
+    enc.save(tmp_path / "saved")
+    frames, tokens = _check_encoder(enc, lambda: build_encoder("blip2", pretrained=str(tmp_path / "saved")), tmp_path)
+    assert tokens.shape == (2, 12)
+    assert enc.has_fusion
+    with torch.no_grad():
+        fused = enc.encode_query(frames, tokens)
+        per_token = enc.image_query_features(frames)
+    assert fused.shape == (2, 16) and per_token.shape == (2, 4, 16)
+    # The fusion depends on the text and on the reference.
+    with torch.no_grad():
+        other_text = enc.encode_query(frames, tokens.flip(0))
+        other_image = enc.encode_query(frames.flip(0), tokens)
+    assert not torch.allclose(fused, other_text) and not torch.allclose(fused, other_image)
+
+
+def test_tiny_encoder_and_safetensors_roundtrip(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    enc = build_encoder("tiny", config={"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4})
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(path))
+    _check_encoder(
+        enc,
+        lambda: build_encoder(
+            "tiny", pretrained=str(path), config={"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4}
+        ),
+        tmp_path,
+    )
+    tokens = enc.tokenize(["Make the RED circle blue!"])
+    assert tokens[0, 0] == 1 and (tokens[0, 1:7] > 1).all() and tokens[0, 7] == 0
+    assert enc.fingerprint() == enc.fingerprint()

@@ -1,0 +1,160 @@
+"""Training: exact resume after SIGKILL, DDP with 2 CPU processes, config errors, checkpoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from composir.errors import ConfigError
+from composir.train import load_config, load_run
+from composir.train.metrics_log import MetricsLog
+
+SMALL = [
+    "encoder.config={width: 32, embed_dim: 16, heads: 2, num_query_tokens: 4, vision_layers: 1, qformer_layers: 1}",
+    "method.name=combiner",
+    "method.config={projection_dim: 32, hidden_dim: 64, dropout: 0.1}",
+    "train.batch_size=8",
+    "train.max_steps=12",
+    "train.warmup_steps=2",
+    "train.eval_every=6",
+    "train.save_every=2",
+    "train.keep_last=3",
+    "train.log_every=2",
+    "train.eval_batch_size=64",
+    "data.max_val_queries=24",
+    "data.augment=light",
+    "data.val_splits=[val]",
+]
+
+
+def _cmd(root: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "composir.cli",
+        "train",
+        "--config",
+        str(CONFIG),
+        "--out",
+        str(out),
+        "--set",
+        f"data.root={root}",
+        *SMALL,
+        *extra,
+    ]
+
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-synthetic-combiner.yaml"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _final_state(run: Path) -> dict[str, torch.Tensor]:
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    return load_file(str(run / "checkpoints" / latest / "model.safetensors"))
+
+
+def _rows(run: Path) -> list[tuple]:
+    return [
+        (r["step"], r["split"], r["metric"], r["value"])
+        for r in MetricsLog(run / "metrics.csv").rows()
+        if r["metric"] not in ("triplets_per_s", "data_fraction")
+    ]
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_matches_uninterrupted_run(synth_root, tmp_path):
+    straight = tmp_path / "straight"
+    subprocess.run(_cmd(synth_root, straight, "train.num_workers=0"), check=True, env=ENV, capture_output=True)
+
+    killed = tmp_path / "killed"
+    # The interrupted run loads data with 2 worker processes: the order must not depend on it.
+    proc = subprocess.Popen(
+        _cmd(synth_root, killed, "train.num_workers=2"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    pointer = killed / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (pointer.is_file() and pointer.read_text().strip() >= "step-0000006"):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    at_kill = pointer.read_text().strip()
+    assert "step-0000006" <= at_kill < "step-0000012", f"kill landed at {at_kill}"
+    subprocess.run(_cmd(synth_root, killed, "train.num_workers=2"), check=True, env=ENV, capture_output=True)
+
+    a, b = _final_state(straight), _final_state(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"weights differ at {k}")
+    rows_a, rows_b = _rows(straight), _rows(killed)
+    assert [r[:3] for r in rows_a] == [r[:3] for r in rows_b]  # no duplicated or missing log rows
+    for ra, rb in zip(rows_a, rows_b):
+        assert float(ra[3]) == pytest.approx(float(rb[3]), rel=1e-4, abs=1e-5), ra
+    assert (killed / "training.png").stat().st_size > 1000
+    _, cfg = load_run(killed)
+    assert cfg.method.name == "combiner"
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(synth_root, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "composir.cli",
+        "train",
+        "--config",
+        str(CONFIG),
+        "--out",
+        str(out),
+        "--set",
+        f"data.root={synth_root}",
+        *SMALL,
+        "train.max_steps=4",
+        "train.eval_every=4",
+        "train.save_every=4",
+        "train.num_workers=0",
+    ]
+    result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = _final_state(out)
+    assert all(torch.isfinite(v).all() for v in state.values())
+    losses = [float(r["value"]) for r in MetricsLog(out / "metrics.csv").rows() if r["metric"] == "loss"]
+    assert losses and all(x == x for x in losses)
+    evals = [r for r in MetricsLog(out / "metrics.csv").rows() if r["split"] == "val" and r["metric"] == "R@1"]
+    assert len(evals) == 1  # only rank 0 evaluates and logs
+
+
+def test_config_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  max_stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.train: unknown key\(s\) \['max_stepz'\]"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    cfg = load_config(CONFIG, ["train.max_steps=7", "method.config={dropout: 0.0}"])
+    # Nested overrides merge into the file's mapping; null replaces it.
+    assert cfg.train.max_steps == 7 and cfg.method.config["dropout"] == 0.0
+    assert cfg.method.config["projection_dim"] == 256
+    assert load_config(CONFIG, ["method.config=null"]).method.config is None
+
+
+def test_unknown_method_config_key():
+    from composir.encoders import build_encoder
+    from composir.methods import build_method
+
+    with pytest.raises(ConfigError, match="unknown config key"):
+        build_method("combiner", build_encoder("tiny"), {"projection": 3})
