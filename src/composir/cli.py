@@ -1,8 +1,9 @@
-"""``composir`` command line: synth | train | eval | demo | methods."""
+"""``composir`` command line: synth | train | cache | eval | index | search | demo | methods."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -140,6 +141,86 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from composir.cache import build_cache
+    from composir.data import load_benchmark
+    from composir.train import build_from_config, load_config, load_run
+
+    if args.run:
+        method, cfg = load_run(args.run, "latest")
+    else:
+        cfg = load_config(args.config, args.set or [])
+        method = build_from_config(cfg)
+    benchmark, root = args.benchmark or cfg.data.benchmark, args.root or cfg.data.root
+    splits = args.splits or [cfg.data.train_split, *cfg.data.val_splits]
+    items = []
+    for split in splits:
+        bench = load_benchmark(benchmark, root, split)
+        ids = {q.reference_id for q in bench.queries} | {t for q in bench.queries for t in q.target_ids}
+        items += [bench.media_item(i) for i in sorted(ids)] + list(bench.gallery)
+    frames = args.frames or cfg.data.num_frames
+    cache = build_cache(
+        method.encoder,
+        items,
+        args.out,
+        num_frames=frames,
+        per_frame=args.per_frame,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+    )
+    failed = int((cache.status() == 2).sum())
+    print(
+        f"cached {len(cache.ids) - failed} media of {benchmark} {splits} into {args.out} "
+        f"(rows {cache.shape}, fp16, fingerprint {cache.fingerprint}); {failed} unreadable, "
+        f"listed in {args.out}/failures.json"
+    )
+    print(f"train from it with: --set data.feature_cache={args.out} encoder.freeze_vision=true")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from composir.index import GalleryIndex, model_encoder
+    from composir.train import load_run
+
+    method, cfg = load_run(args.run, "best", args.device)
+    frames = args.frames or cfg.data.num_frames
+    index = GalleryIndex(args.out)
+    info = {
+        "run": str(Path(args.run).resolve()),
+        "fingerprint": method.encoder.fingerprint(),
+        "num_frames": frames,
+        "method": cfg.method.name,
+    }
+    report = index.update(
+        args.media,
+        model_encoder(method, frames, args.device, args.batch_size),
+        info,
+        kind=args.kind,
+        batch_size=args.batch_size,
+        nlist=args.nlist,
+        pq_m=args.pq_m,
+    )
+    print(
+        f"index {args.out}: {report['total']} items ({report['added']} added, {report['updated']} updated, "
+        f"{report['removed']} removed, {len(report['skipped'])} skipped; see {args.out}/report.json)"
+    )
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from composir.search import Searcher
+
+    searcher = Searcher(args.index, run=args.run, device=args.device)
+    results = searcher.search(args.image or args.id, args.text, args.k)
+    if args.json:
+        print(json.dumps({"results": [r.to_json() for r in results]}))
+    else:
+        for rank, r in enumerate(results, 1):
+            print(f"{rank:3d}. {r.score:.4f}  {r.id}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from composir.demo import run_demo
 
@@ -185,6 +266,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (overrides output_dir)")
     p.add_argument("--no-resume", action="store_true", help="start over even if the run folder has checkpoints")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cache", help="encode a split's media once with the frozen vision tower (resumable)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="a training config: its encoder, benchmark and splits")
+    src.add_argument("--run", help="a run folder: its encoder")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--benchmark", default=None)
+    p.add_argument("--root", default=None)
+    p.add_argument("--splits", nargs="*", default=None, help="default: the config's train and val splits")
+    p.add_argument("--out", required=True)
+    p.add_argument("--frames", type=int, default=None)
+    p.add_argument("--per-frame", action="store_true", help="keep each frame's tokens instead of their mean")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("index", help="index a folder of images/videos with a trained run (incremental)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--media", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--kind", default="flat", choices=["flat", "ivfpq"], help="exact (flat) or IVF-PQ for big collections"
+    )
+    p.add_argument("--nlist", type=int, default=256)
+    p.add_argument("--pq-m", type=int, default=16)
+    p.add_argument("--frames", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search an index with a reference image/video and/or a text")
+    p.add_argument("--index", required=True)
+    ref = p.add_mutually_exclusive_group()
+    ref.add_argument("--image", help="reference image or video file (or an id in the index)")
+    ref.add_argument("--id", help="reference given by its id in the index")
+    p.add_argument("--text", default=None)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--run", default=None, help="model run (default: the one the index was built with)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("demo", help="synthetic benchmark -> train -> evaluate, end to end")
     p.add_argument("--out", default="demo-out")

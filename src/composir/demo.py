@@ -47,6 +47,39 @@ def run_demo(args: argparse.Namespace) -> int:
             f"{fam:9s} {m['R@1']:6.2f} {m['R@5']:6.2f} {m['R@10']:6.2f} {m['R@50']:6.2f} "
             f"{m['Rsubset@1']:6.2f} {m['Rsubset@2']:6.2f}"
         )
-    print(f"[4/4] training curves: {out / 'run' / 'training.png'}; metrics: {out / 'test_metrics.json'}")
+    print(f"      training curves: {out / 'run' / 'training.png'}; metrics: {out / 'test_metrics.json'}")
+
+    print(f"[4/4] indexing the test images ({data / 'test'}) and searching them")
+    from composir.index import GalleryIndex, model_encoder
+    from composir.search import Searcher
+
+    info = {
+        "run": str((out / "run").resolve()),
+        "fingerprint": method.encoder.fingerprint(),
+        "num_frames": cfg.data.num_frames,
+        "method": cfg.method.name,
+    }
+    report = GalleryIndex(out / "index").update(data / "test", model_encoder(method, cfg.data.num_frames), info)
+    print(f"      index {out / 'index'}: {report['total']} images")
+    searcher = Searcher(out / "index")
+    test = load_benchmark("synthetic", data, "test")
+    shown = {}
+    for q in test.queries:
+        shown.setdefault(q.extra["family"], q)
+    for family, q in sorted(shown.items()):
+        ref = f"{q.reference_id}.png"
+        results = searcher.search(ref, q.text, k=3)
+        target = f"{q.target_ids[0]}.png"
+        rank = next((i + 1 for i, r in enumerate(searcher.search(ref, q.text, k=50)) if r.id == target), None)
+        print(
+            f'      [{family}] {ref} + "{q.text}" -> '
+            + ", ".join(f"{r.id} ({r.score:.2f})" for r in results)
+            + f"   target {target} at rank {rank if rank else '>50'}"
+        )
+    print(
+        "      try your own: composir search --index "
+        + str(out / "index")
+        + f' --image {data / "test" / (q.reference_id + ".png")} --text "make the background pink"'
+    )
     print(f"done in {time.time() - start:.0f}s")
     return 0

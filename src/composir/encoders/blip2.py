@@ -53,6 +53,8 @@ class Blip2Encoder(Encoder):
         self.num_query_tokens = model.config.num_query_tokens
         self.qformer_width = model.config.qformer_config.hidden_size
         self.pad_token_id = int(getattr(tokenizer, "pad_token_id", 0) or 0)
+        # True while inputs are cached vision-tower tokens (composir.cache) instead of pixels.
+        self.cached_vision = False
         self.register_buffer("mean", torch.tensor(opts.mean).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(opts.std).view(3, 1, 1), persistent=False)
         if opts.gradient_checkpointing:
@@ -85,11 +87,16 @@ class Blip2Encoder(Encoder):
     # ---------------------------------------------------------------------------- towers
     def vision_tokens(self, frames: torch.Tensor) -> torch.Tensor:
         """ViT tokens, frames pooled: (B, N, C) for ``mean``, (B, T*N, C) for ``concat``."""
-        b, t = frames.shape[:2]
-        pixel = frames.flatten(0, 1).to(self.model.vision_model.embeddings.patch_embedding.weight.dtype)
-        tokens = self.model.vision_model(pixel_values=pixel).last_hidden_state
-        tokens = tokens.view(b, t, *tokens.shape[1:])
-        if t == 1:
+        if self.cached_vision:
+            if frames.dim() == 3:  # frame-pooled cache rows: (B, N, C)
+                return frames
+            tokens = frames  # per-frame cache rows: (B, T, N, C)
+        else:
+            b, t = frames.shape[:2]
+            pixel = frames.flatten(0, 1).to(self.model.query_tokens.dtype)
+            tokens = self.model.vision_model(pixel_values=pixel).last_hidden_state
+            tokens = tokens.view(b, t, *tokens.shape[1:])
+        if tokens.shape[1] == 1:
             return tokens[:, 0]
         if self.options.video_pooling == "concat":
             return tokens.flatten(1, 2)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
+from torch import nn
 
 from composir.encoders.blip2 import Blip2Encoder, Blip2Options
 
@@ -30,6 +32,9 @@ class TinyConfig:
     num_query_tokens: int = 8
     vocab_size: int = 4096
     context_length: int = 32
+    # "conv": a small CNN producing the patch tokens (learns colour/shape/layout from scratch far
+    # faster than a ViT on a CPU budget); "vit": BLIP-2's own ViT at this size.
+    vision: str = "conv"
     video_pooling: str = "mean"
     fusion_pool: str = "mean"
     gradient_checkpointing: bool = False
@@ -63,6 +68,36 @@ class TinyConfig:
         }
 
 
+class ConvTokens(nn.Module):
+    """A CNN vision tower with the ViT's interface: pixels -> ``last_hidden_state`` (B, 1 + grid, width)."""
+
+    def __init__(self, width: int, image_size: int, layers: int, heads: int):
+        super().__init__()
+        c = width // 4
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, c, 3, 2, 1),
+            nn.GELU(),
+            nn.Conv2d(c, 2 * c, 3, 2, 1),
+            nn.GELU(),
+            nn.Conv2d(2 * c, width, 3, 2, 1),
+        )
+        grid = (image_size // 8) ** 2
+        self.cls = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos = nn.Parameter(torch.randn(1, grid + 1, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = (
+            nn.TransformerEncoder(layer, max(0, layers - 1), enable_nested_tensor=False) if layers > 1 else None
+        )
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, pixel_values: torch.Tensor) -> SimpleNamespace:
+        x = self.stem(pixel_values).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(len(x), -1, -1), x], 1) + self.pos
+        if self.encoder is not None:
+            x = self.encoder(x)
+        return SimpleNamespace(last_hidden_state=self.norm(x))
+
+
 class HashTokenizer:
     PAD, CLS = 0, 1
     pad_token_id = 0
@@ -91,6 +126,13 @@ class TinyEncoder(Blip2Encoder):
 
         cfg = config or TinyConfig()
         model = Blip2ForImageTextRetrieval(Blip2Config(**cfg.blip2_config()))
+        # transformers zero-initialises the query tokens (real checkpoints overwrite them); from
+        # scratch identical queries would receive identical gradients and never diverge.
+        nn.init.normal_(model.query_tokens, std=0.02)
+        if cfg.vision == "conv":
+            model.vision_model = ConvTokens(cfg.width, cfg.image_size, cfg.vision_layers, cfg.heads)
+        elif cfg.vision != "vit":
+            raise ValueError(f"tiny.vision must be 'conv' or 'vit', got {cfg.vision!r}")
         options = Blip2Options(
             image_size=cfg.image_size,
             mean=(0.5, 0.5, 0.5),

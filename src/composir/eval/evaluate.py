@@ -23,16 +23,22 @@ log = logging.getLogger(__name__)
 class MediaDataset(Dataset):
     """Preprocessed frames of media items; an unreadable item yields its error instead."""
 
-    def __init__(self, items: Sequence[GalleryItem], preprocess: Callable, num_frames: int):
+    def __init__(self, items: Sequence[GalleryItem], preprocess: Callable, num_frames: int, cache=None):
         self.items = items
         self.preprocess = preprocess
         self.num_frames = num_frames
+        self.cache = cache  # a composir.cache.FeatureCache: rows instead of pixels
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int):
         item = self.items[index]
+        if self.cache is not None:
+            try:
+                return index, self.cache.get(item.id), None
+            except KeyError as exc:
+                return index, None, str(exc.args[0])
         try:
             if item.path is None:
                 raise MediaError(item.id, "no file path")
@@ -67,9 +73,13 @@ def encode_media(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     desc: str = "encoding",
+    cache=None,
 ) -> EncodedMedia:
     loader = DataLoader(
-        MediaDataset(items, preprocess, num_frames), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+        MediaDataset(items, preprocess, num_frames, cache),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
     )
     feats, ok, failures = [], [], []
     for index, frames, bad in tqdm(loader, desc=desc, unit="batch", leave=False):
@@ -136,12 +146,18 @@ def evaluate(
     device: str | torch.device = "cpu",
     query_chunk: int = 1024,
     gallery_chunk: int = 65536,
+    cache=None,
 ) -> EvalResult:
     """Rank the gallery for every query of ``bench`` with ``method`` and score it."""
     method.eval()
     enc = method.encoder
     common = dict(
-        preprocess=enc.preprocess, num_frames=num_frames, batch_size=batch_size, num_workers=num_workers, device=device
+        preprocess=enc.preprocess,
+        num_frames=num_frames,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        cache=cache,
     )
     gallery = encode_media(bench.gallery, method.encode_target, desc="gallery", **common)
     gallery_ids = [bench.gallery[i].id for i in gallery.ok_index]
@@ -152,7 +168,7 @@ def evaluate(
     tokens = enc.tokenize([q.text for q in bench.queries])
     query_feats = torch.zeros(len(bench.queries), gallery.features.shape[1] if len(gallery_ids) else 1)
     failures = list(gallery.failures)
-    dataset = MediaDataset(refs, enc.preprocess, num_frames)
+    dataset = MediaDataset(refs, enc.preprocess, num_frames, cache)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     ok_query = torch.zeros(len(bench.queries), dtype=torch.bool)
     for index, frames, bad in tqdm(loader, desc="queries", unit="batch", leave=False):

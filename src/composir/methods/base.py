@@ -11,12 +11,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from composir.encoders.base import Encoder
+from composir.methods.losses import hn_nce, info_nce
 
 
 @dataclass
 class MethodConfig:
     temperature: float = 0.07
     learn_temperature: bool = True
+    loss: str = "infonce"  # "infonce" or "hnnce" (hard-negative NCE; alpha=1, beta=0 equals InfoNCE)
+    hn_alpha: float = 1.0
+    hn_beta: float = 0.0
+    symmetric: bool = False  # add the target -> query direction
 
 
 class RetrievalMethod(nn.Module):
@@ -41,10 +46,20 @@ class RetrievalMethod(nn.Module):
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         query = self.encode_query(batch["reference"], batch["tokens"])
         target = self.encode_target(batch["target"])
+        return {"contrastive": self.contrastive(query, target)}
+
+    def contrastive(self, query: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The configured batch contrastive loss between normalised query and target features."""
         scale = self.logit_scale.exp().clamp(max=100.0)
-        logits = scale * query @ target.T
-        labels = torch.arange(len(query), device=query.device)
-        return {"contrastive": F.cross_entropy(logits, labels)}
+        sim = query @ target.T
+        if self.config.loss == "infonce":
+            loss = info_nce(sim, scale)
+            return (loss + info_nce(sim.T, scale)) / 2 if self.config.symmetric else loss
+        if self.config.loss == "hnnce":
+            c = self.config
+            loss = hn_nce(sim, scale, c.hn_alpha, c.hn_beta)
+            return (loss + hn_nce(sim.T, scale, c.hn_alpha, c.hn_beta)) / 2 if c.symmetric else loss
+        raise ValueError(f"unknown loss {self.config.loss!r}; expected 'infonce' or 'hnnce'")
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         # DDP hooks gradient sync onto forward(), so training calls the losses through it.

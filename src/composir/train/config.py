@@ -23,6 +23,9 @@ class DataConfig:
     # hard negatives are in-batch negatives.
     group_by_set: bool = True
     augment: str = "none"  # see composir.train.dataset.AUGMENTATIONS
+    # A `composir cache` folder of the (frozen) vision tower's outputs for the train and val media:
+    # training and evaluation then read features instead of pixels.
+    feature_cache: str | None = None
     max_train_queries: int | None = None
     max_val_queries: int | None = None
 

@@ -51,6 +51,7 @@ class TripletDataset(Dataset):
         augment: str = "none",
         seed: int = 0,
         text_fn: Callable | None = None,
+        cache=None,
     ):
         self.queries = [q for q in bench.queries if q.target_ids]
         self.bench = bench
@@ -62,6 +63,7 @@ class TripletDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.text_fn = text_fn
+        self.cache = cache  # composir.cache.FeatureCache: cached vision tokens instead of pixels
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -75,6 +77,11 @@ class TripletDataset(Dataset):
         return list(by_key.values())
 
     def _frames(self, media_id: str, rng: random.Random) -> torch.Tensor:
+        if self.cache is not None:
+            try:
+                return self.cache.get(media_id)
+            except KeyError as exc:
+                raise MediaError(media_id, str(exc.args[0])) from exc
         item = self.bench.media_item(media_id)
         frames = self.augment(load_media(item.path, self.num_frames, item.media_type), rng)
         return torch.stack([self.preprocess(f) for f in frames])

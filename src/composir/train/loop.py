@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from composir.data import load_benchmark
 from composir.encoders import build_encoder
+from composir.errors import ConfigError
 from composir.methods import build_method
 from composir.train import checkpoint as ckpt
 from composir.train.config import RunConfig, config_from_dict, save_config
@@ -127,7 +128,26 @@ def _amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"train.amp must be auto, bf16, fp16 or off, got {mode!r}")
 
 
-def evaluate_splits(method, cfg: RunConfig, device: torch.device) -> dict[str, dict[str, float]]:
+def open_feature_cache(method, cfg: RunConfig):
+    """The run's feature cache, checked against the model; None when the run reads pixels."""
+    if not cfg.data.feature_cache:
+        return None
+    from composir.cache import FeatureCache, vision_fingerprint
+
+    if not cfg.encoder.freeze_vision:
+        raise ConfigError("data.feature_cache needs encoder.freeze_vision: true (a trained tower changes its output)")
+    encoder = method.encoder
+    meta = FeatureCache.open(cfg.data.feature_cache)
+    cache = FeatureCache.open(
+        cfg.data.feature_cache, expected_fingerprint=vision_fingerprint(encoder, meta.num_frames, meta.per_frame)
+    )
+    if cache.num_frames != cfg.data.num_frames:
+        raise ConfigError(f"{cache.root}: cached with {cache.num_frames} frames, config asks {cfg.data.num_frames}")
+    encoder.cached_vision = True
+    return cache
+
+
+def evaluate_splits(method, cfg: RunConfig, device: torch.device, cache=None) -> dict[str, dict[str, float]]:
     from composir.eval.evaluate import evaluate
 
     out = {}
@@ -136,7 +156,12 @@ def evaluate_splits(method, cfg: RunConfig, device: torch.device) -> dict[str, d
         if cfg.data.max_val_queries:
             bench.queries = bench.queries[: cfg.data.max_val_queries]
         res = evaluate(
-            method, bench, batch_size=cfg.train.eval_batch_size, num_frames=cfg.data.num_frames, device=device
+            method,
+            bench,
+            batch_size=cfg.train.eval_batch_size,
+            num_frames=cfg.data.num_frames,
+            device=device,
+            cache=cache,
         )
         out[split] = res.metrics
         for fam, m in res.per_family.items():
@@ -162,11 +187,18 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, stop_after
         save_config(cfg, out / "config.yaml")
 
     method = build_from_config(cfg).to(device)
+    cache = open_feature_cache(method, cfg)
     bench = load_benchmark(cfg.data.benchmark, cfg.data.root, cfg.data.train_split)
     if cfg.data.max_train_queries:
         bench.queries = bench.queries[: cfg.data.max_train_queries]
     dataset = TripletDataset(
-        bench, method.encoder.preprocess, cfg.data.num_frames, cfg.data.augment, cfg.train.seed, text_fn=_text_fn(cfg)
+        bench,
+        method.encoder.preprocess,
+        cfg.data.num_frames,
+        cfg.data.augment,
+        cfg.train.seed,
+        text_fn=_text_fn(cfg),
+        cache=cache,
     )
     sampler = ResumableBatchSampler(
         len(dataset),
@@ -218,7 +250,7 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, stop_after
         )
 
     def run_eval() -> None:
-        results = evaluate_splits(method, cfg, device)
+        results = evaluate_splits(method, cfg, device, cache)
         for split, m in results.items():
             metrics.write(state["step"], split, m)
         first = results[cfg.data.val_splits[0]]

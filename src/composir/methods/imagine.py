@@ -1,0 +1,261 @@
+"""IMAGINE: adaptive schema-imagery enhanced composition (composed video and image retrieval).
+
+Three modules on a BLIP-2-style encoder (``blip2`` or ``tiny``), each part a config switch:
+
+**Schema Imagery Construction (SIC).** Two prototype libraries of K vectors in the Q-Former's
+hidden space -- one for the visual side (shared by reference and target), one for text --
+initialised from the K learned query tokens. After every training step each library moves
+towards the batch: with global features g_i (visual: mean of the Q-Former query outputs;
+text: the text-only Q-Former's first token), attention a_ij = softmax_i(cos(g_i, p_j) / tau_u)
+(softmax over the *batch*), batch aggregate b_j = sum_i a_ij g_i and momentum update
+p_j <- alpha p_j + (1 - alpha) b_j (alpha = 0.9). A sample's imagery vector: scores
+s_j = cos(g, p_j), the top-k prototypes (k = 10), pooled with weights softmax(s_topk / tau_s),
+then a learned projection to the imagery width (256). The reference-side and text-side vectors
+are fused with two learned weights (a softmax pair) into the shared imagery vector m.
+Switches: ``selection`` = topk | random | all; ``update`` = momentum | replace | static;
+``aggregation`` = attention | average.
+
+**Imagery-guided Multimodal Composition (IMC).** The concrete composed feature f_c is the
+Q-Former fusion of the reference frames and the text, average-pooled over query tokens and
+projected (``Encoder.encode_query``). A modulation network maps m to a per-dimension scale and
+shift (gamma, beta); a confidence network maps [m; f_c] to c in (0, 1); the composed feature is
+f = f_c * (1 + c * gamma) + c * beta. Switches: ``composition`` = modulation | add (f_c + W m) |
+cross_attention (f_c attends to the selected prototypes) | none; ``use_scale``; ``use_shift``.
+
+**Dual Space Alignment (DSA).** L = L_concrete + lambda * L_schema with L_concrete the batch
+contrastive loss between normalised f and the target's Q-Former image feature (cosine,
+temperature) and L_schema = 1 - cos(m, m_target), m_target from the same visual SIC branch
+applied to the target (lambda = 0.5). Switches: ``schema_metric`` = cosine | euclidean;
+``schema_target`` = imagery | concrete (align m, projected, to the target's concrete feature);
+``schema_weight`` = 0 drops the schema loss.
+
+Choices where the paper's equations were lost in extraction: the update's attention is a
+softmax over the batch (as its text says), the pooled imagery passes through a learned linear
+map (prototypes themselves are not trained by gradients, so this is where the imagery space
+gets learnable capacity), and the modulation/confidence networks are two-layer MLPs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from composir.errors import ConfigError
+from composir.methods.base import MethodConfig, RetrievalMethod
+from composir.methods.registry import register_method
+
+
+@dataclass
+class ImagineConfig(MethodConfig):
+    hidden_dim: int = 256
+    top_k: int = 10
+    momentum: float = 0.9  # alpha of the prototype update
+    update_temperature: float = 0.1  # tau_u of the batch-wise attention
+    select_temperature: float = 0.1  # tau_s of the top-k pooling weights
+    schema_weight: float = 0.5  # lambda
+    use_sic: bool = True  # False: no imagery at all (the qformer_fusion baseline plus nothing)
+    selection: str = "topk"  # topk | random | all
+    update: str = "momentum"  # momentum | replace | static
+    aggregation: str = "attention"  # attention | average
+    composition: str = "modulation"  # modulation | add | cross_attention | none
+    use_scale: bool = True
+    use_shift: bool = True
+    schema_metric: str = "cosine"  # cosine | euclidean
+    schema_target: str = "imagery"  # imagery | concrete
+
+    def validate(self) -> None:
+        choices = {
+            "selection": ("topk", "random", "all"),
+            "update": ("momentum", "replace", "static"),
+            "aggregation": ("attention", "average"),
+            "composition": ("modulation", "add", "cross_attention", "none"),
+            "schema_metric": ("cosine", "euclidean"),
+            "schema_target": ("imagery", "concrete"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"imagine.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+
+class PrototypeLibrary(nn.Module):
+    """K prototypes updated by batch-wise momentum attention (buffers: saved in checkpoints)."""
+
+    def __init__(self, init: torch.Tensor, momentum: float, temperature: float, update: str):
+        super().__init__()
+        self.register_buffer("prototypes", init.detach().clone())
+        self.momentum = momentum
+        self.temperature = temperature
+        self.mode = update
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor) -> None:
+        if self.mode == "static" or features.shape[0] == 0:
+            return
+        g = features.detach().float()
+        sims = F.normalize(g, dim=-1) @ F.normalize(self.prototypes, dim=-1).T  # (B, K)
+        attention = torch.softmax(sims / self.temperature, dim=0)  # over the batch, per prototype
+        aggregate = attention.T @ g  # (K, C)
+        if self.mode == "replace":
+            self.prototypes.copy_(aggregate)
+        else:
+            self.prototypes.mul_(self.momentum).add_((1 - self.momentum) * aggregate)
+
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(features, dim=-1) @ F.normalize(self.prototypes, dim=-1).T
+
+
+@register_method("imagine")
+class Imagine(RetrievalMethod):
+    config_class = ImagineConfig
+
+    def __init__(self, encoder, config: ImagineConfig | None = None):
+        super().__init__(encoder, config)
+        cfg: ImagineConfig = self.config
+        cfg.validate()
+        if not encoder.has_fusion:
+            raise ConfigError(f"imagine needs an encoder with a Q-Former fusion; {encoder.name!r} has none")
+        queries = encoder.model.query_tokens.detach()[0]  # (K, width)
+        self.num_prototypes, width = queries.shape
+        self.k = min(cfg.top_k, self.num_prototypes)
+        d, h = encoder.embed_dim, cfg.hidden_dim
+        self.visual_library = PrototypeLibrary(queries, cfg.momentum, cfg.update_temperature, cfg.update)
+        self.text_library = PrototypeLibrary(queries, cfg.momentum, cfg.update_temperature, cfg.update)
+        self.visual_imagery = nn.Linear(width, h)
+        self.text_imagery = nn.Linear(width, h)
+        self.fusion_logits = nn.Parameter(torch.zeros(2))  # reference-side vs text-side weights
+        self.modulation = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 2 * d))
+        self.confidence = nn.Sequential(nn.Linear(h + d, h), nn.GELU(), nn.Linear(h, 1))
+        self.additive = nn.Linear(h, d)
+        self.attention_in = nn.Linear(width, d)
+        self.cross_attention = nn.MultiheadAttention(d, num_heads=4 if d % 4 == 0 else 1, batch_first=True)
+        self.concrete_to_imagery = nn.Linear(d, h)
+        # Start as the identity around f_c: zero scale and shift until the networks learn.
+        nn.init.zeros_(self.modulation[-1].weight)
+        nn.init.zeros_(self.modulation[-1].bias)
+        nn.init.zeros_(self.additive.weight)
+        nn.init.zeros_(self.additive.bias)
+
+    # ------------------------------------------------------------------------------ SIC
+    def visual_global(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.encoder.image_query_outputs(frames).mean(1)
+
+    def text_global(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.encoder.text_hidden(tokens)[:, 0]
+
+    def select(self, library: PrototypeLibrary, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices (B, k) of the chosen prototypes and their pooling weights (B, k)."""
+        cfg: ImagineConfig = self.config
+        scores = library.scores(g)
+        if cfg.selection == "all":
+            index = torch.arange(self.num_prototypes, device=g.device).expand(len(g), -1)
+        elif cfg.selection == "random":
+            index = torch.stack([torch.randperm(self.num_prototypes, device=g.device)[: self.k] for _ in range(len(g))])
+        else:
+            index = scores.topk(self.k, dim=1).indices
+        chosen = torch.gather(scores, 1, index)
+        if cfg.aggregation == "average":
+            weights = torch.full_like(chosen, 1.0 / chosen.shape[1])
+        else:
+            weights = torch.softmax(chosen / cfg.select_temperature, dim=1)
+        return index, weights
+
+    def imagery(self, library: PrototypeLibrary, projection: nn.Linear, g: torch.Tensor):
+        index, weights = self.select(library, g)
+        pooled = (weights.unsqueeze(-1) * library.prototypes[index]).sum(1)
+        return projection(pooled), index, weights
+
+    def shared_imagery(self, g_visual: torch.Tensor, g_text: torch.Tensor) -> dict[str, Any]:
+        m_v, idx_v, w_v = self.imagery(self.visual_library, self.visual_imagery, g_visual)
+        m_t, idx_t, w_t = self.imagery(self.text_library, self.text_imagery, g_text)
+        fuse = torch.softmax(self.fusion_logits, 0)
+        return {
+            "m": fuse[0] * m_v + fuse[1] * m_t,
+            "visual_index": idx_v,
+            "text_index": idx_t,
+            "visual_weights": w_v,
+            "text_weights": w_t,
+        }
+
+    # ------------------------------------------------------------------------------ IMC
+    def compose(self, frames: torch.Tensor, tokens: torch.Tensor) -> dict[str, Any]:
+        cfg: ImagineConfig = self.config
+        concrete = self.encoder.encode_query(frames, tokens)
+        out: dict[str, Any] = {"concrete": concrete}
+        if not cfg.use_sic:
+            out["composed"] = concrete
+            return out
+        g_visual, g_text = self.visual_global(frames), self.text_global(tokens)
+        out.update(self.shared_imagery(g_visual, g_text), g_visual=g_visual, g_text=g_text)
+        m = out["m"]
+        if cfg.composition == "none":
+            composed = concrete
+        elif cfg.composition == "add":
+            composed = concrete + self.additive(m)
+        elif cfg.composition == "cross_attention":
+            protos = torch.cat(
+                [self.visual_library.prototypes[out["visual_index"]], self.text_library.prototypes[out["text_index"]]],
+                dim=1,
+            )
+            keys = self.attention_in(protos)
+            attended, _ = self.cross_attention(concrete.unsqueeze(1), keys, keys)
+            composed = concrete + attended.squeeze(1)
+        else:
+            scale, shift = self.modulation(m).chunk(2, dim=-1)
+            confidence = torch.sigmoid(self.confidence(torch.cat([m, concrete], dim=-1)))
+            out["confidence"] = confidence
+            composed = concrete
+            if cfg.use_scale:
+                composed = composed * (1 + confidence * scale)
+            if cfg.use_shift:
+                composed = composed + confidence * shift
+        out["composed"] = composed
+        return out
+
+    def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.compose(frames, tokens)["composed"], dim=-1)
+
+    # ------------------------------------------------------------------------------ DSA
+    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        cfg: ImagineConfig = self.config
+        out = self.compose(batch["reference"], batch["tokens"])
+        target_hidden = self.encoder.image_query_outputs(batch["target"])
+        target = F.normalize(self.encoder.model.vision_projection(target_hidden).mean(1), dim=-1)
+        losses = {"concrete": self.contrastive(F.normalize(out["composed"], dim=-1), target)}
+        if cfg.use_sic and cfg.schema_weight > 0:
+            m = out["m"]
+            if cfg.schema_target == "concrete":
+                goal = self.concrete_to_imagery(target)  # the target's concrete feature, in imagery width
+            else:
+                goal, _, _ = self.imagery(self.visual_library, self.visual_imagery, target_hidden.mean(1))
+            if cfg.schema_metric == "euclidean":
+                schema = (m - goal).pow(2).sum(-1).sqrt().mean()
+            else:
+                schema = (1 - F.cosine_similarity(m, goal, dim=-1)).mean()
+            losses["schema"] = cfg.schema_weight * schema
+        if self.training and cfg.use_sic:
+            # Libraries see the reference and target videos (shared visual library) and the texts.
+            self.visual_library.update(torch.cat([out["g_visual"], target_hidden.mean(1)]))
+            self.text_library.update(out["g_text"])
+        return losses
+
+    @torch.no_grad()
+    def explain(self, frames: torch.Tensor, tokens: torch.Tensor) -> list[dict[str, Any]] | None:
+        if not self.config.use_sic:
+            return None
+        out = self.compose(frames, tokens)
+        explanations = []
+        for i in range(len(frames)):
+            item = {
+                "visual_prototypes": out["visual_index"][i].tolist(),
+                "visual_weights": [round(float(w), 4) for w in out["visual_weights"][i]],
+                "text_prototypes": out["text_index"][i].tolist(),
+                "text_weights": [round(float(w), 4) for w in out["text_weights"][i]],
+            }
+            if "confidence" in out:
+                item["confidence"] = round(float(out["confidence"][i]), 4)
+            explanations.append(item)
+        return explanations

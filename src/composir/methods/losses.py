@@ -1,0 +1,34 @@
+"""Contrastive losses on a query x target similarity matrix (matching pairs on the diagonal)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(sim: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """Cross-entropy of each query against all in-batch targets; ``sim`` is cosine similarity."""
+    labels = torch.arange(sim.shape[0], device=sim.device)
+    return F.cross_entropy(sim * scale, labels)
+
+
+def hn_nce(sim: torch.Tensor, scale: torch.Tensor | float, alpha: float = 1.0, beta: float = 0.0) -> torch.Tensor:
+    """Hard-negative NCE (Radenovic et al. 2023, arXiv 2301.02280), as CoVR uses it.
+
+    ``-log(e^{s_ii} / (alpha * e^{s_ii} + sum_{j != i} w_ij e^{s_ij}))`` with logits ``s = scale * sim``
+    and ``w_ij = (N - 1) * softmax_{j != i}(beta * s_ij)``: negatives that score high weigh more.
+    alpha = 1, beta = 0 is InfoNCE.
+    """
+    logits = sim * scale
+    n = logits.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    negatives = logits.masked_fill(eye, float("-inf"))
+    # log w_ij, computed in log space; the (N - 1) keeps the weights' mean at 1.
+    log_w = torch.log_softmax((beta * logits).masked_fill(eye, float("-inf")), dim=1) + torch.log(
+        torch.tensor(float(n - 1), device=logits.device)
+    )
+    log_w = log_w.detach()  # the weights re-weight negatives; gradients flow through e^{s_ij} only
+    positive = logits.diagonal()
+    weighted_negatives = torch.logsumexp((negatives + log_w).masked_fill(eye, float("-inf")), dim=1)
+    denominator = torch.logaddexp(positive + torch.log(torch.tensor(alpha, device=logits.device)), weighted_negatives)
+    return (denominator - positive).mean()

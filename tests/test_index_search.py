@@ -1,0 +1,92 @@
+"""Index a folder, search it from Python and the CLI, update it incrementally, survive bad files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from composir.cli import main
+from composir.errors import ComposirError
+from composir.index import GalleryIndex
+from composir.search import Searcher
+from composir.train import load_config, train
+from test_train import CONFIG, SMALL
+
+
+@pytest.fixture(scope="module")
+def tiny_run(synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config(
+        CONFIG,
+        [
+            f"data.root={synth_root}",
+            f"output_dir={out}",
+            *SMALL,
+            "train.max_steps=2",
+            "train.eval_every=2",
+            "train.save_every=2",
+            "train.num_workers=0",
+        ],
+    )
+    train(cfg, resume=False, progress=False)
+    return out
+
+
+def test_index_search_and_incremental_update(synth_root, tiny_run, tmp_path, capsys):
+    media = tmp_path / "photos"
+    shutil.copytree(synth_root / "val", media / "album")
+    files = sorted((media / "album").glob("*.png"))[:30]
+    for extra in sorted((media / "album").glob("*.png"))[30:]:
+        extra.unlink()
+    (media / "album" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (media / "notes.txt").write_text("ignored: not a media file")
+    out = tmp_path / "index"
+    assert main(["index", "--run", str(tiny_run), "--media", str(media), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["total"] == 30 and report["added"] == 30
+    assert [s["file"] for s in report["skipped"]] == ["album/broken.jpg"]
+
+    searcher = Searcher(out)
+    ref_key = f"album/{files[0].name}"
+    results = searcher.search(ref_key, "make the red circle blue", k=5)
+    assert len(results) == 5 and ref_key not in [r.id for r in results]
+    assert results == sorted(results, key=lambda r: -r.score)
+    by_path = searcher.search(files[0], "make the red circle blue", k=5)
+    assert [r.id for r in by_path] == [r.id for r in results]
+    assert len(searcher.search(files[1], None, k=3)) == 3  # image only
+    assert len(searcher.search(None, "a red circle", k=3)) == 3  # text only
+
+    capsys.readouterr()
+    assert (
+        main(["search", "--index", str(out), "--image", str(files[2]), "--text", "add a cat", "--k", "4", "--json"])
+        == 0
+    )
+    payload = json.loads(capsys.readouterr().out)
+    assert len(payload["results"]) == 4
+    assert set(payload["results"][0]) >= {"id", "path", "score"}
+
+    # Incremental: delete one, change one, add one; the rest is not re-encoded.
+    generation = (out / "CURRENT").read_text()
+    files[3].unlink()
+    shutil.copy(files[5], files[4])
+    shutil.copy(files[6], media / "album" / "new.png")
+    before = GalleryIndex(out).items()
+    assert main(["index", "--run", str(tiny_run), "--media", str(media), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert (report["added"], report["updated"], report["removed"], report["total"]) == (1, 1, 1, 30)
+    after = GalleryIndex(out).items()
+    assert f"album/{files[3].name}" not in after and "album/new.png" in after
+    unchanged = f"album/{files[7].name}"
+    assert after[unchanged][0] == before[unchanged][0]  # same vector id: not re-encoded
+    assert (out / "CURRENT").read_text() != generation
+    assert len(list(out.glob("gen-*"))) == 1  # old generation cleaned up
+
+
+def test_errors(tiny_run, tmp_path):
+    with pytest.raises(ComposirError, match="no index here"):
+        Searcher(tmp_path / "nothing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["index", "--run", str(tiny_run), "--media", str(empty), "--out", str(tmp_path / "i")]) == 2
