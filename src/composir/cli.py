@@ -1,4 +1,4 @@
-"""``composir`` command line: synth | train | cache | eval | index | search | demo | methods."""
+"""``composir`` command line: synth | train | cache | eval | index | search | serve | demo | methods."""
 
 from __future__ import annotations
 
@@ -221,6 +221,20 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from composir.search import Searcher
+    from composir.service import ServiceSettings, create_app
+
+    searcher = Searcher(args.index, run=args.run, device=args.device)
+    settings = ServiceSettings(max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_k=args.max_k,
+                               max_text_chars=args.max_text, token=args.token)
+    print(f"serving {len(searcher.index)} items on http://{args.host}:{args.port}/ (API docs at /docs)")
+    uvicorn.run(create_app(searcher, settings), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from composir.demo import run_demo
 
@@ -308,6 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=None, help="model run (default: the one the index was built with)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("serve", help="HTTP API + web page over an index")
+    p.add_argument("--index", required=True)
+    p.add_argument("--host", default="127.0.0.1", help="loopback by default; 0.0.0.0 exposes it to the network")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on /search and /media")
+    p.add_argument("--max-upload-mb", type=int, default=50)
+    p.add_argument("--max-k", type=int, default=100)
+    p.add_argument("--max-text", type=int, default=500)
+    p.add_argument("--run", default=None)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="synthetic benchmark -> train -> evaluate, end to end")
     p.add_argument("--out", default="demo-out")
