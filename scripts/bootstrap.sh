@@ -18,5 +18,10 @@ if ! .venv/bin/python -c "import torch, torchvision, sys; sys.exit(torch.__versi
   pip install -q torch==2.14.1 torchvision==0.29.1
 fi
 pip install -q -e ".[${extras}]"
+if [ "$extras" = "dev" ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
+  # The web page's end-to-end test drives Debian's Chromium through chromedriver.
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 .venv/bin/python -c "import torch; assert torch.__version__.split('+')[0] == '2.14.1', torch.__version__"
 echo "composir installed in .venv (extras: ${extras})"

@@ -90,3 +90,50 @@ def test_errors(tiny_run, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["index", "--run", str(tiny_run), "--media", str(empty), "--out", str(tmp_path / "i")]) == 2
+
+
+@pytest.mark.slow
+def test_sharded_indexing_with_two_workers_matches_one(synth_root, tiny_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    media = tmp_path / "media"
+    shutil.copytree(synth_root / "val", media)
+    single = tmp_path / "single"
+    assert main(["index", "--run", str(tiny_run), "--media", str(media), "--out", str(single)]) == 0
+    sharded = tmp_path / "sharded"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        "-m",
+        "composir.cli",
+        "index",
+        "--run-dir",
+        str(tiny_run),
+        "--media",
+        str(media),
+        "--out",
+        str(sharded),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    a, b = GalleryIndex(single), GalleryIndex(sharded)
+    assert len(a) == len(b) == len(list(media.glob("*.png")))
+    assert len(list((sharded / "parts").iterdir())) == 2
+    ka, kb = a.items(), b.items()
+    assert set(ka) == set(kb)
+    for key in list(ka)[:20]:
+        np.testing.assert_allclose(a.vectors.reconstruct(ka[key][0]), b.vectors.reconstruct(kb[key][0]), atol=1e-5)
+    # Both answer a search the same way.
+    sa, sb = Searcher(single), Searcher(sharded)
+    ref = next(iter(ka))
+    assert [r.id for r in sa.search(ref, "add a cat", 5)] == [r.id for r in sb.search(ref, "add a cat", 5)]

@@ -37,8 +37,9 @@ def test_search_upload_id_health_and_media(searcher):
     client = TestClient(create_app(searcher))
     assert client.get("/health").json()["items"] == 24
     assert "composir" in client.get("/").text
-    r = client.post("/search", data={"text": "make the red circle blue", "k": "5"},
-                    files={"file": ("ref.png", _png(), "image/png")})
+    r = client.post(
+        "/search", data={"text": "make the red circle blue", "k": "5"}, files={"file": ("ref.png", _png(), "image/png")}
+    )
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert len(results) == 5 and all({"id", "score", "url"} <= set(x) for x in results)

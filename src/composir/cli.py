@@ -180,31 +180,60 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    import os
+
     from composir.index import GalleryIndex, model_encoder
     from composir.train import load_run
 
     method, cfg = load_run(args.run, "best", args.device)
     frames = args.frames or cfg.data.num_frames
-    index = GalleryIndex(args.out)
     info = {
         "run": str(Path(args.run).resolve()),
         "fingerprint": method.encoder.fingerprint(),
         "num_frames": frames,
         "method": cfg.method.name,
     }
-    report = index.update(
-        args.media,
-        model_encoder(method, frames, args.device, args.batch_size),
-        info,
-        kind=args.kind,
-        batch_size=args.batch_size,
-        nlist=args.nlist,
-        pq_m=args.pq_m,
+    encode = model_encoder(method, frames, args.device, args.batch_size)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        return _index_sharded(args, encode, info, world)
+    report = GalleryIndex(args.out).update(
+        args.media, encode, info, kind=args.kind, batch_size=args.batch_size, nlist=args.nlist, pq_m=args.pq_m
     )
     print(
         f"index {args.out}: {report['total']} items ({report['added']} added, {report['updated']} updated, "
         f"{report['removed']} removed, {len(report['skipped'])} skipped; see {args.out}/report.json)"
     )
+    return 0
+
+
+def _index_sharded(args: argparse.Namespace, encode, info: dict, world: int) -> int:
+    """Under torchrun: each rank indexes its shard of the files into parts/, rank 0 merges them."""
+    import torch.distributed as dist
+
+    from composir.index import GalleryIndex, merge_parts, shard_of
+
+    dist.init_process_group(backend="gloo")
+    rank = dist.get_rank()
+    parts = [Path(args.out) / "parts" / f"part-{r:03d}-of-{world:03d}" for r in range(world)]
+    report = GalleryIndex(parts[rank]).update(
+        args.media,
+        encode,
+        info,
+        kind="flat",
+        batch_size=args.batch_size,
+        progress=rank == 0,
+        keep=lambda key: shard_of(key, world) == rank,
+    )
+    dist.barrier()
+    if rank == 0:
+        merged = merge_parts(parts, args.out, kind=args.kind, nlist=args.nlist, pq_m=args.pq_m)
+        print(
+            f"index {args.out}: {merged['total']} items merged from {world} shards "
+            f"(rank 0: {report['added']} added, {report['removed']} removed)"
+        )
+    dist.barrier()
+    dist.destroy_process_group()
     return 0
 
 
@@ -228,8 +257,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from composir.service import ServiceSettings, create_app
 
     searcher = Searcher(args.index, run=args.run, device=args.device)
-    settings = ServiceSettings(max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_k=args.max_k,
-                               max_text_chars=args.max_text, token=args.token)
+    settings = ServiceSettings(
+        max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        max_k=args.max_k,
+        max_text_chars=args.max_text,
+        token=args.token,
+    )
     print(f"serving {len(searcher.index)} items on http://{args.host}:{args.port}/ (API docs at /docs)")
     uvicorn.run(create_app(searcher, settings), host=args.host, port=args.port, log_level="warning")
     return 0
@@ -298,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("index", help="index a folder of images/videos with a trained run (incremental)")
-    p.add_argument("--run", required=True)
+    # --run-dir: the same, spelled so that torchrun's own option parser does not claim it.
+    p.add_argument("--run", "--run-dir", dest="run", required=True, help="the trained run folder")
     p.add_argument("--media", required=True)
     p.add_argument("--out", required=True)
     p.add_argument(

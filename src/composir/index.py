@@ -23,6 +23,8 @@ import os
 import shutil
 import sqlite3
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,8 +177,9 @@ class GalleryIndex:
         nlist: int = 256,
         pq_m: int = 16,
         progress: bool = True,
+        keep: Callable[[str], bool] | None = None,
     ) -> dict:
-        """Add new/changed files, drop deleted ones; returns a report."""
+        """Add new/changed files, drop deleted ones; returns a report. ``keep(key)`` selects a shard's files."""
         media_root = Path(media_root).resolve()
         if not media_root.is_dir():
             raise ComposirError(f"{media_root}: media folder not found")
@@ -185,7 +188,7 @@ class GalleryIndex:
                 f"{self.root}: index was built with another model (fingerprint {self.info.get('fingerprint')}); "
                 "use a new index folder for this model"
             )
-        files = scan_media(media_root)
+        files = [f for f in scan_media(media_root) if keep is None or keep(f.key)]
         known = self.items()
         rows = {}
         if self.db is not None:
@@ -244,6 +247,42 @@ class GalleryIndex:
         }
         atomic_write_json(self.root / "report.json", report, indent=1)
         return report
+
+
+def shard_of(key: str, num_shards: int) -> int:
+    """A file's shard: stable across runs and machines (crc32 of its relative path)."""
+    return zlib.crc32(key.encode()) % num_shards
+
+
+def merge_parts(parts: list[Path], out: str | Path, kind: str = "flat", nlist: int = 256, pq_m: int = 16) -> dict:
+    """Merge shard indexes (flat, built by ``composir index`` under torchrun) into one index at ``out``.
+
+    Vectors are read back exactly from the flat parts, renumbered, and written as one flat or
+    IVF-PQ index (the quantizer trains on the merged vectors); the parts stay for the next
+    incremental run.
+    """
+    vectors, rows, info = [], {}, None
+    for part in parts:
+        index = GalleryIndex(part)
+        if not index.exists:
+            continue
+        if info is not None and index.info.get("fingerprint") != info.get("fingerprint"):
+            raise ComposirError(f"{part}: shard built with another model than the others")
+        info = info or dict(index.info)
+        for old_id, key, path, media_type, size, mtime in index.db.execute("SELECT * FROM items ORDER BY key"):
+            rows[key] = (len(rows), path, media_type, size, mtime)
+            vectors.append(index.vectors.reconstruct(int(old_id)))
+    if info is None:
+        raise ComposirError("no shard has any item")
+    mat = np.stack(vectors).astype(np.float32)
+    merged = _new_faiss(mat.shape[1], kind, mat if kind == "ivfpq" else None, nlist, pq_m)
+    merged.add_with_ids(mat, np.arange(len(mat), dtype=np.int64))
+    target = GalleryIndex(out)
+    info = {**info, "kind": kind, "shards": len(parts)}
+    if kind == "ivfpq":
+        info["nprobe"] = merged.nprobe
+    target._commit(merged, rows, info)
+    return {"total": len(rows), "shards": len(parts)}
 
 
 def model_encoder(method, num_frames: int, device: str | torch.device = "cpu", batch_size: int = 64):

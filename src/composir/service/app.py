@@ -35,8 +35,9 @@ class ServiceSettings:
 
 def create_app(searcher, settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
-    app = FastAPI(title="composir", description="Composed image/video retrieval over an indexed collection",
-                  version="0.1.0")
+    app = FastAPI(
+        title="composir", description="Composed image/video retrieval over an indexed collection", version="0.1.0"
+    )
     model_lock = threading.Lock()  # one forward pass at a time: the model is shared by all requests
     bearer = HTTPBearer(auto_error=False)
 
@@ -57,8 +58,12 @@ def create_app(searcher, settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "items": len(searcher.index), "method": searcher.config.method.name,
-                "auth": settings.token is not None}
+        return {
+            "status": "ok",
+            "items": len(searcher.index),
+            "method": searcher.config.method.name,
+            "auth": settings.token is not None,
+        }
 
     @app.get("/media/{item_id:path}", dependencies=[Depends(authorize)])
     def media(item_id: str) -> FileResponse:
@@ -108,8 +113,7 @@ def create_app(searcher, settings: ServiceSettings | None = None) -> FastAPI:
         finally:
             if tmp_path is not None:
                 tmp_path.unlink(missing_ok=True)
-        return {"results": [{**r.to_json(), "url": f"/media/{r.id}"} for r in results],
-                "explanation": explanation}
+        return {"results": [{**r.to_json(), "url": f"/media/{r.id}"} for r in results], "explanation": explanation}
 
     return app
 
