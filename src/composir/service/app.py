@@ -8,11 +8,13 @@ the server keeps serving. Only files that are in the index are ever served by ``
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -77,10 +79,10 @@ def create_app(searcher, settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.post("/search", dependencies=[Depends(authorize)])
     def search(
-        text: str = Form(""),
-        k: int | None = Form(None),
-        id: str | None = Form(None),  # noqa: A002 - the form field's public name
-        file: UploadFile | None = File(None),
+        text: Annotated[str, Form()] = "",
+        k: Annotated[int | None, Form()] = None,
+        id: Annotated[str | None, Form()] = None,
+        file: Annotated[UploadFile | None, File()] = None,
     ) -> dict:
         k = k if k is not None else min(12, settings.max_k)
         if not 1 <= k <= settings.max_k:
@@ -124,11 +126,11 @@ def _save_upload(file: UploadFile, limit: int) -> Path:
     if media_type_of(f"x{suffix}") is None:
         allowed = ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
         raise HTTPException(415, f"unsupported file type {suffix or '(none)'!r}; allowed: {allowed}")
-    handle = tempfile.NamedTemporaryFile(prefix="composir-upload-", suffix=suffix, delete=False)
-    path = Path(handle.name)
+    fd, name = tempfile.mkstemp(prefix="composir-upload-", suffix=suffix)
+    path = Path(name)
     size = 0
     try:
-        with handle:
+        with os.fdopen(fd, "wb") as handle:
             while chunk := file.file.read(1 << 20):
                 size += len(chunk)
                 if size > limit:
