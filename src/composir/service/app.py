@@ -43,7 +43,9 @@ def create_app(searcher, settings: ServiceSettings | None = None) -> FastAPI:
     model_lock = threading.Lock()  # one forward pass at a time: the model is shared by all requests
     bearer = HTTPBearer(auto_error=False)
 
-    def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008 - FastAPI's idiom) -> None:
+    def authorize(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008 - FastAPI's idiom
+    ) -> None:
         if settings.token is None:
             return
         if credentials is None or not secrets.compare_digest(credentials.credentials, settings.token):
