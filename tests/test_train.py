@@ -150,6 +150,13 @@ def test_config_errors(tmp_path):
     assert cfg.train.max_steps == 7 and cfg.method.config["dropout"] == 0.0
     assert cfg.method.config["projection_dim"] == 256
     assert load_config(CONFIG, ["method.config=null"]).method.config is None
+    # YAML 1.1 reads 1e-3 as a string; a float field takes it as a number.
+    assert load_config(CONFIG, ["train.lr=1e-3"]).train.lr == 0.001
+    assert load_config(CONFIG, ["train.encoder_lr=1e-5"]).train.encoder_lr == 1e-5
+    with pytest.raises(ConfigError, match=r"train.max_steps: expected a number, got 'many'"):
+        load_config(CONFIG, ["train.max_steps=many"])
+    with pytest.raises(ConfigError, match="expected true or false"):
+        load_config(CONFIG, ["data.group_by_set=3"])
 
 
 def test_unknown_method_config_key():

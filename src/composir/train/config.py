@@ -94,8 +94,31 @@ def _build(cls, data: dict[str, Any], where: str):
         if cls is RunConfig and name in _SECTIONS:
             kwargs[name] = _build(_SECTIONS[name], value or {}, f"{where}.{name}")
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, fields[name], f"{where}.{name}")
     return cls(**kwargs)
+
+
+def _coerce(value: Any, f: dataclasses.Field, where: str) -> Any:
+    """Numbers written the way YAML 1.1 reads as strings ("1e-3") become numbers; wrong types are named."""
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if default is None and isinstance(value, str) and str(f.type).startswith(("float", "int")):
+        default = 0.0 if str(f.type).startswith("float") else 0  # optional numbers, e.g. encoder_lr
+    if value is None or default is None or isinstance(default, (dict, list, str)):
+        return value
+    kind = type(default)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if kind in (int, float):
+        try:
+            number = kind(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or (kind is int and isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return number
+    return value
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
