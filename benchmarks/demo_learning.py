@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from composir.data import load_benchmark
-from composir.demo import CONFIG
+from composir.demo import CONFIG, DEMO_SIZE, DEMO_SPLITS
 from composir.eval.evaluate import evaluate
 from composir.synth import SynthConfig, generate
 from composir.train import load_config, load_run, train
@@ -24,7 +24,7 @@ from composir.train import load_config, load_run, train
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--size", type=int, default=6000)
+    parser.add_argument("--size", type=int, default=DEMO_SIZE)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--methods", nargs="+", default=["combiner", "image_only", "text_only"])
@@ -33,7 +33,8 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.out or tempfile.mkdtemp(prefix="composir-demo-learning-"))
     data = root / "data"
-    generate(SynthConfig(out=data, seed=args.seed, size=args.size), progress=False)
+    if not (data / "synthetic.json").is_file():
+        generate(SynthConfig(out=data, seed=args.seed, size=args.size, split_fractions=DEMO_SPLITS), progress=False)
     test = load_benchmark("synthetic", data, "test")
     results = {}
     for name in args.methods:
@@ -43,7 +44,7 @@ def main() -> None:
         if args.steps:
             overrides.append(f"train.max_steps={args.steps}")
         start = time.time()
-        train(load_config(CONFIG, overrides), resume=False, progress=False)
+        train(load_config(CONFIG, overrides), resume=True, progress=False)
         method, _ = load_run(root / name)
         res = evaluate(method, test, batch_size=128)
         results[name] = {"all": res.metrics, **res.per_family, "train_seconds": time.time() - start}

@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthetic benchmark -> train -> evaluate, end to end")
     p.add_argument("--out", default="demo-out")
-    p.add_argument("--size", type=int, default=6000, help="synthetic triplets over all splits")
+    p.add_argument("--size", type=int, default=20_000, help="synthetic triplets over all splits")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo config's)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
