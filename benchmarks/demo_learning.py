@@ -38,14 +38,16 @@ def main() -> None:
     test = load_benchmark("synthetic", data, "test")
     results = {}
     for name in args.methods:
-        overrides = [f"data.root={data}", f"output_dir={root / name}", f"method.name={name}", f"train.seed={args.seed}"]
+        # The combiner run is the demo's own: with --out demo-out, `composir demo`'s run is reused.
+        run_dir = root / ("run" if name == "combiner" else name)
+        overrides = [f"data.root={data}", f"output_dir={run_dir}", f"method.name={name}", f"train.seed={args.seed}"]
         if name != "combiner":
             overrides.append("method.config=null")
         if args.steps:
             overrides.append(f"train.max_steps={args.steps}")
         start = time.time()
         train(load_config(CONFIG, overrides), resume=True, progress=False)
-        method, _ = load_run(root / name)
+        method, _ = load_run(run_dir)
         res = evaluate(method, test, batch_size=128)
         results[name] = {"all": res.metrics, **res.per_family, "train_seconds": time.time() - start}
     print(f"test split of the synthetic benchmark (size {args.size}, seed {args.seed}); recall in %")

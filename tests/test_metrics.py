@@ -85,3 +85,18 @@ def test_circo_recall_uses_first_target():
 def test_length_mismatch_raises():
     with pytest.raises(ValueError, match="2 rankings but 1"):
         M.recall_at_k([["a"], ["b"]], [["a"]], 1)
+
+
+def test_atomic_write_keeps_old_file_on_error_and_normal_permissions(tmp_path):
+    import os
+
+    from composir.utils.io import atomic_open, atomic_write_json
+
+    path = tmp_path / "out.json"
+    atomic_write_json(path, {"a": 1})
+    assert oct(os.stat(path).st_mode & 0o777) != oct(0o600)
+    with pytest.raises(RuntimeError), atomic_open(path, "w") as handle:
+        handle.write("partial")
+        raise RuntimeError("crash mid-write")
+    assert path.read_text() == '{"a": 1}'
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left behind

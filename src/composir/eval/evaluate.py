@@ -74,6 +74,7 @@ def encode_media(
     device: str | torch.device = "cpu",
     desc: str = "encoding",
     cache=None,
+    progress: bool = True,
 ) -> EncodedMedia:
     loader = DataLoader(
         MediaDataset(items, preprocess, num_frames, cache),
@@ -82,7 +83,7 @@ def encode_media(
         collate_fn=_collate,
     )
     feats, ok, failures = [], [], []
-    for index, frames, bad in tqdm(loader, desc=desc, unit="batch", leave=False):
+    for index, frames, bad in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         failures.extend((items[i].id, err) for i, err in bad)
         if frames is None:
             continue
@@ -147,6 +148,7 @@ def evaluate(
     query_chunk: int = 1024,
     gallery_chunk: int = 65536,
     cache=None,
+    progress: bool = True,
 ) -> EvalResult:
     """Rank the gallery for every query of ``bench`` with ``method`` and score it."""
     method.eval()
@@ -158,6 +160,7 @@ def evaluate(
         num_workers=num_workers,
         device=device,
         cache=cache,
+        progress=progress,
     )
     gallery = encode_media(bench.gallery, method.encode_target, desc="gallery", **common)
     gallery_ids = [bench.gallery[i].id for i in gallery.ok_index]
@@ -171,7 +174,7 @@ def evaluate(
     dataset = MediaDataset(refs, enc.preprocess, num_frames, cache)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     ok_query = torch.zeros(len(bench.queries), dtype=torch.bool)
-    for index, frames, bad in tqdm(loader, desc="queries", unit="batch", leave=False):
+    for index, frames, bad in tqdm(loader, desc="queries", unit="batch", leave=False, disable=not progress):
         failures.extend((f"query {bench.queries[i].query_id}", err) for i, err in bad)
         if frames is None:
             continue

@@ -64,6 +64,9 @@ def save_checkpoint(
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private; a checkpoint is an ordinary folder
     try:
         save_file(_contiguous(model_state(method, save_frozen)), tmp / "model.safetensors")
         if optimizer is not None:

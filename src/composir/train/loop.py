@@ -162,6 +162,7 @@ def evaluate_splits(method, cfg: RunConfig, device: torch.device, cache=None) ->
             num_frames=cfg.data.num_frames,
             device=device,
             cache=cache,
+            progress=False,
         )
         out[split] = res.metrics
         for fam, m in res.per_family.items():
