@@ -135,3 +135,19 @@ def test_tiny_encoder_and_safetensors_roundtrip(tmp_path):
     tokens = enc.tokenize(["Make the RED circle blue!"])
     assert tokens[0, 0] == 1 and (tokens[0, 1:7] > 1).all() and tokens[0, 7] == 0
     assert enc.fingerprint() == enc.fingerprint()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    cfg = {"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4}
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        enc = build_encoder("tiny", config={**cfg, "gradient_checkpointing": checkpointing}).train()
+        assert enc.model.is_gradient_checkpointing is checkpointing
+        frames = torch.randn(2, 1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+        tokens = enc.tokenize(["make the red circle blue", "add a cat"])
+        enc.encode_query(frames, tokens).pow(2).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)

@@ -58,7 +58,9 @@ class Blip2Encoder(Encoder):
         self.register_buffer("mean", torch.tensor(opts.mean).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(opts.std).view(3, 1, 1), persistent=False)
         if opts.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            # transformers 5 renamed it; older releases only have the first name.
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
 
     # ---------------------------------------------------------------------------- inputs
     def preprocess(self, image: Image.Image) -> torch.Tensor:
