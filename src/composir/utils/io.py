@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,22 +19,27 @@ def _umask_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open a temp file beside ``path``; on success fsync and rename it over ``path``."""
-    path = Path(path)
+def _temp_beside(path: Path) -> Iterator[tuple[int, str]]:
+    """A temp file in ``path``'s folder; renamed over ``path`` when the block ends without error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield fd, tmp
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Open a temp file beside ``path``; on success fsync and rename it over ``path``."""
+    with _temp_beside(Path(path)) as (fd, _), os.fdopen(fd, mode, **kwargs) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
@@ -47,17 +52,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         handle.write(data)
 
 
-def atomic_save(path: str | os.PathLike, writer) -> None:
+def atomic_save(path: str | os.PathLike, writer: Callable[[str], None]) -> None:
     """Call ``writer(tmp_path)`` for libraries that insist on writing a path themselves."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with _temp_beside(Path(path)) as (fd, tmp):
+        os.close(fd)
         writer(tmp)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
