@@ -43,15 +43,29 @@ def main() -> None:
         for name, extra in {
             "tiny / combiner (batch 64)": ["method.name=combiner"],
             "BLIP-2-shaped / qformer_fusion (batch 32)": [
-                "encoder.name=tiny_blip2_shaped", "method.name=qformer_fusion", "train.batch_size=32",
-                "encoder.freeze_vision=true"],
+                "encoder.name=tiny_blip2_shaped",
+                "method.name=qformer_fusion",
+                "train.batch_size=32",
+                "encoder.freeze_vision=true",
+            ],
         }.items():
             for amp in ("off", "bf16"):
                 out = Path(tmp) / f"run-{len(name)}-{amp}"
                 torch.cuda.reset_peak_memory_stats()
-                cfg = load_config(CONFIG, [f"data.root={data}", f"output_dir={out}", f"train.max_steps={args.steps}",
-                                           "train.device=cuda", f"train.amp={amp}", "train.eval_every=100000",
-                                           "train.save_every=100000", "train.log_every=5", *extra])
+                cfg = load_config(
+                    CONFIG,
+                    [
+                        f"data.root={data}",
+                        f"output_dir={out}",
+                        f"train.max_steps={args.steps}",
+                        "train.device=cuda",
+                        f"train.amp={amp}",
+                        "train.eval_every=100000",
+                        "train.save_every=100000",
+                        "train.log_every=5",
+                        *extra,
+                    ],
+                )
                 train(cfg, resume=False, progress=False)
                 rows = MetricsLog(out / "metrics.csv").rows()
                 tps = statistics.mean(float(r["value"]) for r in rows if r["metric"] == "triplets_per_s")

@@ -59,7 +59,10 @@ def run_variant(name: str, batch: int, steps: int) -> dict:
     encoder = Blip2Encoder(model, HashTokenizer(30522, 32), Blip2Options(max_text_length=32))
     encoder.model.vision_model.requires_grad_(False)
     encoder.cached_vision = True
-    method = build_method(name, encoder, {"top_k": 10, "hidden_dim": 256} if name == "imagine" else None)
+    config = None
+    if name.startswith("imagine"):
+        config = {"top_k": 10, "hidden_dim": 256, "global_features": "fused" if name.endswith("fused") else "separate"}
+    method = build_method(name.split(":")[0], encoder, config)
     trainable = sum(p.numel() for p in method.parameters())
     ref = torch.randn(batch, 257, 1408)
     tgt = torch.randn(batch, 257, 1408)
@@ -99,30 +102,29 @@ def main() -> None:
         print(json.dumps(run_variant(args.worker, args.batch, args.steps)))
         return
     res = {}
-    for name in ("qformer_fusion", "imagine"):
+    for name in ("qformer_fusion", "imagine", "imagine:fused"):
         cmd = [sys.executable, __file__, "--worker", name, "--batch", str(args.batch), "--steps", str(args.steps)]
         res[name] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-    b, i = res["qformer_fusion"], res["imagine"]
-    added = i["params"] - b["params"]
+    b = res["qformer_fusion"]
     print(
-        f"BLIP-2-shaped Q-Former (12 layers, 768 wide, 32 queries) on cached ViT-g-shaped tokens, batch {args.batch}, "
-        f"median of {args.steps} training steps"
+        f"BLIP-2-shaped Q-Former (12 layers, 768 wide, 32 queries) on cached ViT-g-shaped tokens, "
+        f"batch {args.batch}, median of {args.steps} training steps; ratios to qformer_fusion"
     )
-    print("| | qformer_fusion | IMAGINE | ratio |")
-    print("|---|---|---|---|")
+    print("| variant | parameters | training step | peak extra memory | inference per query |")
+    print("|---|---|---|---|---|")
     print(
-        f"| parameters | {b['params'] / 1e6:.2f}M | {i['params'] / 1e6:.2f}M | +{added / 1e6:.2f}M "
-        f"(+{100 * added / b['params']:.2f}% of this model; +{100 * added / 1.17e9:.3f}% of BLIP-2's 1.17B) |"
+        f"| qformer_fusion | {b['params'] / 1e6:.2f}M | {b['step_s']:.3f} s | {b['peak_extra_mb']:.0f} MiB | "
+        f"{1000 * b['infer_s_per_query']:.1f} ms |"
     )
-    print(f"| training step | {b['step_s']:.3f} s | {i['step_s']:.3f} s | {i['step_s'] / b['step_s']:.3f} |")
-    print(
-        f"| peak extra memory | {b['peak_extra_mb']:.0f} MiB | {i['peak_extra_mb']:.0f} MiB | "
-        f"{i['peak_extra_mb'] / b['peak_extra_mb']:.3f} |"
-    )
-    print(
-        f"| inference per query | {1000 * b['infer_s_per_query']:.2f} ms | {1000 * i['infer_s_per_query']:.2f} ms | "
-        f"{i['infer_s_per_query'] / b['infer_s_per_query']:.3f} |"
-    )
+    for name, label in (("imagine", "IMAGINE, separate global passes"), ("imagine:fused", "IMAGINE, fused globals")):
+        i = res[name]
+        added = i["params"] - b["params"]
+        print(
+            f"| {label} | +{added / 1e6:.2f}M (+{100 * added / b['params']:.2f}%; +{100 * added / 1.17e9:.3f}% of "
+            f"BLIP-2's 1.17B) | {i['step_s']:.3f} s ({i['step_s'] / b['step_s']:.3f}x) | "
+            f"{i['peak_extra_mb']:.0f} MiB ({i['peak_extra_mb'] / b['peak_extra_mb']:.3f}x) | "
+            f"{1000 * i['infer_s_per_query']:.1f} ms ({i['infer_s_per_query'] / b['infer_s_per_query']:.3f}x) |"
+        )
 
 
 if __name__ == "__main__":

@@ -30,13 +30,13 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-synthetic-combi
 WEBVID_COVR_TRAIN = 1_600_000
 
 # BLIP-2 widths (EVA ViT-g: 1408 wide, 16 heads, patch 14 at 224 px; Q-Former: BERT-base, 32
-# queries) at reduced depth so that a CPU can run it: 2 ViT layers instead of 39, 2 Q-Former
-# layers instead of 12.
+# queries) at reduced depth so that a CPU can run it, keeping BLIP-2's ~3:1 ratio of ViT to
+# Q-Former depth (39 : 12): 6 ViT layers and 2 Q-Former layers by default (--vit-layers).
 BLIP2_SHAPED = {
     "vision_config": {
         "hidden_size": 1408,
         "intermediate_size": 6144,
-        "num_hidden_layers": 2,
+        "num_hidden_layers": 6,
         "num_attention_heads": 16,
         "image_size": 224,
         "patch_size": 14,
@@ -82,12 +82,13 @@ def setups(workers: int, cache: Path) -> dict[str, list[str]]:
         *common,
         "encoder.name=tiny_blip2_shaped",
         "method.name=qformer_fusion",
+        "method.config=null",
         "train.batch_size=16",
         "encoder.freeze_vision=true",
     ]
     return {
         "tiny / combiner (batch 64), pixels": [*common, "method.name=combiner"],
-        "tiny / qformer_fusion (batch 64), pixels": [*common, "method.name=qformer_fusion"],
+        "tiny / qformer_fusion (batch 64), pixels": [*common, "method.name=qformer_fusion", "method.config=null"],
         "BLIP-2-shaped, frozen ViT / qformer_fusion (batch 16), pixels": blip2,
         "BLIP-2-shaped, frozen ViT / qformer_fusion (batch 16), cached features": [
             *blip2,
@@ -101,7 +102,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--size", type=int, default=1500, help="synthetic triplets to train on")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--vit-layers", type=int, default=6)
+    parser.add_argument("--only", default=None, help="run only the set-ups whose name contains this")
     args = parser.parse_args()
+    BLIP2_SHAPED["vision_config"]["num_hidden_layers"] = args.vit_layers
     register_blip2_shaped()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -118,6 +122,7 @@ def main() -> None:
                 "encoder.name=tiny_blip2_shaped",
                 "encoder.freeze_vision=true",
                 "method.name=qformer_fusion",
+                "method.config=null",
             ],
         )
         start = time.perf_counter()
@@ -129,6 +134,8 @@ def main() -> None:
         print("|---|---|---|---|")
         rates: dict[str, float] = {}
         for name, overrides in setups(args.workers, cache).items():
+            if args.only and args.only not in name:
+                continue
             out = Path(tmp) / f"run{len(rates)}"
             cfg = load_config(
                 CONFIG, [f"data.root={data}", f"train.max_steps={args.steps}", *overrides, f"output_dir={out}"]

@@ -148,7 +148,10 @@ class Blip2Encoder(Encoder):
         return out.last_hidden_state
 
     def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        hidden = self.fusion_hidden(frames, tokens)
+        return self.pool_fusion(self.fusion_hidden(frames, tokens))
+
+    def pool_fusion(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The composed feature from ``fusion_hidden``'s output (query-token mean or first text token)."""
         q = self.num_query_tokens
         if self.options.fusion_pool == "cls":
             return self.model.text_projection(hidden[:, q])

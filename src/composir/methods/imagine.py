@@ -58,6 +58,10 @@ class ImagineConfig(MethodConfig):
     select_temperature: float = 0.1  # tau_s of the top-k pooling weights
     schema_weight: float = 0.5  # lambda
     use_sic: bool = True  # False: no imagery at all (the qformer_fusion baseline plus nothing)
+    # Where SIC's global features come from: "separate" Q-Former passes (image-only for the
+    # reference, text-only for the text, as the paper describes) or "fused": the query-token mean
+    # and the first text token of the fusion pass the composed feature needs anyway (no extra pass).
+    global_features: str = "separate"
     selection: str = "topk"  # topk | random | all
     update: str = "momentum"  # momentum | replace | static
     aggregation: str = "attention"  # attention | average
@@ -75,6 +79,7 @@ class ImagineConfig(MethodConfig):
             "composition": ("modulation", "add", "cross_attention", "none"),
             "schema_metric": ("cosine", "euclidean"),
             "schema_target": ("imagery", "concrete"),
+            "global_features": ("separate", "fused"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -183,12 +188,17 @@ class Imagine(RetrievalMethod):
     # ------------------------------------------------------------------------------ IMC
     def compose(self, frames: torch.Tensor, tokens: torch.Tensor) -> dict[str, Any]:
         cfg: ImagineConfig = self.config
-        concrete = self.encoder.encode_query(frames, tokens)
+        hidden = self.encoder.fusion_hidden(frames, tokens)
+        concrete = self.encoder.pool_fusion(hidden)
         out: dict[str, Any] = {"concrete": concrete}
         if not cfg.use_sic:
             out["composed"] = concrete
             return out
-        g_visual, g_text = self.visual_global(frames), self.text_global(tokens)
+        if cfg.global_features == "fused":
+            q = self.encoder.num_query_tokens
+            g_visual, g_text = hidden[:, :q].mean(1), hidden[:, q]
+        else:
+            g_visual, g_text = self.visual_global(frames), self.text_global(tokens)
         out.update(self.shared_imagery(g_visual, g_text), g_visual=g_visual, g_text=g_text)
         m = out["m"]
         if cfg.composition == "none":
