@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind", default="flat", choices=["flat", "ivfpq"], help="exact (flat) or IVF-PQ for big collections"
     )
     p.add_argument("--nlist", type=int, default=256)
-    p.add_argument("--pq-m", type=int, default=16)
+    p.add_argument("--pq-m", type=int, default=32, help="IVF-PQ bytes per vector (must divide the dimension)")
     p.add_argument("--frames", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")

@@ -175,7 +175,7 @@ class GalleryIndex:
         batch_size: int = 64,
         commit_every: int = 2048,
         nlist: int = 256,
-        pq_m: int = 16,
+        pq_m: int = 32,
         progress: bool = True,
         keep: Callable[[str], bool] | None = None,
     ) -> dict:
@@ -254,7 +254,7 @@ def shard_of(key: str, num_shards: int) -> int:
     return zlib.crc32(key.encode()) % num_shards
 
 
-def merge_parts(parts: list[Path], out: str | Path, kind: str = "flat", nlist: int = 256, pq_m: int = 16) -> dict:
+def merge_parts(parts: list[Path], out: str | Path, kind: str = "flat", nlist: int = 256, pq_m: int = 32) -> dict:
     """Merge shard indexes (flat, built by ``composir index`` under torchrun) into one index at ``out``.
 
     Vectors are read back exactly from the flat parts, renumbered, and written as one flat or
