@@ -137,3 +137,32 @@ def test_sharded_indexing_with_two_workers_matches_one(synth_root, tiny_run, tmp
     sa, sb = Searcher(single), Searcher(sharded)
     ref = next(iter(ka))
     assert [r.id for r in sa.search(ref, "add a cat", 5)] == [r.id for r in sb.search(ref, "add a cat", 5)]
+
+
+def test_ivfpq_index_kind(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    media = tmp_path / "m"
+    media.mkdir()
+    for i in range(300):
+        Image.new("RGB", (8, 8), (i % 256, 0, 0)).save(media / f"{i:03d}.png")
+    rng = np.random.default_rng(0)
+    table = {f"{i:03d}.png": v / np.linalg.norm(v) for i, v in enumerate(rng.standard_normal((300, 16)))}
+
+    def encode(items):
+        return np.stack([table[it.id] for it in items]).astype(np.float32), []
+
+    index = GalleryIndex(tmp_path / "ivf")
+    report = index.update(
+        media, encode, {"fingerprint": "x"}, kind="ivfpq", nlist=4, pq_m=4, progress=False, commit_every=10_000
+    )
+    assert report["total"] == 300 and index.info["kind"] == "ivfpq"
+    scores, ids = index.search(table["007.png"][None], 5)
+    assert ids.shape == (1, 5) and (ids >= 0).all()
+    assert index.lookup([int(ids[0, 0])])  # ids map back to files
+    # The quantizer trains on the first commit: 100 vectors are too few, and the error says so.
+    with pytest.raises(ComposirError, match="needs at least 256 vectors"):
+        GalleryIndex(tmp_path / "small").update(
+            media, encode, {"fingerprint": "x"}, kind="ivfpq", nlist=4, pq_m=4, progress=False, commit_every=100
+        )

@@ -70,8 +70,15 @@ def _new_faiss(dim: int, kind: str, train_vectors: np.ndarray | None, nlist: int
     if kind == "flat":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     if kind == "ivfpq":
-        if train_vectors is None or len(train_vectors) < nlist * 4:
-            raise ComposirError(f"IVF-PQ with nlist={nlist} needs at least {nlist * 4} vectors to train its quantizer")
+        needed = max(nlist * 4, 256)  # 256: one 8-bit product-quantizer codebook
+        if train_vectors is None or len(train_vectors) < needed:
+            have = 0 if train_vectors is None else len(train_vectors)
+            raise ComposirError(
+                f"IVF-PQ with nlist={nlist} needs at least {needed} vectors to train its quantizer, got {have}; "
+                "use the flat index for a collection this small"
+            )
+        if dim % pq_m:
+            raise ComposirError(f"IVF-PQ: --pq-m {pq_m} must divide the embedding dimension {dim}")
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
         index.train(train_vectors)
