@@ -158,7 +158,7 @@ def test_ivfpq_index_kind(tmp_path):
         media, encode, {"fingerprint": "x"}, kind="ivfpq", nlist=4, pq_m=4, progress=False, commit_every=10_000
     )
     assert report["total"] == 300 and index.info["kind"] == "ivfpq"
-    scores, ids = index.search(table["007.png"][None], 5)
+    _, ids = index.search(table["007.png"][None], 5)
     assert ids.shape == (1, 5) and (ids >= 0).all()
     assert index.lookup([int(ids[0, 0])])  # ids map back to files
     # The quantizer trains on the first commit: 100 vectors are too few, and the error says so.
