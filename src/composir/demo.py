@@ -71,9 +71,10 @@ def run_demo(args: argparse.Namespace) -> int:
         shown.setdefault(q.extra["family"], q)
     for family, q in sorted(shown.items()):
         ref = f"{q.reference_id}.png"
-        results = searcher.search(ref, q.text, k=3)
+        ranked = searcher.search(ref, q.text, k=50)
+        results = ranked[:3]
         target = f"{q.target_ids[0]}.png"
-        rank = next((i + 1 for i, r in enumerate(searcher.search(ref, q.text, k=50)) if r.id == target), None)
+        rank = next((i + 1 for i, r in enumerate(ranked) if r.id == target), None)
         print(
             f'      [{family}] {ref} + "{q.text}" -> '
             + ", ".join(f"{r.id} ({r.score:.2f})" for r in results)

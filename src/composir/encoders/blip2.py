@@ -104,9 +104,10 @@ class Blip2Encoder(Encoder):
             return tokens.flatten(1, 2)
         return tokens.mean(1)
 
-    def image_query_outputs(self, frames: torch.Tensor) -> torch.Tensor:
+    def image_query_outputs(self, frames: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
         """Q-Former query-token outputs for images/videos: (B, Q, width)."""
-        memory = self.vision_tokens(frames)
+        # ``memory``: the frames' vision tokens when the caller already has them (one ViT pass, not two).
+        memory = self.vision_tokens(frames) if memory is None else memory
         queries = self.model.query_tokens.expand(memory.shape[0], -1, -1)
         out = self.model.qformer(
             query_embeds=queries,
@@ -129,9 +130,12 @@ class Blip2Encoder(Encoder):
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.text_projection(self.text_hidden(tokens)[:, 0])
 
-    def fusion_hidden(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def fusion_hidden(
+        self, frames: torch.Tensor, tokens: torch.Tensor, memory: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Joint query+text Q-Former outputs cross-attending to the reference: (B, Q + L, width)."""
-        memory = self.vision_tokens(frames)
+        # ``memory``: the frames' vision tokens when the caller already has them (one ViT pass, not two).
+        memory = self.vision_tokens(frames) if memory is None else memory
         b = memory.shape[0]
         queries = self.model.query_tokens.expand(b, -1, -1)
         embeds = self.model.embeddings(input_ids=tokens, query_embeds=queries)

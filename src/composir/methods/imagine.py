@@ -145,8 +145,8 @@ class Imagine(RetrievalMethod):
         nn.init.zeros_(self.additive.bias)
 
     # ------------------------------------------------------------------------------ SIC
-    def visual_global(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.encoder.image_query_outputs(frames).mean(1)
+    def visual_global(self, frames: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encoder.image_query_outputs(frames, memory).mean(1)
 
     def text_global(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.encoder.text_hidden(tokens)[:, 0]
@@ -188,7 +188,8 @@ class Imagine(RetrievalMethod):
     # ------------------------------------------------------------------------------ IMC
     def compose(self, frames: torch.Tensor, tokens: torch.Tensor) -> dict[str, Any]:
         cfg: ImagineConfig = self.config
-        hidden = self.encoder.fusion_hidden(frames, tokens)
+        memory = self.encoder.vision_tokens(frames)
+        hidden = self.encoder.fusion_hidden(frames, tokens, memory)
         concrete = self.encoder.pool_fusion(hidden)
         out: dict[str, Any] = {"concrete": concrete}
         if not cfg.use_sic:
@@ -198,7 +199,7 @@ class Imagine(RetrievalMethod):
             q = self.encoder.num_query_tokens
             g_visual, g_text = hidden[:, :q].mean(1), hidden[:, q]
         else:
-            g_visual, g_text = self.visual_global(frames), self.text_global(tokens)
+            g_visual, g_text = self.visual_global(frames, memory), self.text_global(tokens)
         out.update(self.shared_imagery(g_visual, g_text), g_visual=g_visual, g_text=g_text)
         m = out["m"]
         if cfg.composition == "none":
