@@ -12,7 +12,7 @@ from composir.errors import ComposirError
 from composir.index import GalleryIndex
 from composir.search import Searcher
 from composir.train import load_config, train
-from test_train import CONFIG, SMALL
+from test_train import CONFIG, SMALL, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,6 @@ def test_errors(tiny_run, tmp_path):
 def test_sharded_indexing_with_two_workers_matches_one(synth_root, tiny_run, tmp_path):
     import os
     import subprocess
-    import sys
 
     import numpy as np
 
@@ -106,13 +105,7 @@ def test_sharded_indexing_with_two_workers_matches_one(synth_root, tiny_run, tmp
     assert main(["index", "--run", str(tiny_run), "--media", str(media), "--out", str(single)]) == 0
     sharded = tmp_path / "sharded"
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29531",
+        *torchrun(2, 29531),
         "-m",
         "composir.cli",
         "index",

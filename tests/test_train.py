@@ -35,9 +35,10 @@ SMALL = [
 ]
 
 
-def _cmd(root: Path, out: Path, *extra: str) -> list[str]:
+def _cmd(root: Path, out: Path, *extra: str, launcher: tuple[str, ...] = (sys.executable,)) -> list[str]:
+    """`composir train` on the small set-up, run by ``launcher`` (the interpreter, or torchrun)."""
     return [
-        sys.executable,
+        *launcher,
         "-m",
         "composir.cli",
         "train",
@@ -50,6 +51,11 @@ def _cmd(root: Path, out: Path, *extra: str) -> list[str]:
         *SMALL,
         *extra,
     ]
+
+
+def torchrun(nproc: int, port: int) -> tuple[str, ...]:
+    """The interpreter's torchrun with ``nproc`` local processes (the module to run follows with -m)."""
+    return (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port))
 
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-synthetic-combiner.yaml"
@@ -105,29 +111,15 @@ def test_sigkill_and_resume_matches_uninterrupted_run(synth_root, tmp_path):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(synth_root, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29517",
-        "-m",
-        "composir.cli",
-        "train",
-        "--config",
-        str(CONFIG),
-        "--out",
-        str(out),
-        "--set",
-        f"data.root={synth_root}",
-        *SMALL,
+    cmd = _cmd(
+        synth_root,
+        out,
         "train.max_steps=4",
         "train.eval_every=4",
         "train.save_every=4",
         "train.num_workers=0",
-    ]
+        launcher=torchrun(2, 29517),
+    )
     result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     state = _final_state(out)

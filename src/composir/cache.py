@@ -161,7 +161,7 @@ def build_cache(
         )
         cache = FeatureCache.open(out)
     status = np.memmap(out / "done.u8", dtype=np.uint8, mode="r+")
-    todo = [i for i in range(len(ids)) if status[i] == TODO]
+    todo = np.flatnonzero(status == TODO).tolist()  # vectorised: caches hold millions of rows
     features = cache._memmap("r+")
     failures = json.loads((out / "failures.json").read_text()) if (out / "failures.json").is_file() else {}
     dataset = MediaDataset([unique[i] for i in todo], encoder.preprocess, num_frames)

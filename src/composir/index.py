@@ -196,10 +196,10 @@ class GalleryIndex:
                 "use a new index folder for this model"
             )
         files = [f for f in scan_media(media_root) if keep is None or keep(f.key)]
-        known = self.items()
         rows = {}
         if self.db is not None:
             rows = {k: (i, p, t, s, m) for i, k, p, t, s, m in self.db.execute("SELECT * FROM items")}
+        known = {k: (v[0], v[3], v[4]) for k, v in rows.items()}  # key -> (faiss id, size, mtime)
         current = {f.key for f in files}
         deleted = [k for k in known if k not in current]
         todo = [f for f in files if f.key not in known or known[f.key][1:] != (f.size, f.mtime)]
