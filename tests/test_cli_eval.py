@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+import torch
+
 from composir.cli import main
 from composir.data import load_benchmark
 from composir.encoders import build_encoder
@@ -63,3 +66,52 @@ def test_unknown_method_is_a_clear_error(synth_root, capsys):
     rc = main(["eval", "--benchmark", "synthetic", "--root", str(synth_root), "--method", "nope"])
     assert rc == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+METHODS = ["image_only", "text_only", "sum", "combiner", "tirg", "qformer_fusion", "imagine"]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_queries_over_distinct_references_equal_one_by_one(name):
+    """``encode_queries`` (each reference encoded once) gives what ``encode_query`` gives per query."""
+    torch.manual_seed(0)
+    method = build_method(name, build_encoder("tiny", config={"num_query_tokens": 4})).eval()
+    frames = torch.randn(3, 2, 3, 64, 64)
+    reference_index = torch.tensor([2, 0, 0, 1, 2, 2])
+    tokens = method.encoder.tokenize([f"make it {c}" for c in ("red", "blue", "night", "big", "small", "green")])
+    with torch.no_grad():
+        together = method.encode_queries(frames, tokens, reference_index)
+        one_by_one = torch.cat(
+            [method.encode_query(frames[r : r + 1], tokens[i : i + 1]) for i, r in enumerate(reference_index.tolist())]
+        )
+    torch.testing.assert_close(together, one_by_one, rtol=1e-4, atol=1e-5)
+
+
+def test_evaluation_decodes_each_reference_once(synth_root, monkeypatch):
+    import composir.eval.evaluate as ev
+
+    bench = load_benchmark("synthetic", synth_root, "val")
+    reads: list[str] = []
+    real = ev.load_media
+    monkeypatch.setattr(ev, "load_media", lambda path, *a, **k: reads.append(str(path)) or real(path, *a, **k))
+    torch.manual_seed(0)
+    method = build_method("qformer_fusion", build_encoder("tiny", config={"num_query_tokens": 4}))
+    result = evaluate(method, bench, batch_size=7, progress=False)
+    references = {q.reference_id for q in bench.queries}
+    assert len(references) < len(bench.queries)  # the synthetic families share references
+    assert len(reads) == len(bench.gallery) + len(references)
+    # The same rankings as encoding every query on its own.
+    method.eval()
+    with torch.no_grad():
+        gallery = torch.cat([method.encode_target(_frames(method, g)) for g in bench.gallery])
+        for q, ranking in list(zip(bench.queries, result.ranked_ids))[:20]:
+            tokens = method.encoder.tokenize([q.text])
+            sims = method.encode_query(_frames(method, bench.media_item(q.reference_id)), tokens) @ gallery.T
+            sims[0, [g.id for g in bench.gallery].index(q.reference_id)] = -2  # the reference is excluded
+            assert ranking[0] == bench.gallery[int(sims.argmax())].id
+
+
+def _frames(method, item):
+    from composir.data.media import load_media
+
+    return torch.stack([method.encoder.preprocess(f) for f in load_media(item.path, 1, item.media_type)])[None]

@@ -142,6 +142,8 @@ def test_config_errors(tmp_path):
     assert cfg.train.max_steps == 7 and cfg.method.config["dropout"] == 0.0
     assert cfg.method.config["projection_dim"] == 256
     assert load_config(CONFIG, ["method.config=null"]).method.config is None
+    # Overrides apply in order: null then a mapping gives just that mapping.
+    assert load_config(CONFIG, ["method.config=null", "method.config={dropout: 0.2}"]).method.config == {"dropout": 0.2}
     # YAML 1.1 reads 1e-3 as a string; a float field takes it as a number.
     assert load_config(CONFIG, ["train.lr=1e-3"]).train.lr == 0.001
     assert load_config(CONFIG, ["train.encoder_lr=1e-5"]).train.encoder_lr == 1e-5
@@ -157,3 +159,49 @@ def test_unknown_method_config_key():
 
     with pytest.raises(ConfigError, match="unknown config key"):
         build_method("combiner", build_encoder("tiny"), {"projection": 3})
+
+
+def test_init_from_another_method_run(synth_root, tmp_path):
+    """A fresh IMAGINE run starts from a Q-Former-fusion run's encoder; frozen weights it took are kept."""
+    from composir.train import train
+    from composir.train.checkpoint import init_weights_from
+    from composir.train.loop import build_from_config
+
+    tiny = SMALL[0].replace("vision_layers: 1", "vision_layers: 1, vision: vit")
+    common = [f"data.root={synth_root}", tiny, *SMALL[3:], "train.max_steps=2", "data.max_val_queries=8"]
+    source = tmp_path / "fusion"
+    train(
+        load_config(CONFIG, [*common, "method.name=qformer_fusion", "method.config=null", f"output_dir={source}"]),
+        progress=False,
+    )
+    source_state = load_file(str(source / "checkpoints" / "best" / "model.safetensors"))
+
+    imagine = [*common, "method.name=imagine", "method.config=null", "method.config={hidden_dim: 16, top_k: 2}"]
+    cfg = load_config(CONFIG, [*imagine, f"output_dir={tmp_path / 'imagine'}", f"train.init_from={source}"])
+    method = build_from_config(cfg)
+    loaded = init_weights_from(method, source)
+    state = method.state_dict()
+    assert any(k.startswith("encoder.") for k in loaded)
+    for name in loaded:
+        assert torch.equal(state[name], source_state[name]), name
+    # Libraries the source had none of start from the query tokens it brought.
+    queries = source_state["encoder.model.query_tokens"][0]
+    assert torch.equal(method.visual_library.prototypes, queries)
+    assert torch.equal(method.text_library.prototypes, queries)
+
+    # Frozen vision taken from the source is saved, so load_run gives it back (not a fresh tower).
+    frozen = load_config(
+        CONFIG,
+        [*imagine, "encoder.freeze_vision=true", f"output_dir={tmp_path / 'frozen'}", f"train.init_from={source}"],
+    )
+    train(frozen, progress=False)
+    reloaded, _ = load_run(tmp_path / "frozen")
+    vision = "encoder.model.vision_model.embeddings.patch_embedding.weight"
+    assert torch.equal(reloaded.state_dict()[vision], source_state[vision])
+
+    # Another architecture is refused with the weight's name.
+    wider = load_config(CONFIG, [*imagine, SMALL[0].replace("width: 32", "width: 64"), f"output_dir={tmp_path / 'w'}"])
+    with pytest.raises(ValueError, match=r"init_from .*another shape.*encoder\."):
+        init_weights_from(build_from_config(wider), source)
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint folder nor a run folder"):
+        init_weights_from(method, tmp_path / "nowhere")

@@ -104,7 +104,7 @@ class Blip2Encoder(Encoder):
             return tokens.flatten(1, 2)
         return tokens.mean(1)
 
-    def image_query_outputs(self, frames: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+    def image_query_outputs(self, frames: torch.Tensor | None, memory: torch.Tensor | None = None) -> torch.Tensor:
         """Q-Former query-token outputs for images/videos: (B, Q, width)."""
         # ``memory``: the frames' vision tokens when the caller already has them (one ViT pass, not two).
         memory = self.vision_tokens(frames) if memory is None else memory
@@ -131,7 +131,7 @@ class Blip2Encoder(Encoder):
         return self.model.text_projection(self.text_hidden(tokens)[:, 0])
 
     def fusion_hidden(
-        self, frames: torch.Tensor, tokens: torch.Tensor, memory: torch.Tensor | None = None
+        self, frames: torch.Tensor | None, tokens: torch.Tensor, memory: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Joint query+text Q-Former outputs cross-attending to the reference: (B, Q + L, width)."""
         # ``memory``: the frames' vision tokens when the caller already has them (one ViT pass, not two).

@@ -59,9 +59,10 @@ def load_openclip(pretrained: str | None, config: dict[str, Any] | None = None) 
     model_config = config.pop("model_config", None)
     if config:
         raise ValueError(f"openclip: unknown config key(s) {sorted(config)}")
-    if model_config is not None:
-        folder = Path(tempfile.mkdtemp(prefix="composir-openclip-"))
-        (folder / f"{name}.json").write_text(json.dumps(model_config))
-        open_clip.add_model_config(folder)
-    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+    with tempfile.TemporaryDirectory(prefix="composir-openclip-") as folder:
+        if model_config is not None:
+            # open_clip only takes architectures from config files; it reads them when registered.
+            (Path(folder) / f"{name}.json").write_text(json.dumps(model_config))
+            open_clip.add_model_config(folder)
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
     return OpenClipEncoder(model.float(), preprocess, open_clip.get_tokenizer(name), name)

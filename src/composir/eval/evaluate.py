@@ -56,6 +56,23 @@ def _collate(batch):
     return torch.tensor([i for i, _ in good]), torch.stack([x for _, x in good]), bad
 
 
+def _reference_batches(query_counts: list[int], max_queries: int) -> list[list[int]]:
+    """Consecutive references grouped so a batch's queries number at most ``max_queries`` (one
+    reference with more queries than that is a batch of its own)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    size = 0
+    for r, n in enumerate(query_counts):
+        if current and size + n > max_queries:
+            batches.append(current)
+            current, size = [], 0
+        current.append(r)
+        size += n
+    if current:
+        batches.append(current)
+    return batches
+
+
 @dataclass
 class EncodedMedia:
     features: torch.Tensor  # (n_ok, D), rows in ``ok_index`` order
@@ -166,21 +183,35 @@ def evaluate(
     gallery_ids = [bench.gallery[i].id for i in gallery.ok_index]
     position = {gid: row for row, gid in enumerate(gallery_ids)}
 
-    # Queries: reference frames fused with their texts, in batches.
-    refs = [bench.media_item(q.reference_id) for q in bench.queries]
+    # Queries: each distinct reference is decoded (and, where the method allows, encoded) once,
+    # then fused with the texts of all its queries; a batch holds at most ``batch_size`` queries.
     tokens = enc.tokenize([q.text for q in bench.queries])
     query_feats = torch.zeros(len(bench.queries), gallery.features.shape[1] if len(gallery_ids) else 1)
     failures = list(gallery.failures)
-    dataset = MediaDataset(refs, enc.preprocess, num_frames, cache)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    queries_of: dict[str, list[int]] = {}
+    for i, q in enumerate(bench.queries):
+        queries_of.setdefault(q.reference_id, []).append(i)
+    references = list(queries_of)
+    dataset = MediaDataset([bench.media_item(r) for r in references], enc.preprocess, num_frames, cache)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=_reference_batches([len(queries_of[r]) for r in references], batch_size),
+        num_workers=num_workers,
+        collate_fn=_collate,
+    )
     ok_query = torch.zeros(len(bench.queries), dtype=torch.bool)
     for index, frames, bad in tqdm(loader, desc="queries", unit="batch", leave=False, disable=not progress):
-        failures.extend((f"query {bench.queries[i].query_id}", err) for i, err in bad)
+        for r, err in bad:
+            for i in queries_of[references[r]]:
+                failures.append((f"query {bench.queries[i].query_id}", err))
         if frames is None:
             continue
-        feats = method.encode_query(frames.to(device), tokens[index].to(device)).float().cpu()
-        query_feats[index] = feats
-        ok_query[index] = True
+        rows = [(i, j) for j, r in enumerate(index.tolist()) for i in queries_of[references[r]]]
+        query_index = torch.tensor([i for i, _ in rows])
+        reference_index = torch.tensor([j for _, j in rows], device=device)
+        feats = method.encode_queries(frames.to(device), tokens[query_index].to(device), reference_index)
+        query_feats[query_index] = feats.float().cpu()
+        ok_query[query_index] = True
 
     exclude = torch.full((len(bench.queries),), -1, dtype=torch.long)
     if bench.exclude_reference:

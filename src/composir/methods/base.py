@@ -40,6 +40,15 @@ class RetrievalMethod(nn.Module):
     def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def encode_queries(self, frames: torch.Tensor, tokens: torch.Tensor, reference_index: torch.Tensor) -> torch.Tensor:
+        """Queries over distinct references: query i fuses ``frames[reference_index[i]]`` with ``tokens[i]``.
+
+        Benchmarks reuse references (CIRR: 4,181 val queries over 2,165 references), so evaluation
+        decodes each reference once and calls this. Methods whose reference encoding does not
+        depend on the text override it to run the vision tower once per reference as well.
+        """
+        return self.encode_query(frames[reference_index], tokens)
+
     def encode_target(self, frames: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.encoder.encode_image(frames), dim=-1)
 
@@ -65,6 +74,22 @@ class RetrievalMethod(nn.Module):
         # DDP hooks gradient sync onto forward(), so training calls the losses through it.
         return self.losses(batch)
 
+    def weights_loaded(self, names: set[str]) -> None:
+        """Called after weights named ``names`` were copied in from another run (``train.init_from``)."""
+
     def explain(self, frames: torch.Tensor, tokens: torch.Tensor) -> list[dict[str, Any]] | None:
         """Per-query explanation for people (reasoning, prototypes); None where the method has none."""
         return None
+
+
+class LateFusion(RetrievalMethod):
+    """A query combined from the pooled reference feature and the text feature (``combine``)."""
+
+    def combine(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.combine(self.encoder.encode_image(frames), self.encoder.encode_text(tokens))
+
+    def encode_queries(self, frames: torch.Tensor, tokens: torch.Tensor, reference_index: torch.Tensor) -> torch.Tensor:
+        return self.combine(self.encoder.encode_image(frames)[reference_index], self.encoder.encode_text(tokens))

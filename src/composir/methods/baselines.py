@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from composir.methods.base import RetrievalMethod
+from composir.methods.base import LateFusion, RetrievalMethod
 from composir.methods.registry import register_method
 
 
@@ -15,6 +15,9 @@ class ImageOnly(RetrievalMethod):
 
     def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.encoder.encode_image(frames), dim=-1)
+
+    def encode_queries(self, frames: torch.Tensor, tokens: torch.Tensor, reference_index: torch.Tensor) -> torch.Tensor:
+        return self.encode_query(frames, tokens)[reference_index]
 
 
 @register_method("text_only")
@@ -26,10 +29,8 @@ class TextOnly(RetrievalMethod):
 
 
 @register_method("sum")
-class Sum(RetrievalMethod):
+class Sum(LateFusion):
     """Query = normalised image feature + normalised text feature (the late-fusion baseline)."""
 
-    def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        image = F.normalize(self.encoder.encode_image(frames), dim=-1)
-        text = F.normalize(self.encoder.encode_text(tokens), dim=-1)
-        return F.normalize(image + text, dim=-1)
+    def combine(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return F.normalize(F.normalize(image, dim=-1) + F.normalize(text, dim=-1), dim=-1)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from composir.methods.base import MethodConfig, RetrievalMethod
+from composir.methods.base import LateFusion, MethodConfig
 from composir.methods.registry import register_method
 
 
@@ -28,7 +28,7 @@ class CombinerConfig(MethodConfig):
 
 
 @register_method("combiner")
-class Combiner(RetrievalMethod):
+class Combiner(LateFusion):
     config_class = CombinerConfig
 
     def __init__(self, encoder, config: CombinerConfig | None = None):
@@ -58,6 +58,3 @@ class Combiner(RetrievalMethod):
         joint = torch.cat([self.image_projection(image), self.text_projection(text)], dim=-1)
         lam = self.dynamic_scalar(joint)
         return F.normalize(self.mixer(joint) + lam * text + (1 - lam) * image, dim=-1)
-
-    def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return self.combine(self.encoder.encode_image(frames), self.encoder.encode_text(tokens))

@@ -144,6 +144,14 @@ class Imagine(RetrievalMethod):
         nn.init.zeros_(self.additive.weight)
         nn.init.zeros_(self.additive.bias)
 
+    @torch.no_grad()
+    def weights_loaded(self, names: set[str]) -> None:
+        """After ``train.init_from``: libraries the source lacked start from its query tokens (the paper's init)."""
+        queries = self.encoder.model.query_tokens.detach()[0]
+        for name in ("visual_library", "text_library"):
+            if f"{name}.prototypes" not in names:
+                getattr(self, name).prototypes.copy_(queries)
+
     # ------------------------------------------------------------------------------ SIC
     def visual_global(self, frames: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
         return self.encoder.image_query_outputs(frames, memory).mean(1)
@@ -186,9 +194,13 @@ class Imagine(RetrievalMethod):
         }
 
     # ------------------------------------------------------------------------------ IMC
-    def compose(self, frames: torch.Tensor, tokens: torch.Tensor) -> dict[str, Any]:
+    def compose(
+        self, frames: torch.Tensor, tokens: torch.Tensor, reference_index: torch.Tensor | None = None
+    ) -> dict[str, Any]:
         cfg: ImagineConfig = self.config
         memory = self.encoder.vision_tokens(frames)
+        if reference_index is not None:  # distinct references, several texts each (see encode_queries)
+            memory = memory[reference_index]
         hidden = self.encoder.fusion_hidden(frames, tokens, memory)
         concrete = self.encoder.pool_fusion(hidden)
         out: dict[str, Any] = {"concrete": concrete}
@@ -228,6 +240,9 @@ class Imagine(RetrievalMethod):
 
     def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.compose(frames, tokens)["composed"], dim=-1)
+
+    def encode_queries(self, frames: torch.Tensor, tokens: torch.Tensor, reference_index: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.compose(frames, tokens, reference_index)["composed"], dim=-1)
 
     # ------------------------------------------------------------------------------ DSA
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -24,3 +24,7 @@ class QFormerFusion(RetrievalMethod):
 
     def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.encoder.encode_query(frames, tokens), dim=-1)
+
+    def encode_queries(self, frames: torch.Tensor, tokens: torch.Tensor, reference_index: torch.Tensor) -> torch.Tensor:
+        memory = self.encoder.vision_tokens(frames)[reference_index]  # one ViT pass per reference
+        return F.normalize(self.encoder.pool_fusion(self.encoder.fusion_hidden(None, tokens, memory)), dim=-1)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from composir.methods.base import MethodConfig, RetrievalMethod
+from composir.methods.base import LateFusion, MethodConfig
 from composir.methods.registry import register_method
 
 
@@ -22,7 +22,7 @@ class TirgConfig(MethodConfig):
 
 
 @register_method("tirg")
-class Tirg(RetrievalMethod):
+class Tirg(LateFusion):
     config_class = TirgConfig
 
     def __init__(self, encoder, config: TirgConfig | None = None):
@@ -32,9 +32,7 @@ class Tirg(RetrievalMethod):
         self.residual = nn.Sequential(nn.BatchNorm1d(2 * d), nn.ReLU(), nn.Linear(2 * d, h), nn.ReLU(), nn.Linear(h, d))
         self.weights = nn.Parameter(torch.tensor([1.0, 10.0]))
 
-    def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        image = self.encoder.encode_image(frames)
-        text = self.encoder.encode_text(tokens)
+    def combine(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         joint = torch.cat([image, text], dim=-1)
         out = self.weights[0] * torch.sigmoid(self.gate(joint)) * image + self.weights[1] * self.residual(joint)
         return F.normalize(out, dim=-1)

@@ -102,6 +102,46 @@ def load_model_weights(method: torch.nn.Module, folder: Path) -> None:
         )
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, given one or a run folder (its ``best`` checkpoint, else its latest)."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    best = path / "checkpoints" / "best"
+    if (best / "model.safetensors").is_file():
+        return best
+    latest = latest_checkpoint(path / "checkpoints")
+    if latest is None:
+        raise FileNotFoundError(f"{path}: neither a checkpoint folder nor a run folder with a checkpoint")
+    return latest
+
+
+def init_weights_from(method: torch.nn.Module, source: str | Path) -> list[str]:
+    """Copy every weight of ``source`` whose name the model shares; returns the names copied.
+
+    A shared name with another shape is an error (a different architecture, not a head to skip);
+    so is a source that shares no encoder weight with the model.
+    """
+    folder = resolve_checkpoint(source)
+    state = load_file(str(folder / "model.safetensors"))
+    own = method.state_dict()
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if wrong:
+        raise ValueError(f"train.init_from {folder}: weights of another shape than this model's: {wrong[:5]}")
+    shared = {k: v for k, v in state.items() if k in own}
+    if not any(k.startswith("encoder.") for k in shared):
+        raise ValueError(f"train.init_from {folder}: no encoder weight of it fits this model (another encoder?)")
+    method.load_state_dict(shared, strict=False)
+    hook = getattr(method, "weights_loaded", None)
+    if hook is not None:
+        hook(set(shared))
+    return sorted(shared)
+
+
 def read_trainer_state(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / "trainer_state.json").read_text())
 
@@ -127,10 +167,12 @@ def prune(checkpoints: Path, keep: int) -> None:
 
 __all__ = [
     "atomic_write_json",
+    "init_weights_from",
     "latest_checkpoint",
     "load_model_weights",
     "prune",
     "read_trainer_state",
+    "resolve_checkpoint",
     "restore_optimizer",
     "save_checkpoint",
     "set_latest",

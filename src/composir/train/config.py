@@ -65,6 +65,10 @@ class TrainConfig:
     eval_metric: str = "R@1"
     eval_batch_size: int = 128
     save_frozen: bool = False  # frozen backbone weights are rebuilt from `pretrained`, not saved
+    # A run folder (its best checkpoint, else its latest) or a checkpoint folder: a fresh run starts
+    # from every weight of it whose name and shape this model shares (fine-tune one method on
+    # another's trained backbone). Optimizer, schedule and step start anew.
+    init_from: str | None = None
 
 
 @dataclass
@@ -153,7 +157,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    data = _merge(data, parse_overrides(overrides or []))
+    for pair in overrides or []:  # in order: "method.config=null" then "method.config={...}" replaces
+        data = _merge(data, parse_overrides([pair]))
     try:
         return _build(RunConfig, data, str(path) if path else "config")
     except TypeError as exc:

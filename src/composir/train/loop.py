@@ -188,6 +188,11 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, stop_after
         save_config(cfg, out / "config.yaml")
 
     method = build_from_config(cfg).to(device)
+    if cfg.train.init_from:
+        # Before the feature cache: a frozen tower loaded here is what the cache's fingerprint must match.
+        loaded = ckpt.init_weights_from(method, cfg.train.init_from)
+        if info.main:
+            log.info("initialised %d of %d weights from %s", len(loaded), len(method.state_dict()), cfg.train.init_from)
     cache = open_feature_cache(method, cfg)
     bench = load_benchmark(cfg.data.benchmark, cfg.data.root, cfg.data.train_split)
     if cfg.data.max_train_queries:
@@ -246,7 +251,8 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, stop_after
             method,
             optimizer if name != "best" else None,
             trainer_state,
-            cfg.train.save_frozen,
+            # Frozen weights from init_from cannot be rebuilt from `pretrained`: keep them.
+            cfg.train.save_frozen or bool(cfg.train.init_from),
             scaler.state_dict() if scaler.is_enabled() else None,
         )
 
