@@ -198,7 +198,14 @@ def cmd_index(args: argparse.Namespace) -> int:
     if world > 1:
         return _index_sharded(args, encode, info, world)
     report = GalleryIndex(args.out).update(
-        args.media, encode, info, kind=args.kind, batch_size=args.batch_size, nlist=args.nlist, pq_m=args.pq_m
+        args.media,
+        encode,
+        info,
+        kind=args.kind,
+        batch_size=args.batch_size,
+        nlist=args.nlist,
+        pq_m=args.pq_m,
+        refine=args.refine,
     )
     print(
         f"index {args.out}: {report['total']} items ({report['added']} added, {report['updated']} updated, "
@@ -227,7 +234,14 @@ def _index_sharded(args: argparse.Namespace, encode, info: dict, world: int) -> 
     )
     dist.barrier()
     if rank == 0:
-        merged = merge_parts(parts, args.out, kind=args.kind, nlist=args.nlist, pq_m=args.pq_m)
+        merged = merge_parts(
+            parts,
+            args.out,
+            kind=args.kind or "flat",
+            nlist=args.nlist,
+            pq_m=args.pq_m,
+            refine=10 if args.refine is None else args.refine,
+        )
         print(
             f"index {args.out}: {merged['total']} items merged from {world} shards "
             f"(rank 0: {report['added']} added, {report['removed']} removed)"
@@ -336,10 +350,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--media", required=True)
     p.add_argument("--out", required=True)
     p.add_argument(
-        "--kind", default="flat", choices=["flat", "ivfpq"], help="exact (flat) or IVF-PQ for big collections"
+        "--kind",
+        default=None,
+        choices=["flat", "ivfpq"],
+        help="exact (flat) or IVF-PQ for big collections (default: the index's own, else flat)",
     )
     p.add_argument("--nlist", type=int, default=256)
     p.add_argument("--pq-m", type=int, default=32, help="IVF-PQ bytes per vector (must divide the dimension)")
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=None,
+        help="IVF-PQ: re-rank refine*k candidates by their exact vectors (default 10; 0 or 1: off)",
+    )
     p.add_argument("--frames", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")

@@ -5,14 +5,20 @@ Layout of an index folder::
     CURRENT              name of the live generation folder (replaced atomically)
     gen-000007/
       vectors.faiss      IndexIDMap2 over inner-product flat (default) or IVF-PQ vectors
-      meta.sqlite        items(id, key, path, media_type, size, mtime); key = path relative to the media root
+      meta.sqlite        items(id, key, path, media_type, size, mtime, vector); key = path relative to
+                         the media root; vector = the exact float16 embedding (IVF-PQ only: re-ranking)
       info.json          model run, encoder fingerprint, dimension, index kind, media root, counts
     report.json          files skipped by the last run, with the reason
 
 Every write builds a new generation and flips ``CURRENT``, so a reader (or a crash) never sees a
 half-written index. Indexing is incremental: files whose (size, mtime) did not change are kept,
 changed files are re-encoded, deleted files are removed. A long run commits a generation every
-``commit_every`` files, so an interrupted run, re-run, continues from its last commit.
+``commit_every`` files, so an interrupted run, re-run, continues from its last commit; a new
+generation's metadata is the previous one's copied and changed, not rewritten.
+
+IVF-PQ answers from 32-byte codes, which lose neighbours (recall@10 ~0.4-0.7, docs/benchmarks.md);
+with ``refine`` (default 10) it fetches ``refine * k`` candidates and re-ranks them by their exact
+vectors, kept on disk in the metadata, not in memory.
 """
 
 from __future__ import annotations
@@ -62,6 +68,16 @@ def scan_media(root: Path) -> list[FileEntry]:
             st = path.stat()
             out.append(FileEntry(path.relative_to(root).as_posix(), path, kind, st.st_size, st.st_mtime))
     return out
+
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, key TEXT UNIQUE NOT NULL, path TEXT NOT NULL, "
+    "media_type TEXT NOT NULL, size INTEGER NOT NULL, mtime REAL NOT NULL, vector BLOB)"
+)
+
+
+def _vector_blob(vec: np.ndarray) -> bytes:
+    return np.asarray(vec, dtype=np.float16).tobytes()
 
 
 def _new_faiss(dim: int, kind: str, train_vectors: np.ndarray | None, nlist: int, pq_m: int):
@@ -137,13 +153,54 @@ class GalleryIndex:
         return None if row is None else int(row[0])
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the ``k`` best items per query, best first; ids of -1 pad short rows."""
         if self.vectors is None or self.vectors.ntotal == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        scores, ids = self.vectors.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.vectors.ntotal))
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        refine = int(self.info.get("refine") or 0) if self.info.get("kind") == "ivfpq" else 0
+        k = min(k, self.vectors.ntotal)
+        scores, ids = self.vectors.search(queries, min(k * max(refine, 1), self.vectors.ntotal))
+        if refine > 1:
+            scores, ids = self._rerank(queries, scores, ids, k)
         return scores, ids
 
+    def _rerank(self, queries: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int):
+        """Exact inner products for the IVF-PQ candidates (their stored vectors), best ``k`` kept."""
+        wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
+        exact: dict[int, np.ndarray] = {}
+        for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit, with room
+            chunk = wanted[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            for i, blob in self.db.execute(f"SELECT id, vector FROM items WHERE id IN ({marks})", chunk):
+                if blob is not None:
+                    exact[int(i)] = np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+        out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        out_ids = np.full((len(queries), k), -1, dtype=np.int64)
+        for row, (query, cand, approx) in enumerate(zip(queries, ids, scores)):
+            keep = cand >= 0
+            cand, approx = cand[keep], approx[keep]
+            # An item without a stored vector (an index written before re-ranking) keeps its PQ score.
+            rescored = np.array(
+                [float(query @ exact[int(c)]) if int(c) in exact else float(a) for c, a in zip(cand, approx)],
+                dtype=np.float32,
+            )
+            order = np.argsort(-rescored, kind="stable")[:k]
+            out_scores[row, : len(order)] = rescored[order]
+            out_ids[row, : len(order)] = cand[order]
+        return out_scores, out_ids
+
     # ---------------------------------------------------------------------------- writing
-    def _commit(self, vectors, rows: dict[str, tuple], info: dict) -> None:
+    def _commit(
+        self,
+        vectors,
+        info: dict,
+        added: dict[str, tuple] | None = None,
+        removed: list[str] | None = None,
+        fresh: bool = False,
+    ) -> None:
+        """Write the next generation: ``vectors``, and the metadata of the current one (none if
+        ``fresh``) less the ``removed`` keys plus ``added`` rows: key -> (id, path, media type, size,
+        mtime, vector blob or None)."""
         import faiss
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -152,12 +209,17 @@ class GalleryIndex:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         faiss.write_index(vectors, str(tmp / "vectors.faiss"))
+        if self.exists and not fresh:
+            shutil.copyfile(self.generation / "meta.sqlite", tmp / "meta.sqlite")
         db = sqlite3.connect(str(tmp / "meta.sqlite"))
-        db.execute(
-            "CREATE TABLE items (id INTEGER PRIMARY KEY, key TEXT UNIQUE NOT NULL, path TEXT NOT NULL, "
-            "media_type TEXT NOT NULL, size INTEGER NOT NULL, mtime REAL NOT NULL)"
+        db.execute(_SCHEMA)
+        if "vector" not in {row[1] for row in db.execute("PRAGMA table_info(items)")}:
+            db.execute("ALTER TABLE items ADD COLUMN vector BLOB")  # an index from before re-ranking
+        db.executemany("DELETE FROM items WHERE key = ?", [(k,) for k in removed or []])
+        db.executemany(
+            "INSERT INTO items (id, key, path, media_type, size, mtime, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(v[0], k, *v[1:]) for k, v in (added or {}).items()],
         )
-        db.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", [(v[0], k, *v[1:]) for k, v in rows.items()])
         db.commit()
         db.close()
         info = {**info, "count": int(vectors.ntotal), "written_at": time.time()}
@@ -178,41 +240,47 @@ class GalleryIndex:
         media_root: str | Path,
         encode,  # callable: list[GalleryItem] -> (np.ndarray features (n, d), list[(key, error)])
         model_info: dict,
-        kind: str = "flat",
+        kind: str | None = None,
         batch_size: int = 64,
         commit_every: int = 2048,
         nlist: int = 256,
         pq_m: int = 32,
         progress: bool = True,
         keep: Callable[[str], bool] | None = None,
+        refine: int | None = None,
     ) -> dict:
-        """Add new/changed files, drop deleted ones; returns a report. ``keep(key)`` selects a shard's files."""
+        """Add new/changed files, drop deleted ones; returns a report. ``keep(key)`` selects a shard's files.
+
+        ``kind`` (flat | ivfpq) and ``refine`` default to the index's own, else flat and 10.
+        """
         media_root = Path(media_root).resolve()
         if not media_root.is_dir():
             raise ComposirError(f"{media_root}: media folder not found")
+        built = self.info.get("kind") if self.exists else None
+        if kind is not None and built is not None and kind != built:
+            raise ComposirError(f"{self.root}: the index is {built}, not {kind}; build a {kind} index in a new folder")
+        kind = kind or built or "flat"
+        refine = refine if refine is not None else int(self.info.get("refine", 10) if self.exists else 10)
         if self.exists and self.info.get("fingerprint") != model_info.get("fingerprint"):
             raise ComposirError(
                 f"{self.root}: index was built with another model (fingerprint {self.info.get('fingerprint')}); "
                 "use a new index folder for this model"
             )
         files = [f for f in scan_media(media_root) if keep is None or keep(f.key)]
-        rows = {}
-        if self.db is not None:
-            rows = {k: (i, p, t, s, m) for i, k, p, t, s, m in self.db.execute("SELECT * FROM items")}
-        known = {k: (v[0], v[3], v[4]) for k, v in rows.items()}  # key -> (faiss id, size, mtime)
+        known: dict[str, tuple[int, int, float]] = self.items()  # key -> (faiss id, size, mtime)
         current = {f.key for f in files}
         deleted = [k for k in known if k not in current]
         todo = [f for f in files if f.key not in known or known[f.key][1:] != (f.size, f.mtime)]
         changed = [f.key for f in todo if f.key in known]
+        removed = deleted + changed  # applied to the metadata by the next commit
         vectors = self.vectors
-        if vectors is not None and (deleted or changed):
-            drop = np.array([known[k][0] for k in deleted + changed], dtype=np.int64)
-            vectors.remove_ids(drop)
-            for k in deleted + changed:
-                rows.pop(k, None)
-        next_id = (max((v[0] for v in rows.values()), default=-1) + 1) if rows else 0
+        if vectors is not None and removed:
+            vectors.remove_ids(np.array([known[k][0] for k in removed], dtype=np.int64))
+        # Ids are never reused: a removed item's id stays unknown rather than meaning another file.
+        next_id = max((v[0] for v in known.values()), default=-1) + 1
+        next_id = max(next_id, int(self.info.get("next_id", 0)))
         skipped: list[dict] = []
-        info = {"media_root": str(media_root), "kind": kind, **model_info}
+        info = {"media_root": str(media_root), "kind": kind, "refine": refine if kind == "ivfpq" else 0, **model_info}
         pending_vectors, pending_rows = [], {}
         bar = tqdm(total=len(todo), desc="indexing", unit="file", disable=not progress)
         for start in range(0, len(todo), batch_size):
@@ -222,7 +290,8 @@ class GalleryIndex:
             good = [f for f in chunk if f.key not in bad]
             skipped += [{"file": k, "error": e} for k, e in errors]
             for f, vec in zip(good, feats):
-                pending_rows[f.key] = (next_id, str(f.path), f.media_type, f.size, f.mtime)
+                blob = _vector_blob(vec) if kind == "ivfpq" else None  # flat keeps exact vectors itself
+                pending_rows[f.key] = (next_id, str(f.path), f.media_type, f.size, f.mtime, blob)
                 pending_vectors.append((next_id, vec))
                 next_id += 1
             bar.update(len(chunk))
@@ -236,13 +305,12 @@ class GalleryIndex:
                     if kind == "ivfpq":
                         info["nprobe"] = vectors.nprobe
                 vectors.add_with_ids(mat, ids)
-                rows.update(pending_rows)
-                pending_vectors, pending_rows = [], {}
-                self._commit(vectors, rows, {**info, "dim": int(mat.shape[1])})
+                self._commit(vectors, {**info, "dim": int(mat.shape[1]), "next_id": next_id}, pending_rows, removed)
+                pending_vectors, pending_rows, removed = [], {}, []
                 vectors = self.vectors
         bar.close()
-        if vectors is not None and (deleted or changed) and not todo:
-            self._commit(vectors, rows, {**self.info, **info})
+        if vectors is not None and removed:  # only removals (or every changed file failed to encode)
+            self._commit(vectors, {**self.info, **info, "next_id": next_id}, removed=removed)
         if vectors is None and not self.exists and not todo:
             raise ComposirError(f"{media_root}: no images or videos found")
         report = {
@@ -261,7 +329,9 @@ def shard_of(key: str, num_shards: int) -> int:
     return zlib.crc32(key.encode()) % num_shards
 
 
-def merge_parts(parts: list[Path], out: str | Path, kind: str = "flat", nlist: int = 256, pq_m: int = 32) -> dict:
+def merge_parts(
+    parts: list[Path], out: str | Path, kind: str = "flat", nlist: int = 256, pq_m: int = 32, refine: int = 10
+) -> dict:
     """Merge shard indexes (flat, built by ``composir index`` under torchrun) into one index at ``out``.
 
     Vectors are read back exactly from the flat parts, renumbered, and written as one flat or
@@ -276,19 +346,23 @@ def merge_parts(parts: list[Path], out: str | Path, kind: str = "flat", nlist: i
         if info is not None and index.info.get("fingerprint") != info.get("fingerprint"):
             raise ComposirError(f"{part}: shard built with another model than the others")
         info = info or dict(index.info)
-        for old_id, key, path, media_type, size, mtime in index.db.execute("SELECT * FROM items ORDER BY key"):
-            rows[key] = (len(rows), path, media_type, size, mtime)
-            vectors.append(index.vectors.reconstruct(int(old_id)))
+        for old_id, key, path, media_type, size, mtime in index.db.execute(
+            "SELECT id, key, path, media_type, size, mtime FROM items ORDER BY key"
+        ):
+            vec = index.vectors.reconstruct(int(old_id))
+            rows[key] = (len(rows), path, media_type, size, mtime, _vector_blob(vec) if kind == "ivfpq" else None)
+            vectors.append(vec)
     if info is None:
         raise ComposirError("no shard has any item")
     mat = np.stack(vectors).astype(np.float32)
     merged = _new_faiss(mat.shape[1], kind, mat if kind == "ivfpq" else None, nlist, pq_m)
     merged.add_with_ids(mat, np.arange(len(mat), dtype=np.int64))
     target = GalleryIndex(out)
-    info = {**info, "kind": kind, "shards": len(parts)}
+    info = {**info, "kind": kind, "shards": len(parts), "refine": refine if kind == "ivfpq" else 0}
+    info["next_id"] = len(rows)
     if kind == "ivfpq":
         info["nprobe"] = merged.nprobe
-    target._commit(merged, rows, info)
+    target._commit(merged, info, rows, fresh=True)
     return {"total": len(rows), "shards": len(parts)}
 
 
