@@ -164,6 +164,43 @@ class GalleryIndex:
             scores, ids = self._rerank(queries, scores, ids, k)
         return scores, ids
 
+    @classmethod
+    def from_vectors(
+        cls,
+        root: str | Path,
+        keys: list[str],
+        vectors: np.ndarray,
+        info: dict,
+        kind: str = "flat",
+        nlist: int = 256,
+        pq_m: int = 32,
+        refine: int = 10,
+        files: list[FileEntry] | None = None,
+        faiss_index=None,
+    ) -> GalleryIndex:
+        """An index at ``root`` of embeddings computed elsewhere (ids 0..n-1 in ``keys`` order),
+        replacing what was there. ``files``: each key's file (path, media type, size, mtime), else
+        the key is the path; ``faiss_index``: one already built over ``vectors`` in that order."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(keys) != len(vectors) or len(set(keys)) != len(keys):
+            raise ComposirError(f"from_vectors: {len(keys)} keys (distinct ones needed) for {len(vectors)} vectors")
+        if faiss_index is None:
+            faiss_index = _new_faiss(vectors.shape[1], kind, vectors if kind == "ivfpq" else None, nlist, pq_m)
+            faiss_index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
+        if files is None:
+            files = [FileEntry(k, Path(k), media_type_of(k) or "image", 0, 0.0) for k in keys]
+        rows = {
+            key: (i, str(f.path), f.media_type, f.size, f.mtime, _vector_blob(vectors[i]) if kind == "ivfpq" else None)
+            for i, (key, f) in enumerate(zip(keys, files))
+        }
+        info = {**info, "kind": kind, "refine": refine if kind == "ivfpq" else 0, "next_id": len(keys)}
+        info["dim"] = int(vectors.shape[1])
+        if hasattr(faiss_index, "nprobe"):
+            info["nprobe"] = faiss_index.nprobe
+        index = cls(root)
+        index._commit(faiss_index, info, rows, fresh=True)
+        return index
+
     def _rerank(self, queries: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int):
         """Exact inner products for the IVF-PQ candidates (their stored vectors), best ``k`` kept."""
         wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
@@ -349,20 +386,22 @@ def merge_parts(
         for old_id, key, path, media_type, size, mtime in index.db.execute(
             "SELECT id, key, path, media_type, size, mtime FROM items ORDER BY key"
         ):
-            vec = index.vectors.reconstruct(int(old_id))
-            rows[key] = (len(rows), path, media_type, size, mtime, _vector_blob(vec) if kind == "ivfpq" else None)
-            vectors.append(vec)
+            rows[key] = FileEntry(key, Path(path), media_type, size, mtime)
+            vectors.append(index.vectors.reconstruct(int(old_id)))
     if info is None:
         raise ComposirError("no shard has any item")
-    mat = np.stack(vectors).astype(np.float32)
-    merged = _new_faiss(mat.shape[1], kind, mat if kind == "ivfpq" else None, nlist, pq_m)
-    merged.add_with_ids(mat, np.arange(len(mat), dtype=np.int64))
-    target = GalleryIndex(out)
-    info = {**info, "kind": kind, "shards": len(parts), "refine": refine if kind == "ivfpq" else 0}
-    info["next_id"] = len(rows)
-    if kind == "ivfpq":
-        info["nprobe"] = merged.nprobe
-    target._commit(merged, info, rows, fresh=True)
+    info = {**info, "shards": len(parts)}
+    GalleryIndex.from_vectors(
+        out,
+        list(rows),
+        np.stack(vectors),
+        info,
+        kind,
+        nlist,
+        pq_m,
+        refine,
+        files=list(rows.values()),
+    )
     return {"total": len(rows), "shards": len(parts)}
 
 
