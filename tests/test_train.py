@@ -194,7 +194,11 @@ def test_init_from_another_method_run(synth_root, tmp_path):
         CONFIG,
         [*imagine, "encoder.freeze_vision=true", f"output_dir={tmp_path / 'frozen'}", f"train.init_from={source}"],
     )
+    # Rows of an earlier attempt killed before its first checkpoint do not survive a fresh start.
+    (tmp_path / "frozen").mkdir()
+    (tmp_path / "frozen" / "metrics.csv").write_text("step,split,metric,value\n999,train,loss,1.0\n")
     train(frozen, progress=False)
+    assert max(int(r["step"]) for r in MetricsLog(tmp_path / "frozen" / "metrics.csv").rows()) == 2
     reloaded, _ = load_run(tmp_path / "frozen")
     vision = "encoder.model.vision_model.embeddings.patch_embedding.weight"
     assert torch.equal(reloaded.state_dict()[vision], source_state[vision])

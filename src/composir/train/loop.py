@@ -238,6 +238,8 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, stop_after
         if info.main:
             metrics.truncate_after(state["step"])
             log.info("resumed from %s at step %d", latest, state["step"])
+    elif info.main:
+        metrics.truncate_after(-1)  # a fresh start: rows of a run killed before its first checkpoint go
     model = method
     if info.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
