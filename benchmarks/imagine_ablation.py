@@ -15,12 +15,14 @@ seeds of R@1 / R@10 per modification family (explicit / multi / implicit) and Re
     .venv/bin/python benchmarks/imagine_ablation.py [--size 4000] [--frames 2]
         [--backbone-steps 2000] [--steps 300] [--seeds 0 1 2] [--out DIR] [--json FILE]
 
-Finished runs are reused when the command is repeated with the same --out (each run resumes).
+Finished runs are reused when the command is repeated with the same --out (each run resumes)
+and their scores with the same --json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import tempfile
@@ -44,6 +46,10 @@ VARIANTS: dict[str, list[str]] = {
     "no schema loss": ["method.config.schema_weight=0.0"],
     "addition instead of modulation": ["method.config.composition=add"],
     "no IMC (imagery unused at inference)": ["method.config.composition=none"],
+    # The fine-tuning budget hypothesis: new modules (IMC, imagery projections; the baseline has
+    # only its logit scale) at 10x the encoder's learning rate.
+    "qformer_fusion, 10x lr outside the encoder": [*BASELINE, "train.encoder_lr={lr}", "train.lr={lr10}"],
+    "IMAGINE, new modules at 10x lr": ["train.encoder_lr={lr}", "train.lr={lr10}"],
 }
 FAMILIES = ("explicit", "multi", "implicit")
 
@@ -113,7 +119,12 @@ def main() -> None:
         progress=False,
     )
     method, _ = load_run(backbone)
-    results: dict[str, list[dict]] = {"backbone (no fine-tuning)": [_scores(method, test, args.frames)]}
+    previous: dict[str, list[dict]] = {}
+    if args.json and Path(args.json).is_file():  # scores of finished runs from an earlier invocation
+        previous = json.loads(Path(args.json).read_text())
+    results: dict[str, list[dict]] = {
+        "backbone (no fine-tuning)": previous.get("backbone (no fine-tuning)") or [_scores(method, test, args.frames)]
+    }
     results.update({name: [] for name in args.variants})
     print(f"backbone: {time.time() - start:.0f} s", flush=True)
 
@@ -131,8 +142,12 @@ def main() -> None:
                 f"train.warmup_steps={max(1, args.steps // 10)}",
                 f"train.eval_every={args.steps}",
                 f"train.save_every={args.steps}",
-                *VARIANTS[name],
+                *(o.format(lr=args.lr, lr10=10 * args.lr) for o in VARIANTS[name]),
             ]
+            done = [r for r in previous.get(name, []) if r.get("seed") == seed]
+            if done and (run / "checkpoints" / "best").is_dir():
+                results[name].append(done[0])
+                continue
             start = time.time()
             train(load_config(CONFIG, overrides), resume=True, progress=False)
             method, _ = load_run(run)
