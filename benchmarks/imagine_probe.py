@@ -74,11 +74,42 @@ def probe(run: Path, data: Path, frames: int) -> dict[str, dict[str, float]]:
     return out
 
 
+@torch.no_grad()
+def replay_text_library(run: Path, data: Path, taus: list[float], steps: int = 300, batch: int = 32) -> None:
+    """Re-run the text library's momentum update from its initialisation (the query tokens) on the
+    trained run's text features of the training split, and print the prototypes' mean pairwise
+    cosine as it goes: how fast, and at which update temperature, the library collapses."""
+    from composir.methods.imagine import PrototypeLibrary
+
+    method, cfg = load_run(run)
+    texts = [q.text for q in load_benchmark("synthetic", data, cfg.data.train_split).queries]
+    g = torch.cat([method.text_global(method.encoder.tokenize(texts[i : i + 256])) for i in range(0, len(texts), 256)])
+    init = method.encoder.model.query_tokens.detach()[0]
+    print(
+        f"\ntext library replay on {run.name}: query-token norm {float(init.norm(dim=-1).mean()):.2f}, "
+        f"text feature norm {float(g.norm(dim=-1).mean()):.2f}, text features' cos to their mean "
+        f"{float(F.cosine_similarity(g, g.mean(0, keepdim=True)).mean()):.3f}"
+    )
+    marks = [1, 10, 50, steps]
+    print("| update temperature | " + " | ".join(f"spread after {m}" for m in marks) + " |")
+    print("|---|" + "---|" * len(marks))
+    for tau in taus:
+        library = PrototypeLibrary(init, method.config.momentum, tau, "momentum")
+        generator = torch.Generator().manual_seed(0)
+        spreads = {}
+        for step in range(1, steps + 1):
+            library.update(g[torch.randint(len(g), (batch,), generator=generator)])
+            if step in marks:
+                spreads[step] = _library_spread(library.prototypes)
+        print(f"| {tau} | " + " | ".join(f"{spreads[m]:.3f}" for m in marks) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--data", default=None, help="the synthetic benchmark (default: the run's data.root)")
     parser.add_argument("--frames", type=int, default=2)
+    parser.add_argument("--replay", type=float, nargs="*", default=None, help="update temperatures to replay")
     args = parser.parse_args()
     print(
         "| run | family | n | c mean ± sd | ‖f−f_c‖/‖f_c‖ | cos(f, f_c) | cos(m, mean m) "
@@ -102,6 +133,9 @@ def main() -> None:
             f"| {run.name} | libraries | | prototype mean cosine: visual {lib['visual_spread']:.3f}, "
             f"text {lib['text_spread']:.3f}; fusion weights (visual, text) {lib['fusion_weights']} | | | | | |"
         )
+    if args.replay:
+        _, cfg = load_run(Path(args.runs[0]))
+        replay_text_library(Path(args.runs[0]), Path(args.data or cfg.data.root), args.replay)
 
 
 if __name__ == "__main__":
