@@ -211,16 +211,16 @@ class GalleryIndex:
             for i, blob in self.db.execute(f"SELECT id, vector FROM items WHERE id IN ({marks})", chunk):
                 if blob is not None:
                     exact[int(i)] = np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+        zero = np.zeros(queries.shape[1], dtype=np.float32)
         out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         out_ids = np.full((len(queries), k), -1, dtype=np.int64)
         for row, (query, cand, approx) in enumerate(zip(queries, ids, scores)):
             keep = cand >= 0
             cand, approx = cand[keep], approx[keep]
             # An item without a stored vector (an index written before re-ranking) keeps its PQ score.
-            rescored = np.array(
-                [float(query @ exact[int(c)]) if int(c) in exact else float(a) for c, a in zip(cand, approx)],
-                dtype=np.float32,
-            )
+            have = np.array([int(c) in exact for c in cand], dtype=bool)
+            mat = np.stack([exact.get(int(c), zero) for c in cand]) if len(cand) else np.zeros((0, len(query)))
+            rescored = np.where(have, mat @ query, approx).astype(np.float32)
             order = np.argsort(-rescored, kind="stable")[:k]
             out_scores[row, : len(order)] = rescored[order]
             out_ids[row, : len(order)] = cand[order]
