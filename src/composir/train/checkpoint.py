@@ -102,18 +102,21 @@ def load_model_weights(method: torch.nn.Module, folder: Path) -> None:
         )
 
 
+def best_or_latest(checkpoints: Path) -> Path | None:
+    """A run's ``best`` checkpoint, else its latest; None before the first one."""
+    best = Path(checkpoints) / "best"
+    return best if (best / "model.safetensors").is_file() else latest_checkpoint(checkpoints)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder, given one or a run folder (its ``best`` checkpoint, else its latest)."""
     path = Path(path)
     if (path / "model.safetensors").is_file():
         return path
-    best = path / "checkpoints" / "best"
-    if (best / "model.safetensors").is_file():
-        return best
-    latest = latest_checkpoint(path / "checkpoints")
-    if latest is None:
+    folder = best_or_latest(path / "checkpoints")
+    if folder is None:
         raise FileNotFoundError(f"{path}: neither a checkpoint folder nor a run folder with a checkpoint")
-    return latest
+    return folder
 
 
 def init_weights_from(method: torch.nn.Module, source: str | Path) -> list[str]:
@@ -167,6 +170,7 @@ def prune(checkpoints: Path, keep: int) -> None:
 
 __all__ = [
     "atomic_write_json",
+    "best_or_latest",
     "init_weights_from",
     "latest_checkpoint",
     "load_model_weights",

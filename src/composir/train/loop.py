@@ -65,11 +65,10 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu"):
 
     run_dir = Path(run_dir)
     cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    folder = run_dir / "checkpoints" / "best"
-    if which != "best" or not folder.is_dir():
-        folder = ckpt.latest_checkpoint(run_dir / "checkpoints")
-        if folder is None:
-            raise FileNotFoundError(f"{run_dir}: no checkpoint yet")
+    checkpoints = run_dir / "checkpoints"
+    folder = ckpt.best_or_latest(checkpoints) if which == "best" else ckpt.latest_checkpoint(checkpoints)
+    if folder is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint yet")
     method = build_from_config(cfg)
     ckpt.load_model_weights(method, folder)
     return method.to(device).eval(), cfg
