@@ -35,8 +35,7 @@ def _library_spread(prototypes: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def probe(run: Path, data: Path, frames: int) -> dict[str, dict[str, float]]:
-    method, _ = load_run(run)
+def probe(method, data: Path, frames: int) -> dict[str, dict[str, float]]:
     bench = load_benchmark("synthetic", data, "test")
     enc = method.encoder
     out: dict[str, dict[str, float]] = {}
@@ -75,18 +74,19 @@ def probe(run: Path, data: Path, frames: int) -> dict[str, dict[str, float]]:
 
 
 @torch.no_grad()
-def replay_text_library(run: Path, data: Path, taus: list[float], steps: int = 300, batch: int = 32) -> None:
+def replay_text_library(
+    name: str, method, cfg, data: Path, taus: list[float], steps: int = 300, batch: int = 32
+) -> None:
     """Re-run the text library's momentum update from its initialisation (the query tokens) on the
     trained run's text features of the training split, and print the prototypes' mean pairwise
     cosine as it goes: how fast, and at which update temperature, the library collapses."""
     from composir.methods.imagine import PrototypeLibrary
 
-    method, cfg = load_run(run)
     texts = [q.text for q in load_benchmark("synthetic", data, cfg.data.train_split).queries]
     g = torch.cat([method.text_global(method.encoder.tokenize(texts[i : i + 256])) for i in range(0, len(texts), 256)])
     init = method.encoder.model.query_tokens.detach()[0]
     print(
-        f"\ntext library replay on {run.name}: query-token norm {float(init.norm(dim=-1).mean()):.2f}, "
+        f"\ntext library replay on {name}: query-token norm {float(init.norm(dim=-1).mean()):.2f}, "
         f"text feature norm {float(g.norm(dim=-1).mean()):.2f}, text features' cos to their mean "
         f"{float(F.cosine_similarity(g, g.mean(0, keepdim=True)).mean()):.3f}"
     )
@@ -118,8 +118,10 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for run in map(Path, args.runs):
-        _, cfg = load_run(run)
-        res = probe(run, Path(args.data or cfg.data.root), args.frames)
+        method, cfg = load_run(run)
+        res = probe(method, Path(args.data or cfg.data.root), args.frames)
+        if args.replay and run == Path(args.runs[0]):
+            first = (run.name, method, cfg)
         for fam in FAMILIES:
             r = res[fam]
             conf = f"{r['c_mean']:.3f} ± {r['c_std']:.3f}" if "c_mean" in r else "—"
@@ -134,8 +136,8 @@ def main() -> None:
             f"text {lib['text_spread']:.3f}; fusion weights (visual, text) {lib['fusion_weights']} | | | | | |"
         )
     if args.replay:
-        _, cfg = load_run(Path(args.runs[0]))
-        replay_text_library(Path(args.runs[0]), Path(args.data or cfg.data.root), args.replay)
+        name, method, cfg = first
+        replay_text_library(name, method, cfg, Path(args.data or cfg.data.root), args.replay)
 
 
 if __name__ == "__main__":
