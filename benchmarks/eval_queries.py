@@ -25,7 +25,7 @@ from composir.encoders import build_encoder
 from composir.eval.evaluate import _reference_batches
 from composir.methods import build_method
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "cirr"
+REALDATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "realdata" / "cirr"
 
 
 def main() -> None:

@@ -154,11 +154,21 @@ def test_ivfpq_index_kind(tmp_path):
     _, ids = index.search(table["007.png"][None], 5)
     assert ids.shape == (1, 5) and (ids >= 0).all()
     assert index.lookup([int(ids[0, 0])])  # ids map back to files
-    # The quantizer trains on the first commit: 100 vectors are too few, and the error says so.
-    with pytest.raises(ComposirError, match="needs at least 256 vectors"):
+    # The quantizer trains on the first commit, which waits for enough vectors (256) even when
+    # commits are more frequent than that.
+    small_commits = GalleryIndex(tmp_path / "commits").update(
+        media, encode, {"fingerprint": "x"}, kind="ivfpq", nlist=4, pq_m=4, progress=False, commit_every=100
+    )
+    assert small_commits["total"] == 300
+    # A collection too small for IVF-PQ is refused before a single file is encoded.
+    for extra in sorted(media.glob("*.png"))[200:]:
+        extra.unlink()
+    calls = []
+    with pytest.raises(ComposirError, match="200 files, but IVF-PQ with nlist=4 needs at least 256"):
         GalleryIndex(tmp_path / "small").update(
-            media, encode, {"fingerprint": "x"}, kind="ivfpq", nlist=4, pq_m=4, progress=False, commit_every=100
+            media, lambda items: calls.append(items), {"fingerprint": "x"}, kind="ivfpq", nlist=4, pq_m=4
         )
+    assert calls == []
 
 
 def test_ivfpq_reranks_by_exact_vectors_and_updates_incrementally(tmp_path):

@@ -9,7 +9,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from composir.errors import ComposirError
+from composir.errors import ComposirError, WorkInterrupted
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (k, batch sizes, frames)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -185,6 +206,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from composir.index import GalleryIndex, model_encoder
     from composir.train import load_run
 
+    index = GalleryIndex(args.out, load=not args.rebuild)  # a damaged index is named before any encoding
     method, cfg = load_run(args.run, "best", args.device)
     frames = args.frames or cfg.data.num_frames
     info = {
@@ -197,7 +219,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         return _index_sharded(args, encode, info, world)
-    report = GalleryIndex(args.out).update(
+    report = index.update(
         args.media,
         encode,
         info,
@@ -206,6 +228,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         nlist=args.nlist,
         pq_m=args.pq_m,
         refine=args.refine,
+        rebuild=args.rebuild,
     )
     print(
         f"index {args.out}: {report['total']} items ({report['added']} added, {report['updated']} updated, "
@@ -273,6 +296,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     searcher = Searcher(args.index, run=args.run, device=args.device)
     settings = ServiceSettings(
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        max_upload_pixels=int(args.max_upload_mp * 1_000_000),
         max_k=args.max_k,
         max_text_chars=args.max_text,
         token=args.token,
@@ -313,9 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--json", default=None, help="write the metrics JSON here")
     p.add_argument("--submission", default=None, help="write test-server submission files into this folder")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--frames", type=int, default=None, help="frames sampled per video (default: the run's, else 8)")
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument(
+        "--frames", type=positive_int, default=None, help="frames sampled per video (default: the run's, else 8)"
+    )
+    p.add_argument("--workers", type=non_negative_int, default=0, help="data-loading processes")
     p.add_argument("--run", default=None, help="a training run folder: evaluate its model")
     p.add_argument("--checkpoint", default="best", choices=["best", "latest"], help="which checkpoint of --run")
     _add_model_args(p)
@@ -363,9 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="IVF-PQ: re-rank refine*k candidates by their exact vectors (default 10; 0 or 1: off)",
     )
-    p.add_argument("--frames", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--frames", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--rebuild", action="store_true", help="discard what is in --out (e.g. a damaged index) and index anew"
+    )
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="search an index with a reference image/video and/or a text")
@@ -374,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--image", help="reference image or video file (or an id in the index)")
     ref.add_argument("--id", help="reference given by its id in the index")
     p.add_argument("--text", default=None)
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=positive_int, default=10)
     p.add_argument("--json", action="store_true")
     p.add_argument("--run", default=None, help="model run (default: the one the index was built with)")
     p.add_argument("--device", default="cpu")
@@ -385,9 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="loopback by default; 0.0.0.0 exposes it to the network")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on /search and /media")
-    p.add_argument("--max-upload-mb", type=int, default=50)
-    p.add_argument("--max-k", type=int, default=100)
-    p.add_argument("--max-text", type=int, default=500)
+    p.add_argument("--max-upload-mb", type=positive_int, default=50)
+    p.add_argument(
+        "--max-upload-mp", type=float, default=24.0, help="largest uploaded image (megapixels; JPEGs decode reduced)"
+    )
+    p.add_argument("--max-k", type=positive_int, default=100)
+    p.add_argument("--max-text", type=positive_int, default=500)
     p.add_argument("--run", default=None)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_serve)
@@ -417,10 +449,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        if getattr(args, "device", None) is not None:
+            from composir.train.config import check_device
+
+            check_device(args.device, "--device")
         return args.func(args)
     except ComposirError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 130 if isinstance(exc, WorkInterrupted) else 2
+    except KeyboardInterrupt:
+        print(f"interrupted: composir {args.command} stopped before it finished", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

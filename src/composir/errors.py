@@ -35,3 +35,7 @@ class MediaError(ComposirError, OSError):
 
 class ConfigError(ComposirError, ValueError):
     """A configuration value is missing or invalid."""
+
+
+class WorkInterrupted(ComposirError):
+    """Ctrl-C during a long job; the message says where it stopped and how to resume."""

@@ -23,14 +23,16 @@ vectors, kept on disk in the metadata, not in memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import sqlite3
+import stat
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,9 +57,27 @@ class FileEntry:
     mtime: float
 
 
-def scan_media(root: Path) -> list[FileEntry]:
-    """Every image/video under ``root`` (hidden files and folders skipped), sorted by key."""
-    out = []
+def inside(root: Path, path: Path) -> Path | None:
+    """``path`` with every symlink resolved, if that is a regular file inside ``root`` (itself
+    resolved); else None. The one rule for what may be indexed, read and served."""
+    try:
+        real = Path(os.path.realpath(path))
+        if not stat.S_ISREG(real.stat().st_mode):
+            return None
+    except OSError:
+        return None
+    real_root = Path(os.path.realpath(root))
+    return real if real.is_relative_to(real_root) else None
+
+
+def scan_media(root: Path) -> tuple[list[FileEntry], list[dict]]:
+    """Every image/video under ``root`` sorted by key, and the files skipped with the reason.
+
+    Hidden files and folders are left out. A symlink is followed only when it resolves to a
+    regular file inside ``root`` (an alias within the collection); a dangling one, or one that
+    leads outside ``root``, is skipped and reported. Symlinked folders are not descended into.
+    """
+    out, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
@@ -65,9 +85,18 @@ def scan_media(root: Path) -> list[FileEntry]:
             if kind is None or name.startswith("."):
                 continue
             path = Path(dirpath) / name
-            st = path.stat()
-            out.append(FileEntry(path.relative_to(root).as_posix(), path, kind, st.st_size, st.st_mtime))
-    return out
+            key = path.relative_to(root).as_posix()
+            if path.is_symlink() and inside(root, path) is None:
+                reason = "dangling symlink" if not path.exists() else "symlink to a file outside the media folder"
+                skipped.append({"file": key, "error": reason})
+                continue
+            try:
+                st = path.stat()
+            except OSError as exc:
+                skipped.append({"file": key, "error": f"cannot be read ({exc.strerror or exc})"})
+                continue
+            out.append(FileEntry(key, path, kind, st.st_size, st.st_mtime))
+    return out, skipped
 
 
 _SCHEMA = (
@@ -80,13 +109,17 @@ def _vector_blob(vec: np.ndarray) -> bytes:
     return np.asarray(vec, dtype=np.float16).tobytes()
 
 
+def _ivfpq_min_vectors(nlist: int) -> int:
+    return max(nlist * 4, 256)  # 256: one 8-bit product-quantizer codebook
+
+
 def _new_faiss(dim: int, kind: str, train_vectors: np.ndarray | None, nlist: int, pq_m: int):
     import faiss
 
     if kind == "flat":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     if kind == "ivfpq":
-        needed = max(nlist * 4, 256)  # 256: one 8-bit product-quantizer codebook
+        needed = _ivfpq_min_vectors(nlist)
         if train_vectors is None or len(train_vectors) < needed:
             have = 0 if train_vectors is None else len(train_vectors)
             raise ComposirError(
@@ -103,31 +136,74 @@ def _new_faiss(dim: int, kind: str, train_vectors: np.ndarray | None, nlist: int
     raise ComposirError(f"unknown index kind {kind!r}; use flat or ivfpq")
 
 
+class IndexDamagedError(ComposirError):
+    """An index folder whose files cannot be read back; the message says what and how to rebuild."""
+
+    def __init__(self, root: Path, what: str):
+        super().__init__(
+            f"{root}: the index is damaged ({what}); rebuild it with "
+            f"`composir index --run RUN --media MEDIA --out {root} --rebuild` (or index into a new folder)"
+        )
+
+
 class GalleryIndex:
     """Open (or create) an index folder; ``update`` brings it in line with a media folder."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, load: bool = True):
         self.root = Path(root)
         self.info: dict = {}
         self.vectors = None
         self.db: sqlite3.Connection | None = None
-        current = self.root / "CURRENT"
-        if current.is_file():
-            self._load(self.root / current.read_text().strip())
+        self.current_name: str | None = None
+        pointer = self.root / "CURRENT"
+        if load and pointer.is_file():
+            name = pointer.read_text().strip()
+            if not name.startswith("gen-") or "/" in name or not (self.root / name).is_dir():
+                raise IndexDamagedError(self.root, f"CURRENT names {name!r}, which is not a generation folder here")
+            self._load(self.root / name)
 
     @property
     def exists(self) -> bool:
         return self.vectors is not None
 
+    def current_generation(self) -> str | None:
+        """The name ``CURRENT`` holds now (another process may have written a newer generation)."""
+        try:
+            return (self.root / "CURRENT").read_text().strip()
+        except OSError:
+            return None
+
     def _load(self, gen: Path) -> None:
         import faiss
 
-        self.info = json.loads((gen / "info.json").read_text())
-        self.vectors = faiss.read_index(str(gen / "vectors.faiss"))
-        if self.info.get("nprobe") and hasattr(self.vectors, "nprobe"):
-            self.vectors.nprobe = self.info["nprobe"]
-        self.db = sqlite3.connect(str(gen / "meta.sqlite"), check_same_thread=False)
-        self.generation = gen
+        try:
+            info = json.loads((gen / "info.json").read_text())
+            if not isinstance(info, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            raise IndexDamagedError(self.root, f"{gen.name}/info.json cannot be read: {exc}") from exc
+        try:
+            vectors = faiss.read_index(str(gen / "vectors.faiss"))
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+            raise IndexDamagedError(self.root, f"{gen.name}/vectors.faiss cannot be read: {first}") from exc
+        if not (gen / "meta.sqlite").is_file():
+            raise IndexDamagedError(self.root, f"{gen.name}/meta.sqlite is missing")
+        db = sqlite3.connect(f"file:{gen / 'meta.sqlite'}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            rows = db.execute("SELECT count(*) FROM items").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise IndexDamagedError(self.root, f"{gen.name}/meta.sqlite cannot be read: {exc}") from exc
+        if rows != vectors.ntotal:
+            db.close()
+            raise IndexDamagedError(self.root, f"{gen.name}: {vectors.ntotal} vectors but {rows} metadata rows")
+        if info.get("nprobe") and hasattr(vectors, "nprobe"):
+            vectors.nprobe = info["nprobe"]
+        if self.db is not None:
+            self.db.close()
+        self.info, self.vectors, self.db, self.generation = info, vectors, db, gen
+        self.current_name = gen.name
 
     def __len__(self) -> int:
         return 0 if self.vectors is None else int(self.vectors.ntotal)
@@ -197,8 +273,12 @@ class GalleryIndex:
         info["dim"] = int(vectors.shape[1])
         if hasattr(faiss_index, "nprobe"):
             info["nprobe"] = faiss_index.nprobe
-        index = cls(root)
-        index._commit(faiss_index, info, rows, fresh=True)
+        try:
+            index, damaged = cls(root), False
+        except IndexDamagedError:  # replaced whole anyway
+            index, damaged = cls(root, load=False), True
+        with index.writing(rebuild=damaged):
+            index._commit(faiss_index, info, rows, fresh=True)
         return index
 
     def _rerank(self, queries: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int):
@@ -243,7 +323,9 @@ class GalleryIndex:
         self.root.mkdir(parents=True, exist_ok=True)
         number = int(self.generation.name.split("-")[1]) + 1 if self.exists else 1
         tmp = self.root / f".gen-{number:06d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        final = self.root / f"gen-{number:06d}"
+        for leftover in (tmp, final):  # of a run killed before it switched CURRENT: garbage
+            shutil.rmtree(leftover, ignore_errors=True)
         tmp.mkdir()
         faiss.write_index(vectors, str(tmp / "vectors.faiss"))
         if self.exists and not fresh:
@@ -261,7 +343,6 @@ class GalleryIndex:
         db.close()
         info = {**info, "count": int(vectors.ntotal), "written_at": time.time()}
         (tmp / "info.json").write_text(json.dumps(info, indent=1))
-        final = self.root / f"gen-{number:06d}"
         os.replace(tmp, final)
         with atomic_open(self.root / "CURRENT", "w") as handle:
             handle.write(final.name + "\n")
@@ -271,6 +352,43 @@ class GalleryIndex:
         self._load(final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def writing(self, rebuild: bool = False) -> Iterator[None]:
+        """Hold the folder's writer lock (one writer at a time; readers never wait) and clear what a
+        killed writer left: temp folders and files, generations ``CURRENT`` does not name.
+        ``rebuild``: also drop the live generation, so a damaged index can be written afresh."""
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise ComposirError(f"{self.root}: another process is writing this index; wait for it") from None
+            if rebuild:
+                self._drop_current()
+            self._remove_leftovers()
+            yield
+
+    def _drop_current(self) -> None:
+        if self.db is not None:
+            self.db.close()
+        self.info, self.vectors, self.db, self.current_name = {}, None, None, None
+        (self.root / "CURRENT").unlink(missing_ok=True)
+
+    def _remove_leftovers(self) -> None:
+        live = self.current_generation() if self.exists else None
+        for entry in self.root.iterdir():
+            name = entry.name
+            stale_gen = name.startswith("gen-") and name != live
+            temp = name.startswith((".gen-", ".CURRENT.", ".report.json.")) and name.endswith(".tmp")
+            if stale_gen or temp:
+                log.info("removing %s (left by an interrupted run)", entry)
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
 
     def update(
         self,
@@ -285,6 +403,7 @@ class GalleryIndex:
         progress: bool = True,
         keep: Callable[[str], bool] | None = None,
         refine: int | None = None,
+        rebuild: bool = False,
     ) -> dict:
         """Add new/changed files, drop deleted ones; returns a report. ``keep(key)`` selects a shard's files.
 
@@ -293,51 +412,105 @@ class GalleryIndex:
         media_root = Path(media_root).resolve()
         if not media_root.is_dir():
             raise ComposirError(f"{media_root}: media folder not found")
+        with self.writing(rebuild):
+            kind, refine = self._check_settings(kind, refine, model_info)
+            files, skipped = scan_media(media_root)
+            files = [f for f in files if keep is None or keep(f.key)]
+            skipped = [s for s in skipped if keep is None or keep(s["file"])]
+            known = self.items()  # key -> (faiss id, size, mtime)
+            current = {f.key for f in files}
+            deleted = [k for k in known if k not in current]
+            todo = [f for f in files if f.key not in known or known[f.key][1:] != (f.size, f.mtime)]
+            if not self.exists and not todo:
+                raise ComposirError(f"{media_root}: no images or videos found")
+            first_batch = commit_every
+            if kind == "ivfpq" and not self.exists:
+                needed = _ivfpq_min_vectors(nlist)
+                if len(todo) < needed:  # before any encoding: the quantizer could never be trained
+                    raise ComposirError(
+                        f"{media_root}: {len(todo)} files, but IVF-PQ with nlist={nlist} needs at least {needed} "
+                        "to train its quantizer; use --kind flat for a collection this small (or a smaller --nlist)"
+                    )
+                first_batch = max(commit_every, needed)
+            info = {"media_root": str(media_root), "kind": kind, "refine": refine if kind == "ivfpq" else 0}
+            info.update(model_info)
+            failed = self._encode_and_commit(
+                todo, deleted, encode, info, batch_size, commit_every, first_batch, nlist, pq_m, progress
+            )
+        skipped += [{"file": k, "error": e} for k, e in failed]
+        failed_keys = {k for k, _ in failed}
+        changed = {f.key for f in todo if f.key in known}
+        report = {
+            "added": sum(1 for f in todo if f.key not in known and f.key not in failed_keys),
+            "updated": len(changed - failed_keys),
+            # A changed file that no longer decodes leaves the index, like a deleted one.
+            "removed": len(deleted) + len(changed & failed_keys),
+            "skipped": skipped,
+            "total": len(self),
+        }
+        atomic_write_json(self.root / "report.json", report, indent=1)
+        return report
+
+    def _check_settings(self, kind: str | None, refine: int | None, model_info: dict) -> tuple[str, int]:
         built = self.info.get("kind") if self.exists else None
         if kind is not None and built is not None and kind != built:
             raise ComposirError(f"{self.root}: the index is {built}, not {kind}; build a {kind} index in a new folder")
         kind = kind or built or "flat"
+        if kind not in ("flat", "ivfpq"):
+            raise ComposirError(f"unknown index kind {kind!r}; use flat or ivfpq")
         refine = refine if refine is not None else int(self.info.get("refine", 10) if self.exists else 10)
         if self.exists and self.info.get("fingerprint") != model_info.get("fingerprint"):
             raise ComposirError(
                 f"{self.root}: index was built with another model (fingerprint {self.info.get('fingerprint')}); "
                 "use a new index folder for this model"
             )
-        files = [f for f in scan_media(media_root) if keep is None or keep(f.key)]
-        known: dict[str, tuple[int, int, float]] = self.items()  # key -> (faiss id, size, mtime)
-        current = {f.key for f in files}
-        deleted = [k for k in known if k not in current]
-        todo = [f for f in files if f.key not in known or known[f.key][1:] != (f.size, f.mtime)]
-        changed = [f.key for f in todo if f.key in known]
-        removed = deleted + changed  # applied to the metadata by the next commit
+        return kind, refine
+
+    def _encode_and_commit(
+        self,
+        todo: list[FileEntry],
+        deleted: list[str],
+        encode,
+        info: dict,
+        batch_size: int,
+        commit_every: int,
+        first_batch: int,
+        nlist: int,
+        pq_m: int,
+        progress: bool,
+    ) -> list[tuple[str, str]]:
+        """Encode ``todo`` in batches, committing a generation every ``commit_every`` vectors (the
+        first commit of a new IVF-PQ index waits for ``first_batch``, its training set); returns
+        the files that failed to encode."""
+        known = self.items()
+        removed = deleted + [f.key for f in todo if f.key in known]  # applied by the next commit
         vectors = self.vectors
         if vectors is not None and removed:
             vectors.remove_ids(np.array([known[k][0] for k in removed], dtype=np.int64))
         # Ids are never reused: a removed item's id stays unknown rather than meaning another file.
-        next_id = max((v[0] for v in known.values()), default=-1) + 1
-        next_id = max(next_id, int(self.info.get("next_id", 0)))
-        skipped: list[dict] = []
-        info = {"media_root": str(media_root), "kind": kind, "refine": refine if kind == "ivfpq" else 0, **model_info}
+        next_id = max(max((v[0] for v in known.values()), default=-1) + 1, int(self.info.get("next_id", 0)))
+        kind = info["kind"]
+        failed: list[tuple[str, str]] = []
         pending_vectors, pending_rows = [], {}
         bar = tqdm(total=len(todo), desc="indexing", unit="file", disable=not progress)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             feats, errors = encode([GalleryItem(f.key, f.path, f.media_type) for f in chunk])
             bad = dict(errors)
-            good = [f for f in chunk if f.key not in bad]
-            skipped += [{"file": k, "error": e} for k, e in errors]
-            for f, vec in zip(good, feats):
+            failed += errors
+            for f, vec in zip([f for f in chunk if f.key not in bad], feats):
                 blob = _vector_blob(vec) if kind == "ivfpq" else None  # flat keeps exact vectors itself
                 pending_rows[f.key] = (next_id, str(f.path), f.media_type, f.size, f.mtime, blob)
                 pending_vectors.append((next_id, vec))
                 next_id += 1
             bar.update(len(chunk))
             done = start + len(chunk) >= len(todo)
-            if len(pending_vectors) >= commit_every or (done and pending_vectors):
+            threshold = commit_every if vectors is not None else first_batch
+            if pending_vectors and (len(pending_vectors) >= threshold or done):
                 mat = np.stack([v for _, v in pending_vectors]).astype(np.float32)
                 ids = np.array([i for i, _ in pending_vectors], dtype=np.int64)
                 if vectors is None:
-                    # IVF-PQ trains its quantizer on the first committed batch (commit_every vectors).
+                    # IVF-PQ trains its quantizer on the first committed batch.
                     vectors = _new_faiss(mat.shape[1], kind, mat if kind == "ivfpq" else None, nlist, pq_m)
                     if kind == "ivfpq":
                         info["nprobe"] = vectors.nprobe
@@ -348,17 +521,7 @@ class GalleryIndex:
         bar.close()
         if vectors is not None and removed:  # only removals (or every changed file failed to encode)
             self._commit(vectors, {**self.info, **info, "next_id": next_id}, removed=removed)
-        if vectors is None and not self.exists and not todo:
-            raise ComposirError(f"{media_root}: no images or videos found")
-        report = {
-            "added": len(todo) - len(changed) - len(skipped),
-            "updated": len(changed),
-            "removed": len(deleted),
-            "skipped": skipped,
-            "total": len(self),
-        }
-        atomic_write_json(self.root / "report.json", report, indent=1)
-        return report
+        return failed
 
 
 def shard_of(key: str, num_shards: int) -> int:
@@ -420,9 +583,17 @@ def model_encoder(method, num_frames: int, device: str | torch.device = "cpu", b
     return encode
 
 
-def load_query_frames(method, path: str | Path, num_frames: int) -> torch.Tensor:
-    frames = load_media(path, num_frames)
+def load_query_frames(method, path: str | Path, num_frames: int, max_pixels: int | None = None) -> torch.Tensor:
+    frames = load_media(path, num_frames, max_pixels=max_pixels)
     return torch.stack([method.encoder.preprocess(f) for f in frames]).unsqueeze(0)
 
 
-__all__ = ["GalleryIndex", "MediaError", "load_query_frames", "model_encoder", "scan_media"]
+__all__ = [
+    "GalleryIndex",
+    "IndexDamagedError",
+    "MediaError",
+    "inside",
+    "load_query_frames",
+    "model_encoder",
+    "scan_media",
+]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from composir.errors import ComposirError
-from composir.index import GalleryIndex, load_query_frames
+from composir.index import GalleryIndex, inside, load_query_frames
 
 
 @dataclass
@@ -31,8 +31,22 @@ class SearchResult:
         return {"id": self.id, "path": self.path, "score": round(float(self.score), 6), "media_type": self.media_type}
 
 
+@dataclass
+class Reference:
+    """A decoded query reference: its frames and, when it is an indexed item, its id (left out of
+    its own results)."""
+
+    frames: torch.Tensor
+    own_id: int | None = None
+
+
 class Searcher:
-    """Loads the index and the model that built it once; answers many queries."""
+    """Loads the index and the model that built it once; answers many queries.
+
+    A search is two steps so that a server can decode references outside its model lock:
+    ``load_reference`` (file or index id -> frames) and ``search_loaded`` (the forward pass and
+    the index lookup). ``refresh`` switches to a newer generation written by ``composir index``.
+    """
 
     def __init__(self, index: str | Path, run: str | Path | None = None, device: str = "cpu"):
         from composir.train import load_run
@@ -43,43 +57,85 @@ class Searcher:
         run = run or self.index.info.get("run")
         if not run:
             raise ComposirError(f"{index}: the index does not name its model run; pass run=")
+        if not (Path(run) / "config.yaml").is_file():
+            raise ComposirError(f"{index}: its model run {run} is not there (pass run= / --run)")
         self.method, self.config = load_run(run, "best", device)
-        fingerprint = self.method.encoder.fingerprint()
-        if fingerprint != self.index.info.get("fingerprint"):
-            raise ComposirError(f"{index}: built with another model than {run} (fingerprint mismatch)")
+        self.fingerprint = self.method.encoder.fingerprint()
+        self._check(self.index)
         self.device = device
         self.num_frames = int(self.index.info.get("num_frames", self.config.data.num_frames))
 
-    def _reference(self, reference: str | Path) -> tuple[torch.Tensor, int | None]:
-        """Frames of the reference and its id in the index (so it is left out of its own results)."""
+    def _check(self, index: GalleryIndex) -> None:
+        if self.fingerprint != index.info.get("fingerprint"):
+            raise ComposirError(f"{index.root}: built with another model than this run (fingerprint mismatch)")
+
+    def refresh(self) -> bool:
+        """Reload the index if ``CURRENT`` names a newer generation; True when it did."""
+        name = self.index.current_generation()
+        if name is None or name == self.index.current_name:
+            return False
+        fresh = GalleryIndex(self.index.root)
+        self._check(fresh)
+        self.index = fresh
+        return True
+
+    @property
+    def media_root(self) -> Path | None:
+        root = self.index.info.get("media_root")
+        return Path(root) if root else None
+
+    def media_path(self, item_id: int) -> Path | None:
+        """The indexed item's file, resolved, if it is still a regular file inside the media root
+        (checked now: a symlink changed since indexing cannot lead outside it)."""
+        row = self.index.lookup([item_id]).get(item_id)
+        if row is None or self.media_root is None:
+            return None
+        return inside(self.media_root, Path(row[1]))
+
+    def load_reference(self, reference: str | Path, max_pixels: int | None = None) -> Reference:
+        """Frames of the reference (a file, or an id in the index) and its id in the index."""
         ref = str(reference)
         own_id = self.index.key_to_id(ref)
         if own_id is not None:
-            _, path, _ = self.index.lookup([own_id])[own_id]
-            return load_query_frames(self.method, path, self.num_frames), own_id
-        path = Path(ref)
-        if not path.is_file():
-            raise ComposirError(f"reference {ref!r} is neither a file nor an id in the index")
-        return load_query_frames(self.method, path, self.num_frames), None
+            path = self.media_path(own_id)
+            if path is None:
+                raise ComposirError(f"reference {ref!r} is indexed but its file is gone or outside the media folder")
+        else:
+            path = Path(ref)
+            if not path.is_file():
+                raise ComposirError(f"reference {ref!r} is neither a file nor an id in the index")
+        return Reference(load_query_frames(self.method, path, self.num_frames, max_pixels), own_id)
 
     @torch.no_grad()
-    def query_vector(self, reference: str | Path | None, text: str | None) -> tuple[torch.Tensor, int | None]:
+    def query_vector(self, reference: Reference | None, text: str | None) -> torch.Tensor:
         if reference is None and not text:
             raise ComposirError("give a reference, a text, or both")
-        own = None
         if reference is not None:
-            frames, own = self._reference(reference)
-            frames = frames.to(self.device)
+            frames = reference.frames.to(self.device)
             if text:
                 tokens = self.method.encoder.tokenize([text]).to(self.device)
-                return self.method.encode_query(frames, tokens), own
-            return self.method.encode_target(frames), own
+                return self.method.encode_query(frames, tokens)
+            return self.method.encode_target(frames)
         tokens = self.method.encoder.tokenize([text]).to(self.device)
-        return F.normalize(self.method.encoder.encode_text(tokens), dim=-1), own
+        return F.normalize(self.method.encoder.encode_text(tokens), dim=-1)
 
-    def search(self, reference: str | Path | None = None, text: str | None = None, k: int = 10) -> list[SearchResult]:
-        vec, own = self.query_vector(reference, text)
+    def search_loaded(self, reference: Reference | None, text: str | None, k: int = 10) -> list[SearchResult]:
+        if k < 1:
+            raise ComposirError(f"k must be at least 1, got {k}")
+        vec = self.query_vector(reference, text)
+        own = reference.own_id if reference is not None else None
         scores, ids = self.index.search(vec.float().cpu().numpy(), k + (1 if own is not None else 0))
         hits = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0 and i != own][:k]
         meta = self.index.lookup([i for i, _ in hits])
         return [SearchResult(meta[i][0], meta[i][1], s, meta[i][2]) for i, s in hits if i in meta]
+
+    def search(self, reference: str | Path | None = None, text: str | None = None, k: int = 10) -> list[SearchResult]:
+        loaded = self.load_reference(reference) if reference is not None else None
+        return self.search_loaded(loaded, text, k)
+
+    @torch.no_grad()
+    def explain(self, reference: Reference, text: str):
+        """The method's own explanation of a composed query (IMAGINE's prototypes), or None."""
+        tokens = self.method.encoder.tokenize([text]).to(self.device)
+        out = self.method.explain(reference.frames.to(self.device), tokens)
+        return out[0] if out else None

@@ -12,6 +12,7 @@ from composir.data.fashioniq import CATEGORIES, load_fashioniq
 from composir.data.records import Benchmark, GalleryItem, Triplet
 from composir.data.synthetic import load_synthetic
 from composir.data.webvid_covr import load_webvid_covr
+from composir.errors import ConfigError
 
 READERS: dict[str, Callable[..., Benchmark]] = {
     "cirr": load_cirr,
@@ -27,7 +28,7 @@ def load_benchmark(name: str, root: str | Path, split: str, **kwargs) -> Benchma
     try:
         reader = READERS[name]
     except KeyError:
-        raise ValueError(f"unknown benchmark {name!r}; known: {sorted(READERS)}") from None
+        raise ConfigError(f"unknown benchmark {name!r}; known: {sorted(READERS)}") from None
     return reader(Path(root), split, **kwargs)
 
 

@@ -19,6 +19,8 @@ def read_json(path: Path) -> Any:
         raise AnnotationError(path, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
     except UnicodeDecodeError as exc:
         raise AnnotationError(path, f"not UTF-8 text ({exc.reason})") from exc
+    except RecursionError:
+        raise AnnotationError(path, "JSON nested too deeply to be an annotation file") from None
 
 
 def expect_type(path: Path, obj: Any, kind: type | tuple[type, ...], what: str = "top-level value") -> Any:

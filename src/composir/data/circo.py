@@ -12,6 +12,7 @@ removed from its own ranking.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from composir.data._json import expect_type, field, read_json
@@ -19,6 +20,7 @@ from composir.data.records import Benchmark, GalleryItem, Triplet
 from composir.errors import AnnotationError
 
 COCO_DIR = "COCO2017_unlabeled"
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 def _image_path(root: Path, image_id: str) -> Path:
@@ -38,10 +40,13 @@ def _full_gallery(root: Path) -> list[str] | None:
     if info.is_file():
         data = expect_type(info, read_json(info), dict)
         images = field(info, data, "<root>", "images", list)
-        return [str(field(info, img, i, "id", int)) for i, img in enumerate(images)]
+        # Each id once: a ranking (and a submission) must not list an image twice.
+        return list(dict.fromkeys(str(field(info, img, i, "id", int)) for i, img in enumerate(images)))
     folder = root / COCO_DIR / "unlabeled2017"
     if folder.is_dir():
-        return sorted(str(int(p.stem)) for p in folder.glob("*.jpg") if p.stem.isdigit())
+        # ASCII digits only ("²³.jpg" is no COCO id); "000000000123.jpg" and "123.jpg" are one id.
+        ids = {int(p.stem) for p in folder.glob("*.jpg") if _ASCII_DIGITS.fullmatch(p.stem)}
+        return [str(i) for i in sorted(ids)]
     return None
 
 
@@ -64,7 +69,7 @@ def load_circo(root: str | Path, split: str) -> Benchmark:
             target = field(path, entry, i, "target_img_id", int)
             if not gts:
                 raise AnnotationError(path, "no ground truth", entry=i, field="gt_img_ids")
-            targets = [str(t) for t in gts]
+            targets = list(dict.fromkeys(str(t) for t in gts))
             extra["target_img_id"] = str(target)
             extra["semantic_aspects"] = entry.get("semantic_aspects", [])
         named.extend([ref, *targets])

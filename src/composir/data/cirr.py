@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from composir.data._json import expect_type, field, read_json, str_list
+from composir.data.media import media_type_of
 from composir.data.records import Benchmark, GalleryItem, Triplet
 from composir.errors import AnnotationError
 
@@ -27,12 +28,9 @@ def read_image_split(path: Path, media_root: Path) -> dict[str, GalleryItem]:
     for name, rel in data.items():
         if not isinstance(rel, str):
             raise AnnotationError(path, f"path must be a string, got {type(rel).__name__}", entry=name)
-        media_type = "video" if Path(rel).suffix.lower() in VIDEO_SUFFIXES else "image"
+        media_type = media_type_of(rel) or "image"
         items[name] = GalleryItem(id=name, path=media_root / rel, media_type=media_type)
     return items
-
-
-VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mov", ".mkv"}
 
 
 def parse_queries(path: Path, *, require_targets: bool) -> list[Triplet]:

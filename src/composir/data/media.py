@@ -6,6 +6,7 @@ skip the item and report it. An image is returned as one frame; a video as ``num
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from fractions import Fraction
@@ -29,14 +30,35 @@ def media_type_of(path: str | Path) -> str | None:
     return None
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB with its EXIF orientation applied."""
+def _bound_pixels(img: Image.Image, path: Path, max_pixels: int | None) -> None:
+    """Refuse (before decoding) an image of more than ``max_pixels``; a JPEG is first asked to
+    decode at 1/2, 1/4 or 1/8 scale (``draft``), which costs a fraction of a full decode."""
+    if not max_pixels or img.width * img.height <= max_pixels:
+        return
+    if img.format == "JPEG":
+        scale = math.sqrt(img.width * img.height / max_pixels)
+        # draft picks the largest reduction whose size is at least the one asked for: asking for
+        # 1/(2*scale) makes that reduction at least `scale`, so the result fits.
+        img.draft("RGB", (max(1, int(img.width / (2 * scale))), max(1, int(img.height / (2 * scale)))))
+    if img.width * img.height > max_pixels:
+        raise MediaError(
+            path,
+            f"image is {img.width}x{img.height} ({img.width * img.height / 1e6:.1f} megapixels); "
+            f"the limit is {max_pixels / 1e6:.1f} megapixels",
+        )
+
+
+def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Open an image as RGB with its EXIF orientation applied; ``max_pixels`` bounds the decode."""
     path = Path(path)
     try:
         with Image.open(path) as img:
+            _bound_pixels(img, path, max_pixels)
             img.load()
             img = ImageOps.exif_transpose(img)
             return img.convert("RGB")
+    except MediaError:
+        raise
     except FileNotFoundError as exc:
         raise MediaError(path, "file not found") from exc
     except UnidentifiedImageError as exc:
@@ -53,8 +75,9 @@ def uniform_indices(num_available: int, num_frames: int) -> list[int]:
     return [min(num_available - 1, int((i + 0.5) * num_available / num_frames)) for i in range(num_frames)]
 
 
-def load_video(path: str | Path, num_frames: int = 8) -> list[Image.Image]:
-    """Decode ``num_frames`` frames sampled uniformly over the whole video."""
+def load_video(path: str | Path, num_frames: int = 8, max_pixels: int | None = None) -> list[Image.Image]:
+    """Decode ``num_frames`` frames sampled uniformly over the whole video (frames of more than
+    ``max_pixels`` refused before decoding)."""
     import av
 
     path = Path(path)
@@ -65,6 +88,11 @@ def load_video(path: str | Path, num_frames: int = 8) -> list[Image.Image]:
             if not container.streams.video:
                 raise MediaError(path, "no video stream")
             stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if max_pixels and width * height > max_pixels:
+                raise MediaError(
+                    path, f"video frames are {width}x{height}; the limit is {max_pixels / 1e6:.1f} megapixels"
+                )
             total = stream.frames
             if total <= 0:
                 # Some containers do not store a frame count: count packets without decoding.
@@ -92,13 +120,15 @@ def load_video(path: str | Path, num_frames: int = 8) -> list[Image.Image]:
     return [decoded.get(i, fallback) for i in wanted]
 
 
-def load_media(path: str | Path, num_frames: int = 8, media_type: str | None = None) -> list[Image.Image]:
-    """Frames of an image (one) or a video (``num_frames``)."""
+def load_media(
+    path: str | Path, num_frames: int = 8, media_type: str | None = None, max_pixels: int | None = None
+) -> list[Image.Image]:
+    """Frames of an image (one) or a video (``num_frames``); ``max_pixels`` bounds each frame."""
     kind = media_type or media_type_of(path)
     if kind == "video":
-        return load_video(path, num_frames)
+        return load_video(path, num_frames, max_pixels)
     if kind == "image":
-        return [load_image(path)]
+        return [load_image(path, max_pixels)]
     raise MediaError(path, f"unsupported file type {Path(path).suffix!r}")
 
 

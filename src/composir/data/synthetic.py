@@ -11,6 +11,7 @@ from pathlib import Path
 
 from composir.data.cirr import load_cirr_layout
 from composir.data.records import Benchmark
+from composir.errors import ConfigError
 
 FAMILIES = ("explicit", "multi", "implicit")
 
@@ -18,7 +19,7 @@ FAMILIES = ("explicit", "multi", "implicit")
 def load_synthetic(root: str | Path, split: str) -> Benchmark:
     base, _, family = split.partition("-")
     if family and family not in FAMILIES:
-        raise ValueError(f"unknown synthetic family {family!r} in split {split!r}; expected one of {FAMILIES}")
+        raise ConfigError(f"unknown synthetic family {family!r} in split {split!r}; expected one of {FAMILIES}")
     bench = load_cirr_layout(Path(root), base, name="synthetic")
     # The synthetic test split has targets (it is ours, not a test server's).
     bench.has_targets = True

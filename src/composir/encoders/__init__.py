@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from composir.encoders.base import Encoder
+from composir.errors import ConfigError
 
 _BUILDERS: dict[str, Callable[..., Encoder]] = {}
 
@@ -21,8 +22,9 @@ def register_encoder(name: str):
 @register_encoder("tiny")
 def _build_tiny(pretrained: str | None = None, config: dict[str, Any] | None = None) -> Encoder:
     from composir.encoders.tiny import TinyConfig, TinyEncoder
+    from composir.utils.typed import build_dataclass
 
-    encoder = TinyEncoder(TinyConfig(**(config or {})))
+    encoder = TinyEncoder(build_dataclass(TinyConfig, config or {}, "encoder.config"))
     if pretrained:
         from safetensors.torch import load_file
 
@@ -46,8 +48,11 @@ def _build_openclip(pretrained: str | None = None, config: dict[str, Any] | None
 
 def build_encoder(name: str, pretrained: str | None = None, config: dict[str, Any] | None = None) -> Encoder:
     if name not in _BUILDERS:
-        raise ValueError(f"unknown encoder {name!r}; known: {sorted(_BUILDERS)}")
-    return _BUILDERS[name](pretrained=pretrained, config=config)
+        raise ConfigError(f"encoder.name: unknown encoder {name!r}; known: {sorted(_BUILDERS)}")
+    try:
+        return _BUILDERS[name](pretrained=pretrained, config=config)
+    except TypeError as exc:  # a config key the backbone's own config class does not take
+        raise ConfigError(f"encoder.config ({name}): {exc}") from exc
 
 
 def available_encoders() -> list[str]:

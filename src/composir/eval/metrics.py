@@ -43,16 +43,19 @@ def recall_subset_at_k(
 
 
 def average_precision_at_k(ranking: Ranking, targets: Sequence[str], k: int) -> float:
-    """CIRCO's AP@k: sum of precision at each hit in the top k, over min(k, number of ground truths)."""
-    relevant = set(targets)
-    if not relevant:
+    """CIRCO's AP@k: sum of precision at each hit in the top k, over min(k, len(targets)) with the
+    ground-truth list as given (the official definition). An item listed twice in the ranking
+    counts once (the official checker rejects such rankings), so AP never exceeds 1."""
+    if not targets:
         raise ValueError("AP needs at least one ground truth")
-    hits, total = 0, 0.0
+    relevant = set(targets)
+    found: set[str] = set()
+    total = 0.0
     for rank, item in enumerate(ranking[:k], start=1):
-        if item in relevant:
-            hits += 1
-            total += hits / rank
-    return total / min(k, len(relevant))
+        if item in relevant and item not in found:
+            found.add(item)
+            total += len(found) / rank
+    return total / min(k, len(targets))
 
 
 def map_at_k(ranked_ids: Sequence[Ranking], target_ids: Sequence[Sequence[str]], k: int) -> float:
@@ -112,3 +115,19 @@ def recall_metrics(
     out = {f"R@{k}": recall_at_k(ranked_ids, target_ids, k) for k in ks}
     out["Mean"] = mean_of(out, [f"R@{k}" for k in ks])
     return out
+
+
+_RECALL = ["R@1", "R@5", "R@10", "R@50"]
+_CIRR = [*_RECALL, "Rsubset@1", "Rsubset@2", "Rsubset@3", "Avg(R@5,Rsubset@1)", "Mean(all7)"]
+_CIRCO = [f"mAP@{k}" for k in (5, 10, 25, 50)] + [f"R@{k}" for k in (5, 10, 25, 50)]
+
+
+def metric_names(benchmark: str) -> list[str]:
+    """The metrics ``evaluate`` reports for a benchmark (per split; e.g. a training eval_metric)."""
+    if benchmark in ("cirr", "synthetic"):
+        return list(_CIRR)
+    if benchmark.startswith("fashioniq"):
+        return list(_RECALL)
+    if benchmark == "circo":
+        return list(_CIRCO)
+    return [*_RECALL, "Mean"]

@@ -73,9 +73,17 @@ def chunked_topk(
 
 @torch.no_grad()
 def rank_members(queries: torch.Tensor, gallery: torch.Tensor, member_index: torch.Tensor) -> torch.Tensor:
-    """Order each query's members (``member_index`` N x S gallery indices, -1 = absent) by score."""
-    safe = member_index.clamp(min=0)
+    """Order each query's members (``member_index`` N x S gallery indices, -1 = absent) by score.
+
+    Ties are broken by gallery order, as in ``chunked_topk``: the subset ranking is the global
+    ranking restricted to the members (the CIRR protocol), whatever order the members are listed in.
+    """
+    absent = member_index < 0
+    # Members in gallery order first (absent ones last), then a stable sort by score.
+    by_gallery = torch.sort(torch.where(absent, torch.iinfo(member_index.dtype).max, member_index), dim=1, stable=True)
+    members = torch.gather(member_index, 1, by_gallery.indices)
+    safe = members.clamp(min=0)
     scores = torch.einsum("nd,nsd->ns", queries.float(), gallery[safe].float())
-    scores[member_index < 0] = float("-inf")
+    scores[members < 0] = float("-inf")
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    return torch.gather(member_index, 1, order)
+    return torch.gather(members, 1, order)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from composir.encoders.base import Encoder
 from composir.errors import ConfigError
+from composir.utils.typed import build_dataclass
 
 _METHODS: dict[str, type] = {}
 
@@ -25,11 +25,7 @@ def build_method(name: str, encoder: Encoder, config: dict[str, Any] | None = No
     if name not in _METHODS:
         raise ConfigError(f"unknown method {name!r}; known: {sorted(_METHODS)}")
     cls = _METHODS[name]
-    fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    unknown = set(config or {}) - fields
-    if unknown:
-        raise ConfigError(f"method {name!r}: unknown config key(s) {sorted(unknown)}; valid: {sorted(fields)}")
-    return cls(encoder, cls.config_class(**(config or {})))
+    return cls(encoder, build_dataclass(cls.config_class, config or {}, "method.config"))
 
 
 def available_methods() -> list[str]:

@@ -1,12 +1,26 @@
 """FastAPI app: ``/search`` (upload or gallery id + text), ``/media/{id}``, ``/health``, the web page.
 
-Requests are validated before any work (k, text length, upload size, file type) and answered
-with a 4xx and a message; any other failure inside a request becomes a 500 with a message, and
-the server keeps serving. Only files that are in the index are ever served by ``/media``.
+What one request may cost is bounded before work starts:
+
+- the bearer token (``--token``) is checked on the request's headers, before its body is read;
+- a body larger than the upload limit is refused from its ``Content-Length`` and, without one,
+  as soon as more than the limit has arrived (``RequestGuard``, an ASGI middleware around the
+  app, because FastAPI reads a form body whole before any dependency runs);
+- an uploaded image of more than ``max_upload_pixels`` is refused from its header (a JPEG is
+  first decoded at a reduced scale), and references are decoded outside the model lock, so a
+  slow decode never holds up other requests;
+- k and the text length are checked before any work.
+
+Every refusal is a 4xx with a message; any other failure is a 500 with a message, and the server
+keeps serving. ``/media`` serves only indexed items whose file, resolved at request time, is a
+regular file inside the indexed media folder. Results name items by their id (the path relative
+to the media folder), never by a server path. A new index generation written by
+``composir index`` while the server runs is picked up by the next request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -17,22 +31,94 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
 from composir.data.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, media_type_of
 from composir.errors import ComposirError, MediaError
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
+FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the text/k/id fields around one upload
 
 
 @dataclass
 class ServiceSettings:
     max_upload_bytes: int = 50 * 1024 * 1024
+    max_upload_pixels: int = 24_000_000  # per image or video frame; JPEGs are decoded reduced first
     max_k: int = 100
     max_text_chars: int = 500
     token: str | None = None
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RequestGuard:
+    """ASGI middleware: bearer token on the headers and the body-size limit, before the app reads a byte."""
+
+    def __init__(self, app, settings: ServiceSettings, protected: tuple[str, ...] = ("/search", "/media/")):
+        self.app = app
+        self.token = settings.token.encode("utf-8") if settings.token is not None else None
+        self.max_body = settings.max_upload_bytes + FORM_OVERHEAD
+        self.limit_mib = settings.max_upload_bytes // (1024 * 1024)
+        self.protected = protected
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.protected):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if self.token is not None and not self._authorized(headers.get(b"authorization", b"")):
+            await _send_json(send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
+            return
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body:
+            await _send_json(send, 413, f"upload larger than the limit of {self.limit_mib} MiB")
+            return
+        await self._run_bounded(scope, receive, send)
+
+    def _authorized(self, header: bytes) -> bool:
+        scheme, _, credentials = header.partition(b" ")
+        # Bytes, not str: a token with non-ASCII characters compares like any other.
+        return scheme.lower() == b"bearer" and secrets.compare_digest(credentials.strip(), self.token)
+
+    async def _run_bounded(self, scope, receive, send) -> None:
+        received = 0
+        over = False
+        started = False
+
+        async def counted_receive():
+            nonlocal received, over
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body:
+                over = True
+                raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message):
+            nonlocal started
+            if over:  # the app turned the aborted read into some other answer: replace it
+                return
+            started = True
+            await send(message)
+
+        with contextlib.suppress(_BodyTooLarge):
+            await self.app(scope, counted_receive, guarded_send)
+        if over and not started:
+            await _send_json(send, 413, f"upload larger than the limit of {self.limit_mib} MiB")
+
+
+async def _send_json(send, status: int, detail: str, extra_headers: list | None = None) -> None:
+    import json
+
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(searcher, settings: ServiceSettings | None = None) -> FastAPI:
@@ -41,20 +127,25 @@ def create_app(searcher, settings: ServiceSettings | None = None) -> FastAPI:
         title="composir", description="Composed image/video retrieval over an indexed collection", version="0.1.0"
     )
     model_lock = threading.Lock()  # one forward pass at a time: the model is shared by all requests
-    bearer = HTTPBearer(auto_error=False)
+    refresh_lock = threading.Lock()
+    # Declares the scheme in the OpenAPI document; the check itself is RequestGuard's, on raw headers.
+    bearer = [Depends(HTTPBearer(auto_error=False))] if settings.token is not None else []
 
-    def authorize(
-        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008 - FastAPI's idiom
-    ) -> None:
-        if settings.token is None:
-            return
-        if credentials is None or not secrets.compare_digest(credentials.credentials, settings.token):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    def current_index():
+        with refresh_lock:
+            searcher.refresh()
+        return searcher.index
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("request %s failed", request.url.path)
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default answer echoes the offending input back, an uploaded file's bytes included.
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -64,22 +155,22 @@ def create_app(searcher, settings: ServiceSettings | None = None) -> FastAPI:
     def health() -> dict:
         return {
             "status": "ok",
-            "items": len(searcher.index),
+            "items": len(current_index()),
             "method": searcher.config.method.name,
             "auth": settings.token is not None,
         }
 
-    @app.get("/media/{item_id:path}", dependencies=[Depends(authorize)])
+    @app.get("/media/{item_id:path}", dependencies=bearer)
     def media(item_id: str) -> FileResponse:
-        row_id = searcher.index.key_to_id(item_id)
+        row_id = current_index().key_to_id(item_id)
         if row_id is None:
             raise HTTPException(404, f"no item {item_id!r} in the index")
-        _, path, _ = searcher.index.lookup([row_id])[row_id]
-        if not Path(path).is_file():
+        path = searcher.media_path(row_id)
+        if path is None:
             raise HTTPException(410, f"item {item_id!r} is indexed but its file is gone; re-run composir index")
         return FileResponse(path)
 
-    @app.post("/search", dependencies=[Depends(authorize)])
+    @app.post("/search", dependencies=bearer)
     def search(
         text: Annotated[str, Form()] = "",
         k: Annotated[int | None, Form()] = None,
@@ -94,32 +185,45 @@ def create_app(searcher, settings: ServiceSettings | None = None) -> FastAPI:
         text = text.strip() or None
         if file is not None and id:
             raise HTTPException(400, "give either an uploaded reference or a gallery id, not both")
-        tmp_path = None
+        if file is None and not id and text is None:
+            raise HTTPException(400, "give a reference (upload or id), a text, or both")
+        index = current_index()
+        if id and index.key_to_id(id) is None:
+            raise HTTPException(404, f"no item {id!r} in the index")
+        reference = _load_reference(searcher, file, id, settings)  # decoding: outside the model lock
         try:
-            reference: str | None = None
-            if file is not None:
-                tmp_path = _save_upload(file, settings.max_upload_bytes)
-                reference = str(tmp_path)
-            elif id:
-                if searcher.index.key_to_id(id) is None:
-                    raise HTTPException(404, f"no item {id!r} in the index")
-                reference = id
-            if reference is None and text is None:
-                raise HTTPException(400, "give a reference (upload or id), a text, or both")
             with model_lock:
-                results = searcher.search(reference, text, k)
-                explanation = _explain(searcher, reference, text) if reference and text else None
-        except MediaError as exc:
-            name = file.filename if file is not None else id
-            raise HTTPException(400, f"cannot read the reference {name!r}: {exc.args[0].split(': ', 1)[-1]}") from exc
+                results = searcher.search_loaded(reference, text, k)
+                explanation = searcher.explain(reference, text) if reference is not None and text else None
         except ComposirError as exc:
             raise HTTPException(400, str(exc)) from exc
-        finally:
-            if tmp_path is not None:
-                tmp_path.unlink(missing_ok=True)
-        return {"results": [{**r.to_json(), "url": f"/media/{r.id}"} for r in results], "explanation": explanation}
+        return {
+            "results": [
+                {"id": r.id, "score": round(float(r.score), 6), "media_type": r.media_type, "url": f"/media/{r.id}"}
+                for r in results
+            ],
+            "explanation": explanation,
+        }
 
+    app.add_middleware(RequestGuard, settings=settings)
     return app
+
+
+def _load_reference(searcher, file: UploadFile | None, item_id: str | None, settings: ServiceSettings):
+    """The decoded reference of a request (upload or index id), or None; bad media is a 400."""
+    if file is None and not item_id:
+        return None
+    tmp_path = _save_upload(file, settings.max_upload_bytes) if file is not None else None
+    try:
+        return searcher.load_reference(tmp_path or item_id, max_pixels=settings.max_upload_pixels)
+    except MediaError as exc:
+        name = file.filename if file is not None else item_id
+        raise HTTPException(400, f"cannot read the reference {name!r}: {exc.args[0].split(': ', 1)[-1]}") from exc
+    except ComposirError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    finally:
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
 
 
 def _save_upload(file: UploadFile, limit: int) -> Path:
@@ -144,14 +248,3 @@ def _save_upload(file: UploadFile, limit: int) -> Path:
         path.unlink(missing_ok=True)
         raise
     return path
-
-
-def _explain(searcher, reference: str, text: str):
-    """The method's own explanation (IMAGINE's prototypes, CIR-CoT's reasoning) where it has one."""
-    import torch
-
-    frames, _ = searcher._reference(reference)
-    tokens = searcher.method.encoder.tokenize([text])
-    with torch.no_grad():
-        out = searcher.method.explain(frames.to(searcher.device), tokens.to(searcher.device))
-    return out[0] if out else None

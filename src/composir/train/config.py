@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from composir.errors import ConfigError
+from composir.utils.typed import build_dataclass
 
 
 @dataclass
@@ -86,43 +87,8 @@ class RunConfig:
 _SECTIONS = {"data": DataConfig, "encoder": EncoderSection, "method": MethodSection, "train": TrainConfig}
 
 
-def _build(cls, data: dict[str, Any], where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; valid: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        if cls is RunConfig and name in _SECTIONS:
-            kwargs[name] = _build(_SECTIONS[name], value or {}, f"{where}.{name}")
-        else:
-            kwargs[name] = _coerce(value, fields[name], f"{where}.{name}")
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, f: dataclasses.Field, where: str) -> Any:
-    """Numbers written the way YAML 1.1 reads as strings ("1e-3") become numbers; wrong types are named."""
-    default = f.default if f.default is not dataclasses.MISSING else None
-    if default is None and isinstance(value, str) and str(f.type).startswith(("float", "int")):
-        default = 0.0 if str(f.type).startswith("float") else 0  # optional numbers, e.g. encoder_lr
-    if value is None or default is None or isinstance(default, (dict, list, str)):
-        return value
-    kind = type(default)
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if kind in (int, float):
-        try:
-            number = kind(value) if not isinstance(value, bool) else None
-        except (TypeError, ValueError):
-            number = None
-        if number is None or (kind is int and isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return number
-    return value
+def _build(data: Any, where: str) -> RunConfig:
+    return build_dataclass(RunConfig, data, where, nested=_SECTIONS)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -160,13 +126,97 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for pair in overrides or []:  # in order: "method.config=null" then "method.config={...}" replaces
         data = _merge(data, parse_overrides([pair]))
     try:
-        return _build(RunConfig, data, str(path) if path else "config")
-    except TypeError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        cfg = _build(data, "")
+        validate_config(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+    return cfg
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    return _build(RunConfig, data, "config")
+    return _build(data, "")
+
+
+_AMP_MODES = ("auto", "bf16", "fp16", "off")
+# (section, key, lowest allowed value) for the numbers that must be positive or non-negative.
+_LOWER_BOUNDS = [
+    ("data", "num_frames", 1),
+    ("data", "max_train_queries", 1),
+    ("data", "max_val_queries", 1),
+    ("train", "batch_size", 1),
+    ("train", "max_steps", 1),
+    ("train", "weight_decay", 0),
+    ("train", "warmup_steps", 0),
+    ("train", "grad_clip", 0),
+    ("train", "grad_accum", 1),
+    ("train", "eval_every", 1),
+    ("train", "save_every", 1),
+    ("train", "keep_last", 1),
+    ("train", "log_every", 1),
+    ("train", "num_workers", 0),
+    ("train", "eval_batch_size", 1),
+]
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Every value of a run config checked against what it can be, before anything is built:
+    ranges, names of benchmarks, encoders, methods, augmentations, metrics and devices."""
+    from composir.data import READERS
+    from composir.encoders import available_encoders
+    from composir.eval.metrics import metric_names
+    from composir.methods import available_methods
+    from composir.train.dataset import AUGMENTATIONS
+
+    def need(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {message}")
+
+    d, t = cfg.data, cfg.train
+    need(d.benchmark in READERS, "data.benchmark", f"unknown benchmark {d.benchmark!r}; known: {sorted(READERS)}")
+    need(bool(d.root), "data.root", "must name the benchmark's folder")
+    need(bool(d.train_split), "data.train_split", "must name a split")
+    need(bool(d.val_splits) and all(d.val_splits), "data.val_splits", "must list at least one split name")
+    need(d.augment in AUGMENTATIONS, "data.augment", f"unknown {d.augment!r}; known: {sorted(AUGMENTATIONS)}")
+    for section, key, low in _LOWER_BOUNDS:
+        value = getattr(getattr(cfg, section), key)
+        need(value is None or value >= low, f"{section}.{key}", f"must be at least {low}, got {value}")
+    need(t.lr > 0, "train.lr", f"must be positive, got {t.lr}")
+    need(t.encoder_lr is None or t.encoder_lr >= 0, "train.encoder_lr", f"must not be negative, got {t.encoder_lr}")
+    need(t.amp in _AMP_MODES, "train.amp", f"must be one of {list(_AMP_MODES)}, got {t.amp!r}")
+    metrics = metric_names(d.benchmark)
+    need(t.eval_metric in metrics, "train.eval_metric", f"{d.benchmark} reports {metrics}, not {t.eval_metric!r}")
+    need(
+        cfg.encoder.name in available_encoders(),
+        "encoder.name",
+        f"unknown encoder {cfg.encoder.name!r}; known: {available_encoders()}",
+    )
+    need(
+        cfg.method.name in available_methods(),
+        "method.name",
+        f"unknown method {cfg.method.name!r}; known: {available_methods()}",
+    )
+    need(bool(cfg.output_dir), "output_dir", "must name the run folder")
+    check_device(t.device, "train.device")
+    if t.init_from:
+        need(Path(t.init_from).exists(), "train.init_from", f"{t.init_from} does not exist")
+
+
+def check_device(name: str, key: str = "device") -> None:
+    """``auto``, ``cpu``, ``cuda[:N]`` (with a GPU there) or another device torch knows and has."""
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{key}: {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}: {name!r} asked for, but this machine has no usable CUDA GPU (use cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{key}: {name!r}, but this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{key}: {name!r} is not supported; use auto, cpu or cuda")
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

@@ -25,12 +25,13 @@ from tqdm import tqdm
 
 from composir.data import load_benchmark
 from composir.encoders import build_encoder
-from composir.errors import ConfigError
+from composir.errors import ComposirError, ConfigError, WorkInterrupted
 from composir.methods import build_method
 from composir.train import checkpoint as ckpt
-from composir.train.config import RunConfig, config_from_dict, save_config
+from composir.train.config import RunConfig, config_from_dict, save_config, validate_config
 from composir.train.dataset import ResumableBatchSampler, TripletDataset, make_collate
 from composir.train.metrics_log import MetricsLog
+from composir.utils.io import remove_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,17 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu"):
     import yaml
 
     run_dir = Path(run_dir)
-    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise ComposirError(f"{run_dir}: not a training run folder (no config.yaml)")
+    try:
+        cfg = config_from_dict(yaml.safe_load(config_file.read_text()))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config_file}: not valid YAML ({exc})") from exc
     checkpoints = run_dir / "checkpoints"
     folder = ckpt.best_or_latest(checkpoints) if which == "best" else ckpt.latest_checkpoint(checkpoints)
     if folder is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint yet")
+        raise ComposirError(f"{run_dir}: no checkpoint yet (train it first)")
     method = build_from_config(cfg)
     ckpt.load_model_weights(method, folder)
     return method.to(device).eval(), cfg
@@ -174,6 +181,7 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, stop_after
 
     ``stop_after`` ends the process's work after that many optimizer steps of this call (tests).
     """
+    validate_config(cfg)
     device = resolve_device(cfg.train.device)
     info = init_distributed(device)
     if device.type == "cuda" and info.world_size > 1:
@@ -182,9 +190,6 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, stop_after
     out = Path(cfg.output_dir)
     checkpoints = out / "checkpoints"
     metrics = MetricsLog(out / "metrics.csv")
-    if info.main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
 
     method = build_from_config(cfg).to(device)
     if cfg.train.init_from:
@@ -194,6 +199,14 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, stop_after
             log.info("initialised %d of %d weights from %s", len(loaded), len(method.state_dict()), cfg.train.init_from)
     cache = open_feature_cache(method, cfg)
     bench = load_benchmark(cfg.data.benchmark, cfg.data.root, cfg.data.train_split)
+    for split in cfg.data.val_splits:  # a missing or broken val split is found now, not after training
+        load_benchmark(cfg.data.benchmark, cfg.data.root, split)
+    if info.main:
+        # Only now that the model and data are known to work does the folder become a run.
+        out.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(out)
+        remove_leftovers(checkpoints, all_hidden=True)
+        save_config(cfg, out / "config.yaml")
     if cfg.data.max_train_queries:
         bench.queries = bench.queries[: cfg.data.max_train_queries]
     dataset = TripletDataset(
@@ -280,70 +293,80 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, stop_after
     window = {"loss": 0.0, "n": 0, "data": 0.0, "compute": 0.0, "triplets": 0, "skipped": 0}
     method.train()
     finished = state["step"] >= total_steps
-    while not finished:
-        dataset.epoch = state["epoch"]
-        loader = DataLoader(
-            dataset,
-            batch_sampler=list(sampler.epoch_batches(state["epoch"], state["batch_in_epoch"])),
-            num_workers=cfg.train.num_workers,
-            collate_fn=collate,
-            persistent_workers=False,
-            pin_memory=device.type == "cuda",
-        )
-        t_data = time.perf_counter()
-        for batch in loader:
-            t_start = time.perf_counter()
-            window["data"] += t_start - t_data
-            state["batch_in_epoch"] += 1
-            window["skipped"] += batch["skipped"]
-            if "tokens" in batch:
-                torch.manual_seed(cfg.train.seed * 1_000_003 + micro)
-                inputs = {
-                    k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
-                }
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    losses = model(inputs)
-                    loss = sum(losses.values())
-                scaler.scale(loss / accum).backward()
-                window["loss"] += float(loss.detach())
-                window["n"] += 1
-                window["triplets"] += len(batch["text"]) * info.world_size
-            micro += 1
-            if micro % accum == 0:
-                scaler.unscale_(optimizer)
-                if cfg.train.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.train.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                state["step"] += 1
-                steps_done_here += 1
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                window["compute"] += time.perf_counter() - t_start
-                bar.update(1)
-                if info.main and (state["step"] % cfg.train.log_every == 0 or state["step"] == total_steps):
-                    _log_window(metrics, state, window, scheduler, losses, bar)
-                if state["step"] % cfg.train.eval_every == 0 or state["step"] == total_steps:
-                    if info.main:
-                        run_eval()
-                    if info.world_size > 1:
-                        dist.barrier()
-                if info.main and (state["step"] % cfg.train.save_every == 0 or state["step"] == total_steps):
-                    name = f"step-{state['step']:07d}"
-                    save(name)
-                    ckpt.set_latest(checkpoints, name)
-                    ckpt.prune(checkpoints, cfg.train.keep_last)
-                if state["step"] >= total_steps or (stop_after is not None and steps_done_here >= stop_after):
-                    finished = True
-                    break
-            else:
-                window["compute"] += time.perf_counter() - t_start
+    try:
+        while not finished:
+            dataset.epoch = state["epoch"]
+            loader = DataLoader(
+                dataset,
+                batch_sampler=list(sampler.epoch_batches(state["epoch"], state["batch_in_epoch"])),
+                num_workers=cfg.train.num_workers,
+                collate_fn=collate,
+                persistent_workers=False,
+                pin_memory=device.type == "cuda",
+            )
             t_data = time.perf_counter()
-        else:
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
+            for batch in loader:
+                t_start = time.perf_counter()
+                window["data"] += t_start - t_data
+                state["batch_in_epoch"] += 1
+                window["skipped"] += batch["skipped"]
+                if "tokens" in batch:
+                    torch.manual_seed(cfg.train.seed * 1_000_003 + micro)
+                    inputs = {
+                        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                        for k, v in batch.items()
+                    }
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        losses = model(inputs)
+                        loss = sum(losses.values())
+                    scaler.scale(loss / accum).backward()
+                    window["loss"] += float(loss.detach())
+                    window["n"] += 1
+                    window["triplets"] += len(batch["text"]) * info.world_size
+                micro += 1
+                if micro % accum == 0:
+                    scaler.unscale_(optimizer)
+                    if cfg.train.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.train.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                    state["step"] += 1
+                    steps_done_here += 1
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    window["compute"] += time.perf_counter() - t_start
+                    bar.update(1)
+                    if info.main and (state["step"] % cfg.train.log_every == 0 or state["step"] == total_steps):
+                        _log_window(metrics, state, window, scheduler, losses, bar)
+                    if state["step"] % cfg.train.eval_every == 0 or state["step"] == total_steps:
+                        if info.main:
+                            run_eval()
+                        if info.world_size > 1:
+                            dist.barrier()
+                    if info.main and (state["step"] % cfg.train.save_every == 0 or state["step"] == total_steps):
+                        name = f"step-{state['step']:07d}"
+                        save(name)
+                        ckpt.set_latest(checkpoints, name)
+                        ckpt.prune(checkpoints, cfg.train.keep_last)
+                    if state["step"] >= total_steps or (stop_after is not None and steps_done_here >= stop_after):
+                        finished = True
+                        break
+                else:
+                    window["compute"] += time.perf_counter() - t_start
+                t_data = time.perf_counter()
+            else:
+                state["epoch"] += 1
+                state["batch_in_epoch"] = 0
+    except KeyboardInterrupt:
+        bar.close()
+        last = ckpt.latest_checkpoint(checkpoints)
+        where = f"the last checkpoint is {last.name}" if last is not None else "no checkpoint was written yet"
+        raise WorkInterrupted(
+            f"training interrupted at step {state['step']} of {total_steps}; {where}; "
+            f"run the same command again to resume from it (run folder {out})"
+        ) from None
     bar.close()
     summary = {
         "step": state["step"],

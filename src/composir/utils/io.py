@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,13 +48,26 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = No
         json.dump(obj, handle, indent=indent)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_open(path, "wb") as handle:
-        handle.write(data)
-
-
 def atomic_save(path: str | os.PathLike, writer: Callable[[str], None]) -> None:
     """Call ``writer(tmp_path)`` for libraries that insist on writing a path themselves."""
     with _temp_beside(Path(path)) as (fd, tmp):
         os.close(fd)
         writer(tmp)
+
+
+def remove_leftovers(folder: str | os.PathLike, all_hidden: bool = False) -> list[Path]:
+    """Delete what killed atomic writes left in ``folder``: hidden ``.NAME.*.tmp`` files (and,
+    with ``all_hidden``, every hidden entry, e.g. a checkpoints folder's half-written
+    ``.step-*`` folders). Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") and (all_hidden or entry.name.endswith(".tmp")):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
