@@ -9,9 +9,10 @@ import torch
 from composir.cache import DONE, FAILED, FeatureCache, StaleCacheError, build_cache, frame_tokens
 from composir.cli import main
 from composir.data import load_benchmark
+from composir.errors import ComposirError, ConfigError
 from composir.train import build_from_config, load_config, train
 from composir.train.metrics_log import MetricsLog
-from test_train import CONFIG, SMALL
+from helpers import CONFIG, SMALL
 
 
 def _cfg(root, out, *extra):
@@ -78,7 +79,7 @@ def test_stale_cache_is_refused(synth_root, tmp_path):
     needs_frozen = _cfg(
         synth_root, tmp_path / "run3", "encoder.freeze_vision=false", f"data.feature_cache={tmp_path / 'cache'}"
     )
-    with pytest.raises(Exception, match="freeze_vision"):
+    with pytest.raises(ConfigError, match="freeze_vision"):
         train(needs_frozen, resume=False, progress=False)
 
 
@@ -91,7 +92,7 @@ def test_cache_resumes_and_skips_bad_media(synth_root, tmp_path):
     items[3] = type(items[3])(id=items[3].id, path=broken)
     out = tmp_path / "cache"
     build_cache(encoder, items[:6], out, batch_size=4, progress=False)
-    with pytest.raises(Exception, match="different list of media"):
+    with pytest.raises(ComposirError, match="different list of media"):
         build_cache(encoder, items, out, progress=False)
     # Simulate a kill after the first batch: rows 4.. were never marked done.
     status = np.memmap(out / "done.u8", dtype=np.uint8, mode="r+")

@@ -11,27 +11,7 @@ from composir.cli import main
 from composir.errors import ComposirError
 from composir.index import GalleryIndex
 from composir.search import Searcher
-from composir.train import load_config, train
-from test_train import CONFIG, SMALL, torchrun
-
-
-@pytest.fixture(scope="module")
-def tiny_run(synth_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    cfg = load_config(
-        CONFIG,
-        [
-            f"data.root={synth_root}",
-            f"output_dir={out}",
-            *SMALL,
-            "train.max_steps=2",
-            "train.eval_every=2",
-            "train.save_every=2",
-            "train.num_workers=0",
-        ],
-    )
-    train(cfg, resume=False, progress=False)
-    return out
+from helpers import torchrun
 
 
 def test_index_search_and_incremental_update(synth_root, tiny_run, tmp_path, capsys):

@@ -73,3 +73,16 @@ def test_bad_videos_raise_media_error(tmp_path):
             load_video(path)
     with pytest.raises(MediaError, match="unsupported file type"):
         load_media(tmp_path / "x.txt")
+
+
+def test_pixel_bound_reduces_jpegs_and_refuses_other_formats_from_the_header(tmp_path):
+    jpeg, png = tmp_path / "big.jpg", tmp_path / "big.png"
+    Image.new("RGB", (4000, 3000), (200, 30, 30)).save(jpeg, "JPEG")
+    Image.new("RGB", (3000, 3000), (200, 30, 30)).save(png, "PNG")
+    reduced = load_image(jpeg, max_pixels=4_000_000)
+    assert reduced.width * reduced.height <= 4_000_000 and reduced.width >= 1000  # draft: 1/2 or 1/4 scale
+    assert load_image(jpeg).size == (4000, 3000)  # no bound: full size
+    with pytest.raises(MediaError, match=r"3000x3000 \(9.0 megapixels\); the limit is 4.0"):
+        load_image(png, max_pixels=4_000_000)
+    with pytest.raises(MediaError, match=r"limit is 0\.1 megapixels"):
+        load_image(jpeg, max_pixels=100_000)  # even 1/8 scale (500x375) is over

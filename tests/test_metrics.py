@@ -46,7 +46,19 @@ def test_cirr_averages_as_published():
         )
     )
     assert round(M.mean_of(values, list(values)), 2) == 84.66
-    assert (values["R@5"] + values["Rsubset@1"]) / 2 == pytest.approx(81.265)
+
+
+def test_cirr_avg_is_computed_from_its_own_recalls():
+    # 4 queries: R@5 = 75 (three targets in the top 5), Rsubset@1 = 25 (one subset ranking starts
+    # with its target): the two published averages follow from these, computed by cirr_metrics.
+    ranked = [["t0"], ["x", "t1"], ["x", "x", "x", "x", "t2"], ["x"] * 6 + ["t3"]]
+    subset = [["t0", "m"], ["m", "t1"], ["m", "t2"], ["m", "t3"]]
+    targets = [["t0"], ["t1"], ["t2"], ["t3"]]
+    members = [["t0", "m", "r"], ["t1", "m", "r"], ["t2", "m", "r"], ["t3", "m", "r"]]
+    out = M.cirr_metrics(ranked, subset, targets, members, ["r"] * 4)
+    assert (out["R@1"], out["R@5"], out["Rsubset@1"], out["Rsubset@2"]) == (25.0, 75.0, 25.0, 100.0)
+    assert out["Avg(R@5,Rsubset@1)"] == 50.0
+    assert out["Mean(all7)"] == pytest.approx((25 + 75 + 100 + 100 + 25 + 100 + 100) / 7)
 
 
 def test_cirr_metrics_keys_are_named_apart():
@@ -100,3 +112,11 @@ def test_atomic_write_keeps_old_file_on_error_and_normal_permissions(tmp_path):
         raise RuntimeError("crash mid-write")
     assert path.read_text() == '{"a": 1}'
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left behind
+
+
+def test_average_precision_never_exceeds_one_and_divides_by_the_ground_truths_as_given():
+    # A ranking that lists the target twice counts it once (it used to give 2.0).
+    assert M.average_precision_at_k(["5", "5", "7"], ["5"], 5) == 1.0
+    # The official denominator: min(k, len(gt_img_ids)) with the list as given.
+    assert M.average_precision_at_k(["5", "9"], ["5", "5"], 5) == 0.5
+    assert M.average_precision_at_k(["1", "5", "2", "7"], ["5", "7", "8"], 2) == pytest.approx((1 / 2) / 2)

@@ -50,3 +50,27 @@ def test_rank_members_orders_and_keeps_missing_last():
     q = torch.tensor([[0.0, 1.0]])
     out = rank_members(q, g, torch.tensor([[0, 1, 2, -1]]))
     assert out.tolist() == [[1, 2, 0, -1]]
+
+
+def test_subset_ranking_is_the_global_ranking_restricted_to_members_under_ties():
+    """gallery [A, B, C, R] all scored alike, reference R, members listed [B, A, R], target A:
+    the global ranking (ties by gallery order) is A, B, C, so the subset ranking starts with A."""
+    from composir.eval import metrics as M
+
+    gallery = torch.ones(4, 2) / 2**0.5
+    query = torch.ones(1, 2) / 2**0.5
+    ids = ["A", "B", "C", "R"]
+    members = torch.tensor([[1, 0, 3, -1]])
+    order = rank_members(query, gallery, members)
+    subset_ranked = [[ids[j] for j in order[0].tolist() if j >= 0]]
+    _, top = chunked_topk(query, gallery, 4, exclude=torch.tensor([3]))
+    global_ranked = [ids[j] for j in top[0].tolist()]
+    assert [i for i in global_ranked if i in {"A", "B"}] == subset_ranked[0][:2] == ["A", "B"]
+    assert M.recall_subset_at_k(subset_ranked, [["A"]], [["B", "A", "R"]], ["R"], 1) == 100.0
+
+
+def test_subset_ranking_still_orders_by_score():
+    gallery = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    query = torch.tensor([[0.0, 1.0]])
+    order = rank_members(query, gallery, torch.tensor([[0, 2, 1, -1]]))
+    assert order[0].tolist() == [1, 2, 0, -1]

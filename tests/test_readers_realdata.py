@@ -104,3 +104,19 @@ def test_circo_full_gallery_from_coco_image_info(realdata, tmp_path):
     assert [g.id for g in bench.gallery] == ["1", "2"]
     assert bench.info["gallery_complete"] is True
     assert bench.media_item("1").path.name == "000000000001.jpg"
+
+
+def test_circo_gallery_lists_each_image_once(realdata, tmp_path):
+    root = tmp_path / "circo"
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "val.json").write_text((realdata / "circo/annotations/val.json").read_text())
+    folder = root / "COCO2017_unlabeled" / "unlabeled2017"
+    folder.mkdir(parents=True)
+    for name in ("000000000005.jpg", "5.jpg", "000000000007.jpg", "²³.jpg", "notes.jpg"):
+        (folder / name).write_bytes(b"")
+    bench = load_benchmark("circo", root, "val")
+    assert [g.id for g in bench.gallery] == ["5", "7"]
+    info = root / "COCO2017_unlabeled" / "annotations"
+    info.mkdir()
+    (info / "image_info_unlabeled2017.json").write_text(json.dumps({"images": [{"id": 9}, {"id": 3}, {"id": 9}]}))
+    assert [g.id for g in load_benchmark("circo", root, "val").gallery] == ["9", "3"]

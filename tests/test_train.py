@@ -16,23 +16,7 @@ from safetensors.torch import load_file
 from composir.errors import ConfigError
 from composir.train import load_config, load_run
 from composir.train.metrics_log import MetricsLog
-
-SMALL = [
-    "encoder.config={width: 32, embed_dim: 16, heads: 2, num_query_tokens: 4, vision_layers: 1, qformer_layers: 1}",
-    "method.name=combiner",
-    "method.config={projection_dim: 32, hidden_dim: 64, dropout: 0.1}",
-    "train.batch_size=8",
-    "train.max_steps=12",
-    "train.warmup_steps=2",
-    "train.eval_every=6",
-    "train.save_every=2",
-    "train.keep_last=3",
-    "train.log_every=2",
-    "train.eval_batch_size=64",
-    "data.max_val_queries=24",
-    "data.augment=light",
-    "data.val_splits=[val]",
-]
+from helpers import CONFIG, SMALL, torchrun
 
 
 def _cmd(root: Path, out: Path, *extra: str, launcher: tuple[str, ...] = (sys.executable,)) -> list[str]:
@@ -53,12 +37,6 @@ def _cmd(root: Path, out: Path, *extra: str, launcher: tuple[str, ...] = (sys.ex
     ]
 
 
-def torchrun(nproc: int, port: int) -> tuple[str, ...]:
-    """The interpreter's torchrun with ``nproc`` local processes (the module to run follows with -m)."""
-    return (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port))
-
-
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-synthetic-combiner.yaml"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -209,3 +187,32 @@ def test_init_from_another_method_run(synth_root, tmp_path):
         init_weights_from(build_from_config(wider), source)
     with pytest.raises(FileNotFoundError, match="neither a checkpoint folder nor a run folder"):
         init_weights_from(method, tmp_path / "nowhere")
+
+
+def test_leftovers_of_killed_checkpoint_writes_are_removed_on_resume(synth_root, tmp_path):
+    from composir.train import train
+
+    out = tmp_path / "run"
+    overrides = [f"data.root={synth_root}", f"output_dir={out}", *SMALL, "train.num_workers=0"]
+    train(load_config(CONFIG, overrides), progress=False, stop_after=4)
+    checkpoints = out / "checkpoints"
+    leftovers = [
+        checkpoints / ".step-0000006.k2j3h4",  # a checkpoint folder being written when killed
+        checkpoints / ".best.x8y9",
+        checkpoints / ".step-0000004.old",
+        checkpoints / ".latest.abc.tmp",
+        out / ".config.yaml.q1w2.tmp",
+        out / ".training.png.e3r4.tmp",
+    ]
+    for path in leftovers:
+        if path.suffix == ".tmp":
+            path.write_bytes(b"\0" * 1000)
+        else:
+            path.mkdir()
+            (path / "model.safetensors").write_bytes(b"\0" * 1000)
+    keep = out / "notes.txt"
+    keep.write_text("the user's own file")
+    summary = train(load_config(CONFIG, overrides), progress=False)
+    assert summary["step"] == 12
+    assert [p for p in leftovers if p.exists()] == []
+    assert keep.read_text() == "the user's own file"

@@ -13,8 +13,6 @@ import pytest
 import uvicorn
 
 from composir.service import create_app
-from test_index_search import tiny_run  # noqa: F401 - shared fixture
-from test_service import searcher  # noqa: F401 - shared fixture
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -26,7 +24,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(searcher):  # noqa: F811
+def server(searcher):
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(searcher), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)

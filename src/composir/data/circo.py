@@ -69,7 +69,7 @@ def load_circo(root: str | Path, split: str) -> Benchmark:
             target = field(path, entry, i, "target_img_id", int)
             if not gts:
                 raise AnnotationError(path, "no ground truth", entry=i, field="gt_img_ids")
-            targets = list(dict.fromkeys(str(t) for t in gts))
+            targets = [str(t) for t in gts]  # as given: AP divides by min(k, len(gt_img_ids))
             extra["target_img_id"] = str(target)
             extra["semantic_aspects"] = entry.get("semantic_aspects", [])
         named.extend([ref, *targets])

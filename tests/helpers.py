@@ -1,0 +1,31 @@
+"""Constants and helpers shared by test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-synthetic-combiner.yaml"
+
+# A tiny set-up that trains in seconds on a CPU: the small synthetic benchmark, 12 steps.
+SMALL = [
+    "encoder.config={width: 32, embed_dim: 16, heads: 2, num_query_tokens: 4, vision_layers: 1, qformer_layers: 1}",
+    "method.name=combiner",
+    "method.config={projection_dim: 32, hidden_dim: 64, dropout: 0.1}",
+    "train.batch_size=8",
+    "train.max_steps=12",
+    "train.warmup_steps=2",
+    "train.eval_every=6",
+    "train.save_every=2",
+    "train.keep_last=3",
+    "train.log_every=2",
+    "train.eval_batch_size=64",
+    "data.max_val_queries=24",
+    "data.augment=light",
+    "data.val_splits=[val]",
+]
+
+
+def torchrun(nproc: int, port: int) -> tuple[str, ...]:
+    """The interpreter's torchrun with ``nproc`` local processes (the module to run follows with -m)."""
+    return (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port))
