@@ -1,5 +1,10 @@
 """A bounded load test of `composir serve` on 127.0.0.1: N concurrent clients for T seconds.
 
+Then the hostile phase (issue 10): 4 threads upload a 12000x12000 PNG (a few hundred KB that
+decodes to 144 megapixels) 29 times in all while one client sends text queries (their latency is
+what a slow decode under the model lock used to ruin), the server's memory before and after; and
+a 1 GB upload, whose 413 must come before the body is sent.
+
 Builds a small index (a tiny model trained for a few steps on the synthetic benchmark, unless
 --index is given), starts the server as a subprocess on a free loopback port, runs the clients
 (uploads and gallery-id searches), then sends the bad uploads of issue 6 and checks each gets a
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import random
 import socket
 import statistics
@@ -88,20 +94,93 @@ def bad_uploads(tmp: Path) -> dict[str, tuple[str, bytes]]:
     }
 
 
+def _huge_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (12000, 12000), (30, 60, 90)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def hostile_phase(base: str, server_pid: int, uploads: int = 29) -> None:
+    png = _huge_png()
+    rss_before = _rss_mb(server_pid)
+    statuses: list[int] = []
+    text_latency: list[float] = []
+    remaining = list(range(uploads))
+    lock = threading.Lock()
+
+    def uploader() -> None:
+        with httpx.Client(base_url=base, timeout=120) as c:
+            while True:
+                with lock:
+                    if not remaining:
+                        return
+                    remaining.pop()
+                r = c.post("/search", data={"text": "x"}, files={"file": ("huge.png", png, "image/png")})
+                with lock:
+                    statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=uploader) for _ in range(4)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    with httpx.Client(base_url=base, timeout=120) as c:
+        while any(t.is_alive() for t in threads):
+            q0 = time.perf_counter()
+            c.post("/search", data={"text": "add a red circle", "k": "10"})
+            text_latency.append(time.perf_counter() - q0)
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    rss_after = _rss_mb(server_pid)
+    lat = sorted(text_latency)
+    print(
+        f"hostile: {uploads} uploads of a {len(png) // 1024} KB 12000x12000 PNG in {elapsed:.1f} s, statuses "
+        f"{sorted(set(statuses))}; concurrent text queries: {len(lat)}, p50 {1000 * lat[len(lat) // 2]:.0f} ms, "
+        f"max {1000 * lat[-1]:.0f} ms; server RSS {rss_before:.0f} -> {rss_after:.0f} MiB"
+    )
+
+    def gigabyte():
+        chunk = b"\0" * (1 << 20)
+        for _ in range(1024):
+            yield chunk
+
+    t0 = time.perf_counter()
+    try:
+        r = httpx.post(
+            base + "/search",
+            content=gigabyte(),
+            headers={"content-type": "multipart/form-data; boundary=x", "content-length": str(1 << 30)},
+            timeout=120,
+        )
+        outcome = f"{r.status_code} {r.json()['detail']}"
+    except httpx.HTTPError as exc:  # the server answered and closed while the body was still going
+        outcome = f"connection closed by the server ({type(exc).__name__})"
+    print(f"1 GB upload: {outcome} after {time.perf_counter() - t0:.2f} s; RSS {_rss_mb(server_pid):.0f} MiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--index", default=None)
+    parser.add_argument("--hostile-uploads", type=int, default=29)
+    parser.add_argument("--hostile-only", action="store_true", help="skip the normal load and the bad uploads")
+    parser.add_argument(
+        "--server-src", default=None, help="run the server from another source tree (e.g. an older commit's src/)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         index = Path(args.index) if args.index else build_index(tmp)
         port = _free_port()
+        env = dict(os.environ)
+        if args.server_src:
+            env["PYTHONPATH"] = args.server_src
         server = subprocess.Popen(
             [sys.executable, "-m", "composir.cli", "serve", "--index", str(index), "--port", str(port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            env=env,
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -112,6 +191,10 @@ def main() -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.2)
+            if args.hostile_only:
+                httpx.post(base + "/search", data={"text": "x", "k": "5"})  # the model is warm
+                hostile_phase(base, server.pid, args.hostile_uploads)
+                return
             health = httpx.get(base + "/health").json()
             ids = [r["id"] for r in httpx.post(base + "/search", data={"text": "x", "k": "50"}).json()["results"]]
             rss_start = _rss_mb(server.pid)
@@ -173,6 +256,8 @@ def main() -> None:
                 assert 400 <= r.status_code < 500, (label, r.status_code)
                 assert httpx.get(base + "/health").status_code == 200, "server stopped answering"
             print(f"server still serving after the bad uploads: {httpx.get(base + '/health').json()['status']}")
+            hostile_phase(base, server.pid, args.hostile_uploads)
+            print(f"server still serving after the hostile phase: {httpx.get(base + '/health').json()['status']}")
         finally:
             server.terminate()
             server.wait(10)

@@ -29,3 +29,12 @@ SMALL = [
 def torchrun(nproc: int, port: int) -> tuple[str, ...]:
     """The interpreter's torchrun with ``nproc`` local processes (the module to run follows with -m)."""
     return (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for torchrun's rendezvous: fixed ports collide)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

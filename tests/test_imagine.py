@@ -112,6 +112,7 @@ def _fingerprint(model, steps=2):
         opt.zero_grad()
         loss.backward()
         opt.step()
+        model.after_step(0)
         values.append(loss.detach())
     model.eval()
     with torch.no_grad():
@@ -129,7 +130,10 @@ def test_every_switch_changes_the_computation(switch):
 
 def test_prototypes_are_saved_with_the_model():
     model = _model()
+    before = model.visual_library.prototypes.clone()
     model.losses(_batch())
+    model.after_step(1)  # the libraries change after the optimizer step, not inside the loss
+    assert not torch.equal(before, model.visual_library.prototypes)
     state = model.state_dict()
     assert "visual_library.prototypes" in state and "text_library.prototypes" in state
     fresh = _model()

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from composir.data.records import GalleryItem
 from composir.errors import ComposirError
-from composir.eval.evaluate import MediaDataset, _collate
+from composir.eval.evaluate import MediaDataset, collate_media
 from composir.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def build_cache(
     features = cache._memmap("r+")
     failures = json.loads((out / "failures.json").read_text()) if (out / "failures.json").is_file() else {}
     dataset = MediaDataset([unique[i] for i in todo], encoder.preprocess, num_frames)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_media)
     with tqdm(total=len(ids), initial=len(ids) - len(todo), desc="caching", unit="item", disable=not progress) as bar:
         for index, frames, bad in loader:
             for i, err in bad:

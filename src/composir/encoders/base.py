@@ -36,6 +36,15 @@ class Encoder(nn.Module):
     def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no multimodal fusion")
 
+    def lock_vision_tower(self) -> None:
+        """Freeze the vision tower (``encoder.freeze_vision``; open_clip's ``lock_image_tower``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no vision tower to freeze")
+
+    def no_weight_decay(self) -> set[str]:
+        """Names (in ``named_parameters``) that weight decay must skip besides biases and norms
+        (which every parameter of fewer than 2 dimensions is): embeddings, learned query tokens."""
+        return {n for n, _ in self.named_parameters() if "embedding" in n or "query_tokens" in n}
+
     @property
     def has_fusion(self) -> bool:
         return type(self).encode_query is not Encoder.encode_query
@@ -46,5 +55,7 @@ class Encoder(nn.Module):
         for name, tensor in sorted(self.state_dict().items()):
             h.update(name.encode())
             h.update(str(tuple(tensor.shape)).encode())
-            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes()[: 1 << 16])
+            # The first 16,384 values (64 KiB as fp32), converted alone: the same bytes as converting
+            # the whole tensor and keeping 64 KiB, without the copy (fingerprints stay comparable).
+            h.update(tensor.detach().flatten()[: 1 << 14].float().cpu().numpy().tobytes())
         return h.hexdigest()[:16]

@@ -57,10 +57,16 @@ class Blip2Encoder(Encoder):
         self.cached_vision = False
         self.register_buffer("mean", torch.tensor(opts.mean).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(opts.std).view(3, 1, 1), persistent=False)
+        # composir never runs BLIP-2's image-text matching head: frozen, so that every trainable
+        # parameter gets a gradient (DDP then needs no search for unused ones).
+        model.itm_head.requires_grad_(False)
         if opts.gradient_checkpointing:
             # transformers 5 renamed it; older releases only have the first name.
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             enable()
+
+    def lock_vision_tower(self) -> None:
+        self.model.vision_model.requires_grad_(False)
 
     # ---------------------------------------------------------------------------- inputs
     def preprocess(self, image: Image.Image) -> torch.Tensor:

@@ -36,6 +36,9 @@ class OpenClipEncoder(Encoder):
         size = model.visual.image_size
         self.image_size = size[0] if isinstance(size, (tuple, list)) else int(size)
 
+    def lock_vision_tower(self) -> None:
+        self.model.visual.requires_grad_(False)
+
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self._preprocess(image)
 

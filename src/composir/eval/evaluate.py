@@ -48,7 +48,8 @@ class MediaDataset(Dataset):
             return index, None, str(exc)
 
 
-def _collate(batch):
+def collate_media(batch):
+    """``MediaDataset`` items -> (indices of the readable ones, their stacked frames or None, [(index, error)])."""
     good = [(i, x) for i, x, err in batch if err is None]
     bad = [(i, err) for i, x, err in batch if err is not None]
     if not good:
@@ -97,7 +98,7 @@ def encode_media(
         MediaDataset(items, preprocess, num_frames, cache),
         batch_size=batch_size,
         num_workers=num_workers,
-        collate_fn=_collate,
+        collate_fn=collate_media,
     )
     feats, ok, failures = [], [], []
     for index, frames, bad in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
@@ -197,7 +198,7 @@ def evaluate(
         dataset,
         batch_sampler=_reference_batches([len(queries_of[r]) for r in references], batch_size),
         num_workers=num_workers,
-        collate_fn=_collate,
+        collate_fn=collate_media,
     )
     ok_query = torch.zeros(len(bench.queries), dtype=torch.bool)
     for index, frames, bad in tqdm(loader, desc="queries", unit="batch", leave=False, disable=not progress):

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from composir.encoders.base import Encoder
+from composir.errors import ConfigError
 from composir.methods.losses import hn_nce, info_nce
 
 
@@ -22,6 +24,12 @@ class MethodConfig:
     hn_alpha: float = 1.0
     hn_beta: float = 0.0
     symmetric: bool = False  # add the target -> query direction
+    # Weight of each loss term by its name (``losses``' keys); a term not named weighs 1.
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    # Under DDP, every rank's targets (and queries, for the symmetric term) are negatives, gathered
+    # with their gradients (open_clip's gather_with_grad): the loss equals one process's on the
+    # global batch. Off: each rank contrasts within its own slice.
+    gather_negatives: bool = False
 
 
 class RetrievalMethod(nn.Module):
@@ -60,19 +68,54 @@ class RetrievalMethod(nn.Module):
     def contrastive(self, query: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The configured batch contrastive loss between normalised query and target features."""
         scale = self.logit_scale.exp().clamp(max=100.0)
-        sim = query @ target.T
-        if self.config.loss == "infonce":
-            loss = info_nce(sim, scale)
-            return (loss + info_nce(sim.T, scale)) / 2 if self.config.symmetric else loss
-        if self.config.loss == "hnnce":
-            c = self.config
-            loss = hn_nce(sim, scale, c.hn_alpha, c.hn_beta)
-            return (loss + hn_nce(sim.T, scale, c.hn_alpha, c.hn_beta)) / 2 if c.symmetric else loss
-        raise ValueError(f"unknown loss {self.config.loss!r}; expected 'infonce' or 'hnnce'")
+        all_query, all_target, offset = query, target, 0
+        if self.config.gather_negatives and dist.is_available() and dist.is_initialized():
+            all_query, all_target = gather_with_grad(query), gather_with_grad(target)
+            offset = dist.get_rank() * len(query)
+        labels = torch.arange(len(query), device=query.device) + offset
+        loss = self._contrast(query @ all_target.T, scale, labels)
+        if self.config.symmetric:
+            loss = (loss + self._contrast(target @ all_query.T, scale, labels)) / 2
+        return loss
+
+    def _contrast(self, sim: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if c.loss == "infonce":
+            return info_nce(sim, scale, labels)
+        if c.loss == "hnnce":
+            return hn_nce(sim, scale, c.hn_alpha, c.hn_beta, labels)
+        raise ValueError(f"unknown loss {c.loss!r}; expected 'infonce' or 'hnnce'")
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         # DDP hooks gradient sync onto forward(), so training calls the losses through it.
-        return self.losses(batch)
+        return self.weighted(self.losses(batch))
+
+    def weighted(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``losses`` with ``config.loss_weights`` applied; naming a term the method has not is an error."""
+        weights = self.config.loss_weights
+        unknown = sorted(set(weights) - set(losses))
+        if unknown:
+            raise ConfigError(
+                f"method.config.loss_weights: {self.name} has no loss term(s) {unknown} with this config; "
+                f"its terms: {sorted(losses)}"
+            )
+        return {k: v * weights[k] if k in weights else v for k, v in losses.items()}
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names AdamW must not decay: biases and norms (fewer than 2 dimensions), the
+        temperature, and what the encoder names (embeddings, query tokens)."""
+        own = {n for n, p in self.named_parameters() if p.ndim < 2 or "logit_scale" in n or "embedding" in n}
+        return own | {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
+
+    def after_step(self, step: int) -> None:
+        """Called on every rank after each optimizer step (memory banks, prototype updates): state
+        the method changes outside the gradient step belongs here, not in ``losses``."""
+
+    @property
+    def ddp_find_unused_parameters(self) -> bool:
+        """True when some trainable parameter gets no gradient in a training step (DDP must then
+        search for them, which costs time). Methods freeze what their config does not use instead."""
+        return False
 
     def weights_loaded(self, names: set[str]) -> None:
         """Called after weights named ``names`` were copied in from another run (``train.init_from``)."""
@@ -80,6 +123,13 @@ class RetrievalMethod(nn.Module):
     def explain(self, frames: torch.Tensor, tokens: torch.Tensor) -> list[dict[str, Any]] | None:
         """Per-query explanation for people (reasoning, prototypes); None where the method has none."""
         return None
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` concatenated in rank order; gradients flow back to the rank that owns each row."""
+    import torch.distributed.nn.functional as dist_nn
+
+    return torch.cat(dist_nn.all_gather(x.contiguous()), dim=0)
 
 
 class LateFusion(RetrievalMethod):

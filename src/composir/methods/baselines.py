@@ -13,6 +13,9 @@ from composir.methods.registry import register_method
 class ImageOnly(RetrievalMethod):
     """Query = the reference's image feature; ignores the text."""
 
+    # The text tower gets no gradient: DDP must look for the unused parameters.
+    ddp_find_unused_parameters = True
+
     def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.encoder.encode_image(frames), dim=-1)
 

@@ -113,6 +113,12 @@ class PrototypeLibrary(nn.Module):
         return F.normalize(features, dim=-1) @ F.normalize(self.prototypes, dim=-1).T
 
 
+def _gather(x: torch.Tensor) -> torch.Tensor:
+    parts = [torch.empty_like(x) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
 @register_method("imagine")
 class Imagine(RetrievalMethod):
     config_class = ImagineConfig
@@ -143,6 +149,30 @@ class Imagine(RetrievalMethod):
         nn.init.zeros_(self.modulation[-1].bias)
         nn.init.zeros_(self.additive.weight)
         nn.init.zeros_(self.additive.bias)
+        # Every variant's modules exist (checkpoints of all variants share one layout); those this
+        # config never uses are frozen, so each trainable parameter gets a gradient (no DDP search).
+        for name in self.unused_modules():
+            getattr(self, name).requires_grad_(False)
+        self._pending_updates: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def unused_modules(self) -> list[str]:
+        cfg: ImagineConfig = self.config
+        sic = ["visual_imagery", "text_imagery", "fusion_logits"]
+        by_composition = {
+            "modulation": ["modulation", "confidence"],
+            "add": ["additive"],
+            "cross_attention": ["attention_in", "cross_attention"],
+            "none": [],
+        }
+        used: list[str] = []
+        if cfg.use_sic:
+            used += by_composition[cfg.composition]
+            if cfg.composition in ("modulation", "add") or cfg.schema_weight > 0:
+                used += sic  # m feeds these compositions and the schema loss
+            if cfg.schema_weight > 0 and cfg.schema_target == "concrete":
+                used.append("concrete_to_imagery")
+        every = [*sic, *(m for ms in by_composition.values() for m in ms), "concrete_to_imagery"]
+        return [m for m in every if m not in used]
 
     @torch.no_grad()
     def weights_loaded(self, names: set[str]) -> None:
@@ -263,10 +293,22 @@ class Imagine(RetrievalMethod):
                 schema = (1 - F.cosine_similarity(m, goal, dim=-1)).mean()
             losses["schema"] = cfg.schema_weight * schema
         if self.training and cfg.use_sic:
-            # Libraries see the reference and target videos (shared visual library) and the texts.
-            self.visual_library.update(torch.cat([out["g_visual"], target_hidden.mean(1)]))
-            self.text_library.update(out["g_text"])
+            # Libraries see the reference and target videos (shared visual library) and the texts;
+            # they change after the optimizer step (after_step), not inside the loss.
+            visual = torch.cat([out["g_visual"], target_hidden.mean(1)]).detach()
+            self._pending_updates.append((visual, out["g_text"].detach()))
         return losses
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """The prototype updates of this step's forward passes (one per micro-batch, in order), with
+        every rank's features under DDP so that all ranks keep the same libraries."""
+        pending, self._pending_updates = self._pending_updates, []
+        for visual, text in pending:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                visual, text = _gather(visual), _gather(text)
+            self.visual_library.update(visual)
+            self.text_library.update(text)
 
     @torch.no_grad()
     def explain(self, frames: torch.Tensor, tokens: torch.Tensor) -> list[dict[str, Any]] | None:

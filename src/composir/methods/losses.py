@@ -1,4 +1,8 @@
-"""Contrastive losses on a query x target similarity matrix (matching pairs on the diagonal)."""
+"""Contrastive losses on a query x target similarity matrix.
+
+Row i's positive is column ``labels[i]`` (the diagonal when not given): a matrix may have more
+columns than rows, e.g. every rank's targets under DDP or a memory bank of extra negatives.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,22 @@ import torch
 import torch.nn.functional as F
 
 
-def info_nce(sim: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    """Cross-entropy of each query against all in-batch targets; ``sim`` is cosine similarity."""
-    labels = torch.arange(sim.shape[0], device=sim.device)
-    return F.cross_entropy(sim * scale, labels)
+def _labels(sim: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    return torch.arange(sim.shape[0], device=sim.device) if labels is None else labels
 
 
-def hn_nce(sim: torch.Tensor, scale: torch.Tensor | float, alpha: float = 1.0, beta: float = 0.0) -> torch.Tensor:
+def info_nce(sim: torch.Tensor, scale: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of each query against all targets (columns); ``sim`` is cosine similarity."""
+    return F.cross_entropy(sim * scale, _labels(sim, labels))
+
+
+def hn_nce(
+    sim: torch.Tensor,
+    scale: torch.Tensor | float,
+    alpha: float = 1.0,
+    beta: float = 0.0,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Hard-negative NCE (Radenovic et al. 2023, arXiv 2301.02280), as CoVR uses it.
 
     ``-log(e^{s_ii} / (alpha * e^{s_ii} + sum_{j != i} w_ij e^{s_ij}))`` with logits ``s = scale * sim``
@@ -20,15 +33,17 @@ def hn_nce(sim: torch.Tensor, scale: torch.Tensor | float, alpha: float = 1.0, b
     alpha = 1, beta = 0 is InfoNCE.
     """
     logits = sim * scale
-    n = logits.shape[0]
-    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    labels = _labels(sim, labels)
+    n = logits.shape[1]  # columns: N - 1 negatives per row
+    eye = torch.zeros_like(logits, dtype=torch.bool)
+    eye[torch.arange(len(labels), device=logits.device), labels] = True
     negatives = logits.masked_fill(eye, float("-inf"))
     # log w_ij, computed in log space; the (N - 1) keeps the weights' mean at 1.
     log_w = torch.log_softmax((beta * logits).masked_fill(eye, float("-inf")), dim=1) + torch.log(
         torch.tensor(float(n - 1), device=logits.device)
     )
     log_w = log_w.detach()  # the weights re-weight negatives; gradients flow through e^{s_ij} only
-    positive = logits.diagonal()
+    positive = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
     weighted_negatives = torch.logsumexp((negatives + log_w).masked_fill(eye, float("-inf")), dim=1)
     denominator = torch.logaddexp(positive + torch.log(torch.tensor(alpha, device=logits.device)), weighted_negatives)
     return (denominator - positive).mean()

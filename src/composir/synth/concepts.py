@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from composir.synth.scenes import Edit, EditConflict, Scene, SceneObject
+from composir.synth.scenes import EditConflict, Scene, SceneObject
 
 
 @dataclass(frozen=True)
@@ -227,8 +227,3 @@ CONCEPTS: tuple[Concept, ...] = (
 
 def concepts_for(video: bool) -> tuple[Concept, ...]:
     return tuple(c for c in CONCEPTS if video or not c.video_only)
-
-
-def concept_edit(concept: Concept) -> Edit:
-    """A pseudo-edit recording the concept in the triplet's annotations."""
-    return Edit("concept", None, concept.name)

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from composir.data.media import load_media
 from composir.data.records import Benchmark
-from composir.errors import MediaError
+from composir.errors import ConfigError, MediaError
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class TripletDataset(Dataset):
 def make_collate(tokenize: Callable[[list[str]], torch.Tensor]) -> Callable:
     def collate(items):
         good = [x for x in items if x is not None]
-        batch = {"skipped": len(items) - len(good)}
+        batch = {"skipped": len(items) - len(good), "size": len(good)}
         if not good:
             return batch
         batch["index"] = torch.tensor([x["index"] for x in good])
@@ -144,7 +144,9 @@ class ResumableBatchSampler:
         self.world_size = world_size
         self.global_batch = batch_size * world_size
         if n < self.global_batch:
-            raise ValueError(f"{n} training triplets are fewer than one global batch of {self.global_batch}")
+            raise ConfigError(
+                f"train.batch_size: {n} training triplets are fewer than one global batch of {self.global_batch}"
+            )
 
     def order(self, epoch: int) -> list[int]:
         rng = np.random.default_rng([self.seed, epoch])

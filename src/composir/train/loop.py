@@ -10,6 +10,7 @@ draws the uninterrupted run takes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -47,17 +48,8 @@ def build_from_config(cfg: RunConfig) -> torch.nn.Module:
     torch.manual_seed(cfg.train.seed)
     encoder = build_encoder(cfg.encoder.name, pretrained=cfg.encoder.pretrained, config=cfg.encoder.config)
     if cfg.encoder.freeze_vision:
-        _freeze_vision(encoder)
+        encoder.lock_vision_tower()
     return build_method(cfg.method.name, encoder, cfg.method.config)
-
-
-def _freeze_vision(encoder) -> None:
-    tower = getattr(getattr(encoder, "model", None), "vision_model", None)
-    if tower is None:
-        tower = getattr(getattr(encoder, "model", None), "visual", None)
-    if tower is None:
-        raise ValueError(f"encoder {encoder.name!r} has no vision tower to freeze")
-    tower.requires_grad_(False)
 
 
 def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu"):
@@ -84,12 +76,11 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu"):
 def _param_groups(method, cfg: RunConfig) -> list[dict[str, Any]]:
     enc_lr = cfg.train.encoder_lr if cfg.train.encoder_lr is not None else cfg.train.lr
     groups: dict[tuple[bool, bool], list] = {}
+    no_decay_names = method.no_weight_decay()
     for name, p in method.named_parameters():
         if not p.requires_grad:
             continue
-        # No weight decay on biases, norms, embeddings of tokens/positions, and temperatures.
-        no_decay = p.ndim < 2 or "embedding" in name or "query_tokens" in name or "logit_scale" in name
-        groups.setdefault((name.startswith("encoder."), no_decay), []).append(p)
+        groups.setdefault((name.startswith("encoder."), name in no_decay_names), []).append(p)
     return [
         {"params": ps, "lr": enc_lr if is_enc else cfg.train.lr, "weight_decay": 0.0 if nd else cfg.train.weight_decay}
         for (is_enc, nd), ps in sorted(groups.items())
@@ -255,7 +246,9 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, stop_after
     model = method
     if info.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+            method,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=method.ddp_find_unused_parameters,
         )
 
     def save(name: str, extra: dict[str, Any] | None = None) -> None:
@@ -310,19 +303,16 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, stop_after
                 window["data"] += t_start - t_data
                 state["batch_in_epoch"] += 1
                 window["skipped"] += batch["skipped"]
-                if "tokens" in batch:
+                if _every_rank_has_data(batch, info, device):
                     torch.manual_seed(cfg.train.seed * 1_000_003 + micro)
-                    inputs = {
-                        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-                        for k, v in batch.items()
-                    }
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        losses = model(inputs)
-                        loss = sum(losses.values())
-                    scaler.scale(loss / accum).backward()
-                    window["loss"] += float(loss.detach())
+                    # Gradients are all-reduced only on the micro-batch that ends a step.
+                    last_micro = (micro + 1) % accum == 0
+                    no_sync = model.no_sync() if info.world_size > 1 and not last_micro else contextlib.nullcontext()
+                    with no_sync:
+                        losses, loss = _forward_backward(model, batch, device, amp_dtype, scaler, accum)
+                    window["loss"] += loss
                     window["n"] += 1
-                    window["triplets"] += len(batch["text"]) * info.world_size
+                    window["triplets"] += batch["size"] * info.world_size
                 micro += 1
                 if micro % accum == 0:
                     scaler.unscale_(optimizer)
@@ -333,6 +323,7 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, stop_after
                     optimizer.zero_grad(set_to_none=True)
                     scheduler.step()
                     state["step"] += 1
+                    method.after_step(state["step"])
                     steps_done_here += 1
                     if device.type == "cuda":
                         torch.cuda.synchronize()
@@ -377,6 +368,28 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, stop_after
     if info.world_size > 1:
         dist.barrier()
     return summary
+
+
+def _every_rank_has_data(batch: dict[str, Any], info: DistInfo, device: torch.device) -> bool:
+    """Whether this micro-batch has items on every rank. A batch whose items were all unreadable
+    is skipped by all ranks together: one rank skipping alone would leave the others waiting in
+    the gradient all-reduce."""
+    has = batch.get("size", 0) > 0
+    if info.world_size == 1:
+        return has
+    flag = torch.tensor([1 if has else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _forward_backward(model, batch, device, amp_dtype, scaler, accum: int) -> tuple[dict[str, torch.Tensor], float]:
+    """One micro-batch: losses (through ``model`` so DDP sees the forward), scaled backward."""
+    inputs = {k: (v.to(device, non_blocking=True) if hasattr(v, "to") else v) for k, v in batch.items()}
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        losses = model(inputs)
+        loss = sum(losses.values())
+    scaler.scale(loss / accum).backward()
+    return losses, float(loss.detach())
 
 
 def _log_window(metrics: MetricsLog, state, window, scheduler, losses, bar) -> None:
