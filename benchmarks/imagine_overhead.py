@@ -77,6 +77,7 @@ def run_variant(name: str, batch: int, steps: int) -> dict:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        method.after_step(0)  # the prototype updates, as the trainer runs them
         times.append(time.perf_counter() - start)
     method.eval()
     with torch.no_grad():

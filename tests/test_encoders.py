@@ -113,7 +113,7 @@ def test_blip2_random_config_save_load_and_fusion(tmp_path):
     assert fused.shape == (2, 16) and per_token.shape == (2, 4, 16)
     # The fusion depends on the text and on the reference.
     with torch.no_grad():
-        other_text = enc.encode_query(frames, tokens.flip(0))
+        other_text = enc.encode_query(frames, tokens[[1, 0]])
         other_image = enc.encode_query(frames.flip(0), tokens)
     assert not torch.allclose(fused, other_text) and not torch.allclose(fused, other_image)
 
@@ -133,7 +133,9 @@ def test_tiny_encoder_and_safetensors_roundtrip(tmp_path):
         tmp_path,
     )
     tokens = enc.tokenize(["Make the RED circle blue!"])
-    assert tokens[0, 0] == 1 and (tokens[0, 1:7] > 1).all() and tokens[0, 7] == 0
+    ids = tokens.ids
+    assert ids[0, 0] == 1 and (ids[0, 1:7] > 1).all() and ids[0, 7] == 0
+    assert tokens.mask[0].tolist()[:8] == [1, 1, 1, 1, 1, 1, 1, 0]
     assert enc.fingerprint() == enc.fingerprint()
 
 

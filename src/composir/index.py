@@ -574,7 +574,15 @@ def model_encoder(method, num_frames: int, device: str | torch.device = "cpu", b
 
     def encode(items: list[GalleryItem]):
         res = encode_media(
-            items, method.encode_target, method.encoder.preprocess, num_frames, batch_size, 0, device, desc="encoding"
+            items,
+            method.encode_target,
+            method.encoder.preprocess,
+            num_frames,
+            batch_size,
+            0,
+            device,
+            desc="encoding",
+            tokenize=method.encoder.tokenize if method.target_text else None,
         )
         feats = res.features.numpy()
         errors = res.failures

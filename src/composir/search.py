@@ -115,6 +115,8 @@ class Searcher:
             if text:
                 tokens = self.method.encoder.tokenize([text]).to(self.device)
                 return self.method.encode_query(frames, tokens)
+            if self.method.target_text:  # an image alone, as an uncaptioned target
+                return self.method.encode_target(frames, self.method.encoder.tokenize([""]).to(self.device))
             return self.method.encode_target(frames)
         tokens = self.method.encoder.tokenize([text]).to(self.device)
         return F.normalize(self.method.encoder.encode_text(tokens), dim=-1)

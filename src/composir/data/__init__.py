@@ -9,7 +9,7 @@ from pathlib import Path
 from composir.data.circo import load_circo
 from composir.data.cirr import load_cirr
 from composir.data.fashioniq import CATEGORIES, load_fashioniq
-from composir.data.records import Benchmark, GalleryItem, Triplet
+from composir.data.records import PROTOCOLS, Benchmark, GalleryItem, Protocol, Triplet
 from composir.data.synthetic import load_synthetic
 from composir.data.webvid_covr import load_webvid_covr
 from composir.errors import ConfigError
@@ -23,6 +23,13 @@ READERS: dict[str, Callable[..., Benchmark]] = {
 }
 
 
+def protocol_of(name: str) -> Protocol:
+    """The evaluation protocol of a benchmark name (``load_benchmark``'s), without reading it."""
+    if name not in READERS:
+        raise ConfigError(f"unknown benchmark {name!r}; known: {sorted(READERS)}")
+    return PROTOCOLS["fashioniq" if name.startswith("fashioniq") else name]
+
+
 def load_benchmark(name: str, root: str | Path, split: str, **kwargs) -> Benchmark:
     """Read a benchmark's annotations (never its pixels) into queries and a gallery."""
     try:
@@ -32,4 +39,4 @@ def load_benchmark(name: str, root: str | Path, split: str, **kwargs) -> Benchma
     return reader(Path(root), split, **kwargs)
 
 
-__all__ = ["READERS", "Benchmark", "GalleryItem", "Triplet", "load_benchmark"]
+__all__ = ["PROTOCOLS", "READERS", "Benchmark", "GalleryItem", "Protocol", "Triplet", "load_benchmark", "protocol_of"]

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from composir.data._json import expect_type, field, read_json
-from composir.data.records import Benchmark, GalleryItem, Triplet
+from composir.data.records import PROTOCOLS, Benchmark, GalleryItem, Triplet
 from composir.errors import AnnotationError
 
 COCO_DIR = "COCO2017_unlabeled"
@@ -88,7 +88,7 @@ def load_circo(root: str | Path, split: str) -> Benchmark:
         queries=queries,
         gallery=[media[i] for i in ids],
         exclude_reference=True,
-        protocol="circo",
+        protocol=PROTOCOLS["circo"],
         has_targets=has_targets,
         media=media,
         info={"gallery_complete": complete},

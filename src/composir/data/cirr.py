@@ -11,7 +11,7 @@ from pathlib import Path
 
 from composir.data._json import expect_type, field, read_json, str_list
 from composir.data.media import media_type_of
-from composir.data.records import Benchmark, GalleryItem, Triplet
+from composir.data.records import PROTOCOLS, Benchmark, GalleryItem, Triplet
 from composir.errors import AnnotationError
 
 SPLIT_ALIASES = {"test": "test1", "dev": "val"}
@@ -82,7 +82,7 @@ def load_cirr_layout(root: Path, split: str, *, name: str) -> Benchmark:
         queries=queries,
         gallery=list(media.values()),
         exclude_reference=True,
-        protocol="cirr",
+        protocol=PROTOCOLS["cirr"],
         has_targets=has_targets,
         media=media,
     )

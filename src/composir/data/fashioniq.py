@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from composir.data._json import expect_type, field, read_json, str_list
-from composir.data.records import Benchmark, GalleryItem, Triplet
+from composir.data.records import PROTOCOLS, Benchmark, GalleryItem, Triplet
 from composir.errors import AnnotationError
 
 CATEGORIES = ("dress", "shirt", "toptee")
@@ -61,6 +61,8 @@ def load_fashioniq(root: str | Path, split: str, category: str) -> Benchmark:
                 text=join_captions(caps[0], caps[1]),
                 target_ids=[target] if target is not None else [],
                 extra={"captions": list(caps), "category": category},
+                # Training joins the two captions in random order (the usual protocol).
+                train_texts=[join_captions(caps[0], caps[1]), join_captions(caps[1], caps[0])],
             )
         )
     return Benchmark(
@@ -70,7 +72,7 @@ def load_fashioniq(root: str | Path, split: str, category: str) -> Benchmark:
         queries=queries,
         gallery=gallery,
         exclude_reference=False,
-        protocol="fashioniq",
+        protocol=PROTOCOLS["fashioniq"],
         has_targets=has_targets,
         media=media,
     )

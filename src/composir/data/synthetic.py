@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from composir.data.cirr import load_cirr_layout
-from composir.data.records import Benchmark
+from composir.data.records import PROTOCOLS, Benchmark
 from composir.errors import ConfigError
 
 FAMILIES = ("explicit", "multi", "implicit")
@@ -23,7 +23,7 @@ def load_synthetic(root: str | Path, split: str) -> Benchmark:
     bench = load_cirr_layout(Path(root), base, name="synthetic")
     # The synthetic test split has targets (it is ours, not a test server's).
     bench.has_targets = True
-    bench.protocol = "synthetic"
+    bench.protocol = PROTOCOLS["synthetic"]
     if family:
         bench.queries = [q for q in bench.queries if q.extra.get("family") == family]
         bench.split = split

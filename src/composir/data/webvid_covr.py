@@ -14,7 +14,7 @@ import ast
 import csv
 from pathlib import Path
 
-from composir.data.records import Benchmark, GalleryItem, Triplet
+from composir.data.records import PROTOCOLS, Benchmark, GalleryItem, Triplet
 from composir.errors import AnnotationError
 
 REQUIRED_COLUMNS = ("pth1", "pth2", "edit")
@@ -98,7 +98,7 @@ def load_webvid_covr(root: str | Path, split: str, video_root: str | Path | None
         queries=queries,
         gallery=[media[g] for g in gallery_ids],
         exclude_reference=True,
-        protocol="webvid-covr",
+        protocol=PROTOCOLS["webvid-covr"],
         has_targets=True,
         media=media,
     )

@@ -3,10 +3,52 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
 from torch import nn
+
+Span = tuple[int, int]
+
+
+@dataclass
+class Tokens:
+    """Tokenized texts: ``ids`` and ``mask`` (B, L), and for each text each token's character
+    span in it (``offsets[b][i]`` = (start, end); (0, 0) for special and padding tokens), so that
+    a method can find which tokens a phrase of the text became (ConText-CIR's concept spans)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    offsets: list[list[Span]]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Tokens:
+        return Tokens(self.ids.to(device, non_blocking=non_blocking), self.mask.to(device), self.offsets)
+
+    def pin_memory(self) -> Tokens:
+        return Tokens(self.ids.pin_memory(), self.mask.pin_memory(), self.offsets)
+
+    def __getitem__(self, index) -> Tokens:
+        """Rows by slice, integer tensor or list (evaluation picks each query's text this way)."""
+        if isinstance(index, slice):
+            return Tokens(self.ids[index], self.mask[index], self.offsets[index])
+        rows = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+        return Tokens(self.ids[rows], self.mask[rows.to(self.mask.device)], [self.offsets[i] for i in rows.tolist()])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.ids.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.ids.device
+
+    def token_span(self, row: int, start: int, end: int) -> list[int]:
+        """Positions of the tokens of text ``row`` that overlap its characters [start, end)."""
+        return [i for i, (a, b) in enumerate(self.offsets[row]) if b > a and a < end and b > start]
 
 
 class Encoder(nn.Module):
@@ -24,7 +66,7 @@ class Encoder(nn.Module):
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         raise NotImplementedError
 
-    def tokenize(self, texts: list[str]) -> torch.Tensor:
+    def tokenize(self, texts: list[str]) -> Tokens:
         raise NotImplementedError
 
     def encode_image(self, frames: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from composir.encoders.base import Encoder
+from composir.encoders.base import Encoder, Tokens
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -75,22 +75,27 @@ class Blip2Encoder(Encoder):
         x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
         return (x - self.mean) / self.std
 
-    def tokenize(self, texts: list[str]) -> torch.Tensor:
-        if callable(getattr(self.tokenizer, "batch_encode_plus", None)) or hasattr(self.tokenizer, "model_max_length"):
+    def tokenize(self, texts: list[str]) -> Tokens:
+        texts = list(texts)
+        if hasattr(self.tokenizer, "with_offsets"):  # the tiny encoder's word-hash tokenizer
+            ids, offsets = self.tokenizer.with_offsets(texts)
+        else:
+            fast = bool(getattr(self.tokenizer, "is_fast", False))
             out = self.tokenizer(
                 texts,
                 padding="max_length",
                 truncation=True,
                 max_length=self.options.max_text_length,
                 return_tensors="pt",
+                return_offsets_mapping=fast,
             )
-            return out["input_ids"]
-        return self.tokenizer(texts)
-
-    def _mask(self, tokens: torch.Tensor) -> torch.Tensor:
-        mask = (tokens != self.pad_token_id).long()
+            ids = out["input_ids"]
+            # A slow tokenizer has no offsets: no token can be placed in its text.
+            offsets = out["offset_mapping"].tolist() if fast else [[(0, 0)] * ids.shape[1] for _ in texts]
+            offsets = [[tuple(span) for span in row] for row in offsets]
+        mask = (ids != self.pad_token_id).long()
         mask[:, 0] = 1  # the first token ([CLS]) always attends
-        return mask
+        return Tokens(ids, mask, offsets)
 
     # ---------------------------------------------------------------------------- towers
     def vision_tokens(self, frames: torch.Tensor) -> torch.Tensor:
@@ -128,25 +133,33 @@ class Blip2Encoder(Encoder):
     def encode_image(self, frames: torch.Tensor) -> torch.Tensor:
         return self.image_query_features(frames).mean(1)
 
-    def text_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
-        embeds = self.model.embeddings(input_ids=tokens)
-        out = self.model.qformer(query_embeds=embeds, query_length=0, attention_mask=self._mask(tokens))
+    def text_hidden(self, tokens: Tokens) -> torch.Tensor:
+        embeds = self.model.embeddings(input_ids=tokens.ids)
+        out = self.model.qformer(query_embeds=embeds, query_length=0, attention_mask=tokens.mask)
         return out.last_hidden_state
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+    def encode_text(self, tokens: Tokens) -> torch.Tensor:
         return self.model.text_projection(self.text_hidden(tokens)[:, 0])
 
     def fusion_hidden(
-        self, frames: torch.Tensor | None, tokens: torch.Tensor, memory: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Joint query+text Q-Former outputs cross-attending to the reference: (B, Q + L, width)."""
+        self,
+        frames: torch.Tensor | None,
+        tokens: Tokens,
+        memory: torch.Tensor | None = None,
+        return_attentions: bool = False,
+    ):
+        """Joint query+text Q-Former outputs cross-attending to the reference: (B, Q + L, width).
+
+        ``return_attentions``: also the cross-attention maps, one (B, heads, Q, N) tensor per
+        cross-attention layer: how each query token attends to the reference's vision tokens.
+        """
         # ``memory``: the frames' vision tokens when the caller already has them (one ViT pass, not two).
         memory = self.vision_tokens(frames) if memory is None else memory
         b = memory.shape[0]
         queries = self.model.query_tokens.expand(b, -1, -1)
-        embeds = self.model.embeddings(input_ids=tokens, query_embeds=queries)
+        embeds = self.model.embeddings(input_ids=tokens.ids, query_embeds=queries)
         mask = torch.cat(
-            [torch.ones(b, queries.shape[1], dtype=torch.long, device=tokens.device), self._mask(tokens)], dim=1
+            [torch.ones(b, queries.shape[1], dtype=torch.long, device=tokens.device), tokens.mask], dim=1
         )
         out = self.model.qformer(
             query_embeds=embeds,
@@ -154,10 +167,13 @@ class Blip2Encoder(Encoder):
             attention_mask=mask,
             encoder_hidden_states=memory.to(queries.dtype),
             encoder_attention_mask=torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device),
+            output_attentions=return_attentions,
         )
+        if return_attentions:
+            return out.last_hidden_state, [a for a in out.cross_attentions if a is not None]
         return out.last_hidden_state
 
-    def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def encode_query(self, frames: torch.Tensor, tokens: Tokens) -> torch.Tensor:
         return self.pool_fusion(self.fusion_hidden(frames, tokens))
 
     def pool_fusion(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from composir.encoders.base import Encoder
+from composir.encoders.base import Encoder, Tokens
 
 
 class OpenClipEncoder(Encoder):
@@ -42,16 +42,43 @@ class OpenClipEncoder(Encoder):
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self._preprocess(image)
 
-    def tokenize(self, texts: list[str]) -> torch.Tensor:
-        return self.tokenizer(texts)
+    def tokenize(self, texts: list[str]) -> Tokens:
+        texts = list(texts)
+        ids = self.tokenizer(texts)
+        offsets = [_align(self.tokenizer, text, row) for text, row in zip(texts, ids.tolist())]
+        return Tokens(ids, (ids != 0).long(), offsets)
 
     def encode_image(self, frames: torch.Tensor) -> torch.Tensor:
         b, t = frames.shape[:2]
         feats = self.model.encode_image(frames.flatten(0, 1))
         return feats.view(b, t, -1).mean(1)  # videos: mean of frame features
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(tokens)
+    def encode_text(self, tokens: Tokens) -> torch.Tensor:
+        return self.model.encode_text(tokens.ids)
+
+
+def _align(tokenizer, text: str, ids: list[int]) -> list[tuple[int, int]]:
+    """Character spans of open_clip BPE tokens in ``text``: each token's decoded piece is found in
+    the lower-cased text from where the previous one ended (open_clip cleans and lower-cases text
+    before BPE; a piece it cannot find, e.g. after ftfy changed a character, gets (0, 0))."""
+    decoder = getattr(tokenizer, "decoder", None)
+    if decoder is None:  # a tokenizer without a BPE table (hub tokenizers): no spans
+        return [(0, 0)] * len(ids)
+    special = {tokenizer.sot_token_id, tokenizer.eot_token_id, 0} if hasattr(tokenizer, "sot_token_id") else {0}
+    lowered = text.lower()
+    spans, cursor = [], 0
+    for token in ids:
+        piece = decoder.get(token, "") if token not in special else ""
+        piece = piece.replace("</w>", "")
+        if hasattr(tokenizer, "byte_decoder"):
+            piece = bytearray(tokenizer.byte_decoder.get(c, 0) for c in piece).decode("utf-8", errors="ignore")
+        start = lowered.find(piece, cursor) if piece else -1
+        if start < 0:
+            spans.append((0, 0))
+            continue
+        spans.append((start, start + len(piece)))
+        cursor = start + len(piece)
+    return spans
 
 
 def load_openclip(pretrained: str | None, config: dict[str, Any] | None = None) -> OpenClipEncoder:

@@ -110,12 +110,19 @@ class HashTokenizer:
         return 2 + zlib.crc32(word.encode()) % (self.vocab_size - 2)
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
+        return self.with_offsets(texts)[0]
+
+    def with_offsets(self, texts: list[str]) -> tuple[torch.Tensor, list[list[tuple[int, int]]]]:
+        """Ids (B, context_length) and each token's character span ((0, 0) for [CLS] and padding)."""
         out = torch.zeros(len(texts), self.context_length, dtype=torch.long)
+        offsets = []
         for i, text in enumerate(texts):
-            ids = [self.CLS] + [self.word_id(w) for w in _WORD.findall(text.lower())]
-            ids = ids[: self.context_length]
+            words = list(_WORD.finditer(text.lower()))[: self.context_length - 1]
+            ids = [self.CLS] + [self.word_id(m.group()) for m in words]
             out[i, : len(ids)] = torch.tensor(ids)
-        return out
+            spans = [(0, 0)] + [m.span() for m in words]
+            offsets.append(spans + [(0, 0)] * (self.context_length - len(spans)))
+        return out, offsets
 
 
 class TinyEncoder(Blip2Encoder):

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from composir.data.media import load_media
-from composir.data.records import Benchmark, GalleryItem
+from composir.data.records import Benchmark, GalleryItem, Protocol, Triplet
 from composir.errors import MediaError
 from composir.eval import metrics as M
 from composir.eval.ranking import chunked_topk, rank_members
@@ -93,7 +93,10 @@ def encode_media(
     desc: str = "encoding",
     cache=None,
     progress: bool = True,
+    tokenize: Callable | None = None,
 ) -> EncodedMedia:
+    """``encode(frames)`` of every readable item, or ``encode(frames, tokenize(captions))`` when
+    ``tokenize`` is given (a method whose targets read their caption; a missing one is "")."""
     loader = DataLoader(
         MediaDataset(items, preprocess, num_frames, cache),
         batch_size=batch_size,
@@ -105,7 +108,11 @@ def encode_media(
         failures.extend((items[i].id, err) for i, err in bad)
         if frames is None:
             continue
-        feats.append(encode(frames.to(device)).float().cpu())
+        if tokenize is not None:
+            tokens = tokenize([items[i].caption or "" for i in index.tolist()]).to(device)
+            feats.append(encode(frames.to(device), tokens).float().cpu())
+        else:
+            feats.append(encode(frames.to(device)).float().cpu())
         ok.extend(index.tolist())
     for item_id, err in failures:
         log.warning("skipped %s: %s", item_id, err)
@@ -138,19 +145,28 @@ class EvalResult:
         return out
 
 
-def score(bench: Benchmark, ranked: list[list[str]], subset_ranked: list[list[str]] | None) -> dict[str, float]:
-    """The benchmark's official metrics from rankings (reference already removed where required)."""
-    queries = bench.queries
+def score(
+    protocol: Protocol,
+    queries: Sequence[Triplet],
+    ranked: list[list[str]],
+    subset_ranked: list[list[str]] | None,
+) -> dict[str, float]:
+    """The metrics ``protocol`` reports, from rankings (reference already removed where required)."""
     targets = [q.target_ids for q in queries]
-    if bench.protocol in ("cirr", "synthetic"):
-        return M.cirr_metrics(
-            ranked, subset_ranked, targets, [q.subset_ids or [] for q in queries], [q.reference_id for q in queries]
-        )
-    if bench.protocol == "fashioniq":
-        return {f"R@{k}": M.recall_at_k(ranked, targets, k) for k in (1, 5, 10, 50)}
-    if bench.protocol == "circo":
-        return M.circo_metrics(ranked, targets, [q.extra["target_img_id"] for q in queries])
-    return M.recall_metrics(ranked, targets)
+    out: dict[str, float] = {f"mAP@{k}": M.map_at_k(ranked, targets, k) for k in protocol.map_ks}
+    recall_targets = [[q.extra["target_img_id"]] for q in queries] if protocol.recall_on_first_target else targets
+    out.update({f"R@{k}": M.recall_at_k(ranked, recall_targets, k) for k in protocol.recall_ks})
+    if protocol.subset_ks:
+        subsets, references = [q.subset_ids or [] for q in queries], [q.reference_id for q in queries]
+        for k in protocol.subset_ks:
+            out[f"Rsubset@{k}"] = M.recall_subset_at_k(subset_ranked, targets, subsets, references, k)
+    if protocol.cirr_averages:
+        # The usual CIRR "Avg" vs the IMAGINE paper's mean of all seven numbers.
+        out["Avg(R@5,Rsubset@1)"] = (out["R@5"] + out["Rsubset@1"]) / 2
+        out["Mean(all7)"] = M.mean_of(out, ["R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rsubset@3"])
+    if protocol.mean_recall:
+        out["Mean"] = M.mean_of(out, [f"R@{k}" for k in protocol.recall_ks])
+    return out
 
 
 @torch.no_grad()
@@ -180,7 +196,8 @@ def evaluate(
         cache=cache,
         progress=progress,
     )
-    gallery = encode_media(bench.gallery, method.encode_target, desc="gallery", **common)
+    caption_tokens = enc.tokenize if method.target_text else None
+    gallery = encode_media(bench.gallery, method.encode_target, desc="gallery", tokenize=caption_tokens, **common)
     gallery_ids = [bench.gallery[i].id for i in gallery.ok_index]
     position = {gid: row for row, gid in enumerate(gallery_ids)}
 
@@ -240,15 +257,15 @@ def evaluate(
     metrics: dict[str, float] = {}
     per_family: dict[str, dict[str, float]] = {}
     if bench.has_targets and bench.queries:
-        metrics = score(bench, ranked, subset_ranked)
+        metrics = score(bench.protocol, bench.queries, ranked, subset_ranked)
         families = sorted({q.extra.get("family") for q in bench.queries if q.extra.get("family")})
         for fam in families:
             keep = [i for i, q in enumerate(bench.queries) if q.extra.get("family") == fam]
-            sub = Benchmark(
-                bench.name, bench.split, bench.root, [bench.queries[i] for i in keep], [], protocol=bench.protocol
-            )
             per_family[fam] = score(
-                sub, [ranked[i] for i in keep], [subset_ranked[i] for i in keep] if subset_ranked else None
+                bench.protocol,
+                [bench.queries[i] for i in keep],
+                [ranked[i] for i in keep],
+                [subset_ranked[i] for i in keep] if subset_ranked else None,
             )
     return EvalResult(
         bench.name,

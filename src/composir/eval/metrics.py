@@ -116,18 +116,3 @@ def recall_metrics(
     out["Mean"] = mean_of(out, [f"R@{k}" for k in ks])
     return out
 
-
-_RECALL = ["R@1", "R@5", "R@10", "R@50"]
-_CIRR = [*_RECALL, "Rsubset@1", "Rsubset@2", "Rsubset@3", "Avg(R@5,Rsubset@1)", "Mean(all7)"]
-_CIRCO = [f"mAP@{k}" for k in (5, 10, 25, 50)] + [f"R@{k}" for k in (5, 10, 25, 50)]
-
-
-def metric_names(benchmark: str) -> list[str]:
-    """The metrics ``evaluate`` reports for a benchmark (per split; e.g. a training eval_metric)."""
-    if benchmark in ("cirr", "synthetic"):
-        return list(_CIRR)
-    if benchmark.startswith("fashioniq"):
-        return list(_RECALL)
-    if benchmark == "circo":
-        return list(_CIRCO)
-    return [*_RECALL, "Mean"]

@@ -13,6 +13,7 @@ from torch import nn
 
 from composir.encoders.base import Encoder
 from composir.errors import ConfigError
+from composir.methods.batch import TripletCollator
 from composir.methods.losses import hn_nce, info_nce
 
 
@@ -37,6 +38,9 @@ class RetrievalMethod(nn.Module):
 
     name = "method"
     config_class: type[MethodConfig] = MethodConfig
+    # Whether ``encode_target`` reads the item's caption (``GalleryItem.caption``) besides its
+    # frames: evaluation, indexing and search then tokenize captions for it.
+    target_text = False
 
     def __init__(self, encoder: Encoder, config: MethodConfig | None = None):
         super().__init__()
@@ -44,6 +48,10 @@ class RetrievalMethod(nn.Module):
         self.config = config or self.config_class()
         scale = torch.tensor(math.log(1.0 / self.config.temperature))
         self.logit_scale = nn.Parameter(scale, requires_grad=self.config.learn_temperature)
+
+    def collator(self) -> TripletCollator:
+        """What turns training items into this method's batches (see ``methods.batch``)."""
+        return TripletCollator(self.encoder.tokenize)
 
     def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -57,7 +65,8 @@ class RetrievalMethod(nn.Module):
         """
         return self.encode_query(frames[reference_index], tokens)
 
-    def encode_target(self, frames: torch.Tensor) -> torch.Tensor:
+    def encode_target(self, frames: torch.Tensor, tokens: Any = None) -> torch.Tensor:
+        """Target embeddings of ``frames``; ``tokens``: their captions, given when ``target_text``."""
         return F.normalize(self.encoder.encode_image(frames), dim=-1)
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -40,5 +40,5 @@ def _import_all() -> None:
     import composir.methods as package
 
     for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in {"base", "registry", "losses"}:
+        if info.name not in {"base", "batch", "registry", "losses"}:
             importlib.import_module(f"composir.methods.{info.name}")

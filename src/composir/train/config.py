@@ -161,9 +161,8 @@ _LOWER_BOUNDS = [
 def validate_config(cfg: RunConfig) -> None:
     """Every value of a run config checked against what it can be, before anything is built:
     ranges, names of benchmarks, encoders, methods, augmentations, metrics and devices."""
-    from composir.data import READERS
+    from composir.data import READERS, protocol_of
     from composir.encoders import available_encoders
-    from composir.eval.metrics import metric_names
     from composir.methods import available_methods
     from composir.train.dataset import AUGMENTATIONS
 
@@ -183,7 +182,7 @@ def validate_config(cfg: RunConfig) -> None:
     need(t.lr > 0, "train.lr", f"must be positive, got {t.lr}")
     need(t.encoder_lr is None or t.encoder_lr >= 0, "train.encoder_lr", f"must not be negative, got {t.encoder_lr}")
     need(t.amp in _AMP_MODES, "train.amp", f"must be one of {list(_AMP_MODES)}, got {t.amp!r}")
-    metrics = metric_names(d.benchmark)
+    metrics = protocol_of(d.benchmark).metric_names()
     need(t.eval_metric in metrics, "train.eval_metric", f"{d.benchmark} reports {metrics}, not {t.eval_metric!r}")
     need(
         cfg.encoder.name in available_encoders(),

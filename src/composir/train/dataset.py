@@ -50,7 +50,6 @@ class TripletDataset(Dataset):
         num_frames: int = 1,
         augment: str = "none",
         seed: int = 0,
-        text_fn: Callable | None = None,
         cache=None,
     ):
         self.queries = [q for q in bench.queries if q.target_ids]
@@ -62,7 +61,6 @@ class TripletDataset(Dataset):
         self.augment = AUGMENTATIONS[augment]
         self.seed = seed
         self.epoch = 0
-        self.text_fn = text_fn
         self.cache = cache  # composir.cache.FeatureCache: cached vision tokens instead of pixels
 
     def __len__(self) -> int:
@@ -92,32 +90,22 @@ class TripletDataset(Dataset):
         rng = random.Random(hash((self.seed, self.epoch, index)))
         q = self.queries[index]
         try:
-            text = self.text_fn(q, rng) if self.text_fn else q.text
+            text = q.text
+            if q.train_texts:  # e.g. FashionIQ's captions joined in either order
+                text = q.train_texts[min(int(rng.random() * len(q.train_texts)), len(q.train_texts) - 1)]
             return {
                 "index": index,
+                "query_id": q.query_id,
+                "reference_id": q.reference_id,
+                "target_id": q.target_ids[0],
                 "reference": self._frames(q.reference_id, rng),
                 "target": self._frames(q.target_ids[0], rng),
                 "text": text,
+                "extra": q.extra,
             }
         except MediaError as exc:
             log.warning("skipping training triplet %s: %s", q.query_id, exc)
             return None
-
-
-def make_collate(tokenize: Callable[[list[str]], torch.Tensor]) -> Callable:
-    def collate(items):
-        good = [x for x in items if x is not None]
-        batch = {"skipped": len(items) - len(good), "size": len(good)}
-        if not good:
-            return batch
-        batch["index"] = torch.tensor([x["index"] for x in good])
-        batch["reference"] = torch.stack([x["reference"] for x in good])
-        batch["target"] = torch.stack([x["target"] for x in good])
-        batch["text"] = [x["text"] for x in good]
-        batch["tokens"] = tokenize(batch["text"])
-        return batch
-
-    return collate
 
 
 class ResumableBatchSampler:

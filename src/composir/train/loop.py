@@ -30,7 +30,7 @@ from composir.errors import ComposirError, ConfigError, WorkInterrupted
 from composir.methods import build_method
 from composir.train import checkpoint as ckpt
 from composir.train.config import RunConfig, config_from_dict, save_config, validate_config
-from composir.train.dataset import ResumableBatchSampler, TripletDataset, make_collate
+from composir.train.dataset import ResumableBatchSampler, TripletDataset
 from composir.train.metrics_log import MetricsLog
 from composir.utils.io import remove_leftovers
 
@@ -206,7 +206,6 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, stop_after
         cfg.data.num_frames,
         cfg.data.augment,
         cfg.train.seed,
-        text_fn=_text_fn(cfg),
         cache=cache,
     )
     sampler = ResumableBatchSampler(
@@ -217,7 +216,7 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, stop_after
         info.rank,
         info.world_size,
     )
-    collate = make_collate(method.encoder.tokenize)
+    collate = method.collator()
     optimizer = torch.optim.AdamW(_param_groups(method, cfg), lr=cfg.train.lr)
     total_steps = cfg.train.max_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -410,15 +409,3 @@ def _log_window(metrics: MetricsLog, state, window, scheduler, losses, bar) -> N
     for k in window:
         window[k] = 0 if k != "loss" else 0.0
 
-
-def _text_fn(cfg: RunConfig):
-    """FashionIQ trains on its two captions joined in random order (the usual protocol)."""
-    if not cfg.data.benchmark.startswith("fashioniq"):
-        return None
-    from composir.data.fashioniq import join_captions
-
-    def text(q, rng):
-        a, b = q.extra["captions"]
-        return join_captions(a, b) if rng.random() < 0.5 else join_captions(b, a)
-
-    return text
