@@ -153,3 +153,91 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------ the real-weights path, proven on random weights
+def _hub_blip2(tmp_path):
+    """A random BLIP-2 retrieval model and a fast BERT tokenizer saved in the hub's own layout
+    (``save_pretrained``: config.json, model.safetensors, tokenizer files), as users' checkpoints are."""
+    from transformers import BertTokenizerFast, Blip2Config, Blip2ForImageTextRetrieval
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(WORDS + [f"w{i}" for i in range(64 - len(WORDS))]) + "\n")
+    torch.manual_seed(0)
+    model = Blip2ForImageTextRetrieval(Blip2Config(**BLIP2_TINY)).eval()
+    with torch.no_grad():  # a checkpoint's query tokens are not zero
+        model.query_tokens.normal_(0, 0.5)
+    hub = tmp_path / "hub"
+    model.save_pretrained(hub)
+    BertTokenizerFast(str(vocab)).save_pretrained(hub)
+    return model, hub
+
+
+def test_blip2_features_equal_transformers_own_itc_embeddings(tmp_path):
+    import torch.nn.functional as F
+
+    model, hub = _hub_blip2(tmp_path)
+    enc = build_encoder("blip2", pretrained=str(hub)).eval()  # the path a user with weights takes
+    assert not (hub / "composir_blip2.json").exists()
+    frames = torch.stack([enc.preprocess(im) for im in _images()]).unsqueeze(1)
+    tokens = enc.tokenize(["make the red circle blue", "add a cat"])
+    with torch.no_grad():
+        theirs = model(
+            pixel_values=frames[:, 0],
+            input_ids=tokens.ids,
+            attention_mask=tokens.mask,
+            use_image_text_matching_head=False,
+        )
+        ours_image = F.normalize(enc.image_query_features(frames), dim=-1)
+        ours_text = F.normalize(enc.encode_text(tokens), dim=-1)
+    torch.testing.assert_close(ours_image, theirs.image_embeds, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours_text, theirs.text_embeds, rtol=1e-5, atol=1e-6)
+    # encode_image is the query-token mean of the same projected tokens.
+    with torch.no_grad():
+        pooled = enc.model.vision_projection(enc.image_query_outputs(frames)).mean(1)
+        torch.testing.assert_close(enc.encode_image(frames), pooled)
+
+
+def test_openclip_features_equal_open_clips_own_and_a_checkpoint_file_loads_them(tmp_path):
+    import open_clip
+
+    cfg = {"model": "composir-test-vit", "model_config": OPENCLIP_TINY}
+    torch.manual_seed(0)
+    enc = build_encoder("openclip", config=cfg).eval()
+    model = enc.model
+    frames = torch.stack([enc.preprocess(im) for im in _images()]).unsqueeze(1)
+    tokens = enc.tokenize(["make the red circle blue", "add a cat"])
+    with torch.no_grad():
+        torch.testing.assert_close(enc.encode_image(frames), model.encode_image(frames[:, 0]))
+        torch.testing.assert_close(
+            enc.encode_text(tokens),
+            model.encode_text(open_clip.tokenize(["make the red circle blue", "add a cat"], context_length=16)),
+        )
+    # A bare state dict file, as open_clip's own checkpoints are, loads to the same features.
+    path = tmp_path / "open_clip_model.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    again = build_encoder("openclip", pretrained=str(path), config=cfg).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_image(frames), enc.encode_image(frames))
+        torch.testing.assert_close(again.encode_text(tokens), enc.encode_text(tokens))
+
+
+def test_tokens_carry_character_spans_for_every_tokenizer(tmp_path):
+    _, hub = _hub_blip2(tmp_path)
+    text = "make the red circle blue"
+    encoders = {
+        "blip2": build_encoder("blip2", pretrained=str(hub)),
+        "tiny": build_encoder("tiny"),
+        "openclip": build_encoder("openclip", config={"model": "composir-test-vit", "model_config": OPENCLIP_TINY}),
+    }
+    for name, enc in encoders.items():
+        tokens = enc.tokenize([text, "no"])
+        start = text.index("circle")
+        span = tokens.token_span(0, start, start + len("circle"))
+        assert len(span) >= 1, name
+        pieces = [text[a:b] for a, b in (tokens.offsets[0][i] for i in span)]
+        assert "".join(pieces) == "circle", (name, pieces)
+        assert tokens.mask.shape == tokens.ids.shape and tokens.mask[1].sum() < tokens.mask[0].sum(), name
+        assert tokens[[1]].offsets == [tokens.offsets[1]] and tokens[0:1].ids.shape[0] == 1, name

@@ -166,3 +166,17 @@ def test_explain_lists_prototypes():
     batch = _batch()
     exp = model.explain(batch["reference"], batch["tokens"])
     assert len(exp) == 4 and len(exp[0]["visual_prototypes"]) == 3 and 0 < exp[0]["confidence"] < 1
+
+
+def test_query_and_explanation_come_from_one_pass(monkeypatch):
+    model = _model().eval()
+    batch = _batch()
+    calls = []
+    real = model.compose
+    monkeypatch.setattr(model, "compose", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    with torch.no_grad():
+        query, explanations = model.encode_query_explained(batch["reference"], batch["tokens"])
+        assert len(calls) == 1
+        torch.testing.assert_close(query, model.encode_query(batch["reference"], batch["tokens"]))
+        assert explanations == model.explain(batch["reference"], batch["tokens"])
+    assert len(explanations) == 4 and "confidence" in explanations[0]

@@ -108,13 +108,22 @@ class Searcher:
 
     @torch.no_grad()
     def query_vector(self, reference: Reference | None, text: str | None) -> torch.Tensor:
+        return self.explained_query(reference, text)[0]
+
+    @torch.no_grad()
+    def explained_query(self, reference: Reference | None, text: str | None) -> tuple[torch.Tensor, Any]:
+        """The query embedding and, for a composed query, the method's explanation (one pass)."""
         if reference is None and not text:
             raise ComposirError("give a reference, a text, or both")
+        if reference is not None and text:
+            tokens = self.method.encoder.tokenize([text]).to(self.device)
+            query, explanations = self.method.encode_query_explained(reference.frames.to(self.device), tokens)
+            return query, explanations[0] if explanations else None
+        return self._single_query(reference, text), None
+
+    def _single_query(self, reference: Reference | None, text: str | None) -> torch.Tensor:
         if reference is not None:
             frames = reference.frames.to(self.device)
-            if text:
-                tokens = self.method.encoder.tokenize([text]).to(self.device)
-                return self.method.encode_query(frames, tokens)
             if self.method.target_text:  # an image alone, as an uncaptioned target
                 return self.method.encode_target(frames, self.method.encoder.tokenize([""]).to(self.device))
             return self.method.encode_target(frames)
@@ -122,22 +131,21 @@ class Searcher:
         return F.normalize(self.method.encoder.encode_text(tokens), dim=-1)
 
     def search_loaded(self, reference: Reference | None, text: str | None, k: int = 10) -> list[SearchResult]:
+        return self.search_explained(reference, text, k)[0]
+
+    def search_explained(
+        self, reference: Reference | None, text: str | None, k: int = 10
+    ) -> tuple[list[SearchResult], Any]:
+        """Results and the method's explanation of the query (None where it has none), one forward pass."""
         if k < 1:
             raise ComposirError(f"k must be at least 1, got {k}")
-        vec = self.query_vector(reference, text)
+        vec, explanation = self.explained_query(reference, text)
         own = reference.own_id if reference is not None else None
         scores, ids = self.index.search(vec.float().cpu().numpy(), k + (1 if own is not None else 0))
         hits = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0 and i != own][:k]
         meta = self.index.lookup([i for i, _ in hits])
-        return [SearchResult(meta[i][0], meta[i][1], s, meta[i][2]) for i, s in hits if i in meta]
+        return [SearchResult(meta[i][0], meta[i][1], s, meta[i][2]) for i, s in hits if i in meta], explanation
 
     def search(self, reference: str | Path | None = None, text: str | None = None, k: int = 10) -> list[SearchResult]:
         loaded = self.load_reference(reference) if reference is not None else None
         return self.search_loaded(loaded, text, k)
-
-    @torch.no_grad()
-    def explain(self, reference: Reference, text: str):
-        """The method's own explanation of a composed query (IMAGINE's prototypes), or None."""
-        tokens = self.method.encoder.tokenize([text]).to(self.device)
-        out = self.method.explain(reference.frames.to(self.device), tokens)
-        return out[0] if out else None

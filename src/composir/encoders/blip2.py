@@ -158,9 +158,7 @@ class Blip2Encoder(Encoder):
         b = memory.shape[0]
         queries = self.model.query_tokens.expand(b, -1, -1)
         embeds = self.model.embeddings(input_ids=tokens.ids, query_embeds=queries)
-        mask = torch.cat(
-            [torch.ones(b, queries.shape[1], dtype=torch.long, device=tokens.device), tokens.mask], dim=1
-        )
+        mask = torch.cat([torch.ones(b, queries.shape[1], dtype=torch.long, device=tokens.device), tokens.mask], dim=1)
         out = self.model.qformer(
             query_embeds=embeds,
             query_length=queries.shape[1],
@@ -219,4 +217,6 @@ def load_blip2(pretrained: str | None, config: dict[str, Any] | None = None) -> 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or pretrained or DEFAULT_CHECKPOINT)
     if options.image_size != model.config.vision_config.image_size:
         options.image_size = model.config.vision_config.image_size
+    # Texts never longer than the Q-Former's position table.
+    options.max_text_length = min(options.max_text_length, model.config.qformer_config.max_position_embeddings)
     return Blip2Encoder(model.float(), tokenizer, options)

@@ -115,4 +115,3 @@ def recall_metrics(
     out = {f"R@{k}": recall_at_k(ranked_ids, target_ids, k) for k in ks}
     out["Mean"] = mean_of(out, [f"R@{k}" for k in ks])
     return out
-

@@ -131,7 +131,14 @@ class RetrievalMethod(nn.Module):
 
     def explain(self, frames: torch.Tensor, tokens: torch.Tensor) -> list[dict[str, Any]] | None:
         """Per-query explanation for people (reasoning, prototypes); None where the method has none."""
-        return None
+        return self.encode_query_explained(frames, tokens)[1]
+
+    def encode_query_explained(
+        self, frames: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, list[dict[str, Any]] | None]:
+        """The query embedding and its explanation from one forward pass (a server answers both
+        per request); methods with an explanation override this."""
+        return self.encode_query(frames, tokens), None
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

@@ -310,13 +310,13 @@ class Imagine(RetrievalMethod):
             self.visual_library.update(visual)
             self.text_library.update(text)
 
-    @torch.no_grad()
-    def explain(self, frames: torch.Tensor, tokens: torch.Tensor) -> list[dict[str, Any]] | None:
-        if not self.config.use_sic:
-            return None
+    def encode_query_explained(self, frames: torch.Tensor, tokens: torch.Tensor):
         out = self.compose(frames, tokens)
+        query = F.normalize(out["composed"], dim=-1)
+        if not self.config.use_sic:
+            return query, None
         explanations = []
-        for i in range(len(frames)):
+        for i in range(len(query)):
             item = {
                 "visual_prototypes": out["visual_index"][i].tolist(),
                 "visual_weights": [round(float(w), 4) for w in out["visual_weights"][i]],
@@ -326,4 +326,4 @@ class Imagine(RetrievalMethod):
             if "confidence" in out:
                 item["confidence"] = round(float(out["confidence"][i]), 4)
             explanations.append(item)
-        return explanations
+        return query, explanations

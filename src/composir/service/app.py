@@ -192,9 +192,8 @@ def create_app(searcher, settings: ServiceSettings | None = None) -> FastAPI:
             raise HTTPException(404, f"no item {id!r} in the index")
         reference = _load_reference(searcher, file, id, settings)  # decoding: outside the model lock
         try:
-            with model_lock:
-                results = searcher.search_loaded(reference, text, k)
-                explanation = searcher.explain(reference, text) if reference is not None and text else None
+            with model_lock:  # one forward pass gives the results and the explanation
+                results, explanation = searcher.search_explained(reference, text, k)
         except ComposirError as exc:
             raise HTTPException(400, str(exc)) from exc
         return {

@@ -408,4 +408,3 @@ def _log_window(metrics: MetricsLog, state, window, scheduler, losses, bar) -> N
     bar.set_postfix(loss=f"{values['loss']:.3f}", tps=f"{values['triplets_per_s']:.0f}")
     for k in window:
         window[k] = 0 if k != "loss" else 0.0
-
