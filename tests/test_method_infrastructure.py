@@ -4,6 +4,7 @@ structured tokens, hooks after the optimizer step."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
@@ -34,9 +35,9 @@ class _Probe(RetrievalMethod):
 
     config_class = _ProbeConfig
     target_text = True
-    seen_batches: list[dict] = []
-    steps: list[int] = []
-    target_captions: list[torch.Tensor] = []
+    seen_batches: ClassVar[list[dict]] = []
+    steps: ClassVar[list[int]] = []
+    target_captions: ClassVar[list[torch.Tensor]] = []
 
     def __init__(self, encoder, config=None):
         super().__init__(encoder, config)
@@ -66,11 +67,9 @@ class _Probe(RetrievalMethod):
 def test_a_method_owns_its_batches_and_hooks(synth_root, tmp_path):
     _Probe.seen_batches.clear()
     _Probe.steps.clear()
-    cfg = load_config(
-        CONFIG,
-        [f"data.root={synth_root}", f"output_dir={tmp_path}", *SMALL, "method.name=test_probe", "method.config=null"]
-        + ["train.max_steps=3", "train.eval_every=3", "train.save_every=3", "train.num_workers=0"],
-    )
+    overrides = [f"data.root={synth_root}", f"output_dir={tmp_path}", *SMALL, "method.name=test_probe"]
+    overrides += ["method.config=null", "train.max_steps=3", "train.eval_every=3", "train.save_every=3"]
+    cfg = load_config(CONFIG, [*overrides, "train.num_workers=0"])
     train(cfg, progress=False)
     assert len(_Probe.seen_batches) == 3 and _Probe.steps == [1, 2, 3]
     first = _Probe.seen_batches[0]
