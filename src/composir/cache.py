@@ -43,31 +43,21 @@ class StaleCacheError(ComposirError):
 
 def vision_fingerprint(encoder, num_frames: int, per_frame: bool) -> str:
     """Hash of the vision tower's weights and of everything that shapes its input."""
-    tower = encoder.model.vision_model
+    if not hasattr(encoder, "vision_tower"):
+        raise ComposirError(f"encoder {encoder.name!r} has no cacheable vision tower (blip2 and tiny have one)")
+    tower = encoder.vision_tower()
     h = hashlib.sha256()
     for name, tensor in sorted(tower.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    h.update(
-        json.dumps(
-            {
-                "image_size": encoder.image_size,
-                "mean": encoder.mean.flatten().tolist(),
-                "std": encoder.std.flatten().tolist(),
-                "frames": num_frames,
-                "per_frame": per_frame,
-            }
-        ).encode()
-    )
+    h.update(json.dumps({**encoder.cache_spec(), "frames": num_frames, "per_frame": per_frame}).encode())
     return h.hexdigest()[:24]
 
 
 @torch.no_grad()
 def frame_tokens(encoder, frames: torch.Tensor, per_frame: bool) -> torch.Tensor:
     """(B, T, N, C) per-frame tokens, or (B, N, C) averaged over frames."""
-    b, t = frames.shape[:2]
-    tokens = encoder.model.vision_model(pixel_values=frames.flatten(0, 1)).last_hidden_state
-    tokens = tokens.view(b, t, *tokens.shape[1:])
+    tokens = encoder.frame_tokens(frames)
     return tokens if per_frame else tokens.mean(1)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from PIL import Image
@@ -101,3 +102,40 @@ class Encoder(nn.Module):
             # the whole tensor and keeping 64 KiB, without the copy (fingerprints stay comparable).
             h.update(tensor.detach().flatten()[: 1 << 14].float().cpu().numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+@runtime_checkable
+class QFormerBackbone(Protocol):
+    """What a BLIP-2-style encoder offers methods that work inside its Q-Former (qformer_fusion,
+    IMAGINE, CSMCIR): methods check ``isinstance(encoder, QFormerBackbone)`` and call these,
+    never ``encoder.model``'s internals. ``blip2`` and ``tiny`` implement it.
+    """
+
+    num_query_tokens: int
+
+    def vision_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """The vision tower's tokens, frames pooled: (B, N, C)."""
+
+    def image_query_outputs(self, frames: torch.Tensor | None, memory: torch.Tensor | None = None) -> torch.Tensor:
+        """Q-Former query-token outputs over the vision tokens: (B, Q, width)."""
+
+    def project_image(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Query-token outputs into the joint embedding space (BLIP-2's ``vision_projection``)."""
+
+    def text_hidden(self, tokens: Tokens) -> torch.Tensor:
+        """The Q-Former in text-only mode: (B, L, width)."""
+
+    def fusion_hidden(
+        self,
+        frames: torch.Tensor | None,
+        tokens: Tokens | None,
+        memory: torch.Tensor | None = None,
+        return_attentions: bool = False,
+    ):
+        """Query tokens (+ text tokens when given) cross-attending to the frames' vision tokens."""
+
+    def pool_fusion(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The composed feature from ``fusion_hidden``'s output."""
+
+    def query_token_init(self) -> torch.Tensor:
+        """The learned query tokens (Q, width), detached (IMAGINE starts its prototypes from them)."""

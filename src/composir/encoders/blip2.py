@@ -97,6 +97,21 @@ class Blip2Encoder(Encoder):
         mask[:, 0] = 1  # the first token ([CLS]) always attends
         return Tokens(ids, mask, offsets)
 
+    # ---------------------------------------------------------------------------- feature cache
+    def vision_tower(self) -> torch.nn.Module:
+        """The module a feature cache stands in for (``composir cache``), fingerprinted with ``cache_spec``."""
+        return self.model.vision_model
+
+    def cache_spec(self) -> dict[str, Any]:
+        """Everything besides the tower's weights that shapes its output."""
+        return {"image_size": self.image_size, "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+
+    def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """The tower's tokens for each frame: (B, T, N, C)."""
+        b, t = frames.shape[:2]
+        tokens = self.model.vision_model(pixel_values=frames.flatten(0, 1)).last_hidden_state
+        return tokens.view(b, t, *tokens.shape[1:])
+
     # ---------------------------------------------------------------------------- towers
     def vision_tokens(self, frames: torch.Tensor) -> torch.Tensor:
         """ViT tokens, frames pooled: (B, N, C) for ``mean``, (B, T*N, C) for ``concat``."""
@@ -127,8 +142,14 @@ class Blip2Encoder(Encoder):
         )
         return out.last_hidden_state
 
+    def project_image(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.vision_projection(hidden)
+
+    def query_token_init(self) -> torch.Tensor:
+        return self.model.query_tokens.detach()[0]
+
     def image_query_features(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.model.vision_projection(self.image_query_outputs(frames))
+        return self.project_image(self.image_query_outputs(frames))
 
     def encode_image(self, frames: torch.Tensor) -> torch.Tensor:
         return self.image_query_features(frames).mean(1)
@@ -148,13 +169,16 @@ class Blip2Encoder(Encoder):
         memory: torch.Tensor | None = None,
         return_attentions: bool = False,
     ):
-        """Joint query+text Q-Former outputs cross-attending to the reference: (B, Q + L, width).
+        """Joint query+text Q-Former outputs cross-attending to the reference: (B, Q + L, width);
+        without ``tokens``, the query tokens alone: (B, Q, width) (an uncaptioned image).
 
         ``return_attentions``: also the cross-attention maps, one (B, heads, Q, N) tensor per
         cross-attention layer: how each query token attends to the reference's vision tokens.
         """
         # ``memory``: the frames' vision tokens when the caller already has them (one ViT pass, not two).
         memory = self.vision_tokens(frames) if memory is None else memory
+        if tokens is None and not return_attentions:
+            return self.image_query_outputs(None, memory)
         b = memory.shape[0]
         queries = self.model.query_tokens.expand(b, -1, -1)
         embeds = self.model.embeddings(input_ids=tokens.ids, query_embeds=queries)

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from composir.encoders.base import QFormerBackbone
 from composir.errors import ConfigError
 from composir.methods.base import MethodConfig, RetrievalMethod
 from composir.methods.registry import register_method
@@ -127,9 +128,9 @@ class Imagine(RetrievalMethod):
         super().__init__(encoder, config)
         cfg: ImagineConfig = self.config
         cfg.validate()
-        if not encoder.has_fusion:
+        if not isinstance(encoder, QFormerBackbone):
             raise ConfigError(f"imagine needs an encoder with a Q-Former fusion; {encoder.name!r} has none")
-        queries = encoder.model.query_tokens.detach()[0]  # (K, width)
+        queries = encoder.query_token_init()  # (K, width)
         self.num_prototypes, width = queries.shape
         self.k = min(cfg.top_k, self.num_prototypes)
         d, h = encoder.embed_dim, cfg.hidden_dim
@@ -177,7 +178,7 @@ class Imagine(RetrievalMethod):
     @torch.no_grad()
     def weights_loaded(self, names: set[str]) -> None:
         """After ``train.init_from``: libraries the source lacked start from its query tokens (the paper's init)."""
-        queries = self.encoder.model.query_tokens.detach()[0]
+        queries = self.encoder.query_token_init()
         for name in ("visual_library", "text_library"):
             if f"{name}.prototypes" not in names:
                 getattr(self, name).prototypes.copy_(queries)
@@ -279,7 +280,7 @@ class Imagine(RetrievalMethod):
         cfg: ImagineConfig = self.config
         out = self.compose(batch["reference"], batch["tokens"])
         target_hidden = self.encoder.image_query_outputs(batch["target"])
-        target = F.normalize(self.encoder.model.vision_projection(target_hidden).mean(1), dim=-1)
+        target = F.normalize(self.encoder.project_image(target_hidden).mean(1), dim=-1)
         losses = {"concrete": self.contrastive(F.normalize(out["composed"], dim=-1), target)}
         if cfg.use_sic and cfg.schema_weight > 0:
             m = out["m"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from composir.encoders.base import QFormerBackbone
 from composir.errors import ConfigError
 from composir.methods.base import RetrievalMethod
 from composir.methods.registry import register_method
@@ -19,7 +20,7 @@ from composir.methods.registry import register_method
 class QFormerFusion(RetrievalMethod):
     def __init__(self, encoder, config=None):
         super().__init__(encoder, config)
-        if not encoder.has_fusion:
+        if not isinstance(encoder, QFormerBackbone):
             raise ConfigError(f"qformer_fusion needs an encoder with a Q-Former fusion; {encoder.name!r} has none")
 
     def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
