@@ -241,3 +241,24 @@ def test_tokens_carry_character_spans_for_every_tokenizer(tmp_path):
         assert "".join(pieces) == "circle", (name, pieces)
         assert tokens.mask.shape == tokens.ids.shape and tokens.mask[1].sum() < tokens.mask[0].sum(), name
         assert tokens[[1]].offsets == [tokens.offsets[1]] and tokens[0:1].ids.shape[0] == 1, name
+
+
+def test_fusion_returns_its_cross_attention_maps_on_request():
+    torch.manual_seed(0)
+    enc = build_encoder("tiny", config={"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4}).eval()
+    frames = torch.stack([enc.preprocess(im) for im in _images()]).unsqueeze(1)
+    tokens = enc.tokenize(["make the red circle blue", "add a cat"])
+    with torch.no_grad():
+        plain = enc.fusion_hidden(frames, tokens)
+        hidden, maps = enc.fusion_hidden(frames, tokens, return_attentions=True)
+        other, other_maps = enc.fusion_hidden(frames.flip(0), tokens, return_attentions=True)
+        image_only = enc.fusion_hidden(frames, None)
+        image_only_maps = enc.fusion_hidden(frames, None, return_attentions=True)
+    torch.testing.assert_close(hidden, plain)  # asking for the maps changes nothing else
+    n_vision = enc.vision_tokens(frames).shape[1]
+    assert len(maps) == 2 and maps[0].shape == (2, 2, 4, n_vision)  # layers; (B, heads, queries, vision tokens)
+    torch.testing.assert_close(maps[0].sum(-1), torch.ones(2, 2, 4))  # each query's attention sums to 1
+    assert not torch.allclose(maps[0], other_maps[0])  # they follow the reference
+    torch.testing.assert_close(image_only, enc.image_query_outputs(frames))  # no text: the query tokens alone
+    torch.testing.assert_close(image_only_maps[0], image_only, rtol=1e-4, atol=1e-5)
+    assert image_only_maps[1][0].shape == maps[0].shape

@@ -14,6 +14,8 @@ its learned query tokens and ITC projections, as used by CoVR-2, SPRC and IMAGIN
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -165,7 +167,7 @@ class Blip2Encoder(Encoder):
     def fusion_hidden(
         self,
         frames: torch.Tensor | None,
-        tokens: Tokens,
+        tokens: Tokens | None,
         memory: torch.Tensor | None = None,
         return_attentions: bool = False,
     ):
@@ -181,19 +183,37 @@ class Blip2Encoder(Encoder):
             return self.image_query_outputs(None, memory)
         b = memory.shape[0]
         queries = self.model.query_tokens.expand(b, -1, -1)
-        embeds = self.model.embeddings(input_ids=tokens.ids, query_embeds=queries)
-        mask = torch.cat([torch.ones(b, queries.shape[1], dtype=torch.long, device=tokens.device), tokens.mask], dim=1)
-        out = self.model.qformer(
-            query_embeds=embeds,
-            query_length=queries.shape[1],
-            attention_mask=mask,
-            encoder_hidden_states=memory.to(queries.dtype),
-            encoder_attention_mask=torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device),
-            output_attentions=return_attentions,
-        )
+        query_mask = torch.ones(b, queries.shape[1], dtype=torch.long, device=memory.device)
+        if tokens is None:  # as image_query_outputs: the query tokens go in as they are
+            embeds, mask = queries, query_mask
+        else:
+            embeds = self.model.embeddings(input_ids=tokens.ids, query_embeds=queries)
+            mask = torch.cat([query_mask, tokens.mask], dim=1)
+        with self._eager_attention(return_attentions):
+            out = self.model.qformer(
+                query_embeds=embeds,
+                query_length=queries.shape[1],
+                attention_mask=mask,
+                encoder_hidden_states=memory.to(queries.dtype),
+                encoder_attention_mask=torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device),
+                output_attentions=return_attentions,
+            )
         if return_attentions:
             return out.last_hidden_state, [a for a in out.cross_attentions if a is not None]
         return out.last_hidden_state
+
+    @contextlib.contextmanager
+    def _eager_attention(self, wanted: bool) -> Iterator[None]:
+        """The Q-Former's plain attention while maps are asked for: fused kernels (SDPA) return
+        none. Only for that call, so every other pass keeps the configured kernel."""
+        config = self.model.qformer.config
+        before = config._attn_implementation
+        if wanted:
+            config._attn_implementation = "eager"
+        try:
+            yield
+        finally:
+            config._attn_implementation = before
 
     def encode_query(self, frames: torch.Tensor, tokens: Tokens) -> torch.Tensor:
         return self.pool_fusion(self.fusion_hidden(frames, tokens))
