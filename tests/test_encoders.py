@@ -251,7 +251,7 @@ def test_fusion_returns_its_cross_attention_maps_on_request():
     with torch.no_grad():
         plain = enc.fusion_hidden(frames, tokens)
         hidden, maps = enc.fusion_hidden(frames, tokens, return_attentions=True)
-        other, other_maps = enc.fusion_hidden(frames.flip(0), tokens, return_attentions=True)
+        _, other_maps = enc.fusion_hidden(frames.flip(0), tokens, return_attentions=True)
         image_only = enc.fusion_hidden(frames, None)
         image_only_maps = enc.fusion_hidden(frames, None, return_attentions=True)
     torch.testing.assert_close(hidden, plain)  # asking for the maps changes nothing else

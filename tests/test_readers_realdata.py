@@ -93,10 +93,16 @@ def test_circo_counts(realdata, split, n):
         assert "cardinality" in q.extra["semantic_aspects"]
 
 
-def test_circo_full_gallery_from_coco_image_info(realdata, tmp_path):
+def _circo_copy(realdata, tmp_path):
+    """A CIRCO folder with the val annotations, for tests that add a gallery beside them."""
     root = tmp_path / "circo"
     (root / "annotations").mkdir(parents=True)
     (root / "annotations" / "val.json").write_text((realdata / "circo/annotations/val.json").read_text())
+    return root
+
+
+def test_circo_full_gallery_from_coco_image_info(realdata, tmp_path):
+    root = _circo_copy(realdata, tmp_path)
     info = root / "COCO2017_unlabeled" / "annotations"
     info.mkdir(parents=True)
     (info / "image_info_unlabeled2017.json").write_text(json.dumps({"images": [{"id": 1}, {"id": 2}]}))
@@ -107,9 +113,7 @@ def test_circo_full_gallery_from_coco_image_info(realdata, tmp_path):
 
 
 def test_circo_gallery_lists_each_image_once(realdata, tmp_path):
-    root = tmp_path / "circo"
-    (root / "annotations").mkdir(parents=True)
-    (root / "annotations" / "val.json").write_text((realdata / "circo/annotations/val.json").read_text())
+    root = _circo_copy(realdata, tmp_path)
     folder = root / "COCO2017_unlabeled" / "unlabeled2017"
     folder.mkdir(parents=True)
     for name in ("000000000005.jpg", "5.jpg", "000000000007.jpg", "²³.jpg", "notes.jpg"):
