@@ -56,6 +56,9 @@ def main(out: str, method_name: str, gather: bool) -> None:
         grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
         torch.save({"loss": total, "grads": grads}, out)
     if world > 1:
+        # Both ranks done before DDP's reducer and the group go (a rank leaving first can abort the other).
+        dist.barrier()
+        del model
         dist.destroy_process_group()
 
 
