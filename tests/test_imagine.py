@@ -29,9 +29,13 @@ def _batch(n=4, frames=1):
     }
 
 
-def test_momentum_update_by_hand():
+OLD_RULE = {"assignment": "batch_softmax", "centre": False, "init_mode": "query_tokens"}
+
+
+def test_batch_softmax_rule_by_hand():
+    """The first implementation's rule (kept for the ablation), computed by hand."""
     protos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    lib = PrototypeLibrary(protos, momentum=0.9, temperature=0.5, update="momentum")
+    lib = PrototypeLibrary(protos, momentum=0.9, temperature=0.5, update="momentum", **OLD_RULE)
     g = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     # cos(g_i, p_j): [[1, 0], [0, 1], [0.7071, 0.7071]]; softmax over the batch (dim 0) of cos / 0.5.
     cos = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2**-0.5, 2**-0.5]])
@@ -41,10 +45,10 @@ def test_momentum_update_by_hand():
     torch.testing.assert_close(lib.prototypes, expected)
     # Prototype 0 moves towards the sample it matches best (g_0 = [2, 0]).
     assert lib.prototypes[0, 0] > 1.0
-    replace = PrototypeLibrary(protos, 0.9, 0.5, "replace")
+    replace = PrototypeLibrary(protos, 0.9, 0.5, "replace", **OLD_RULE)
     replace.update(g)
     torch.testing.assert_close(replace.prototypes, a.T @ g)
-    static = PrototypeLibrary(protos, 0.9, 0.5, "static")
+    static = PrototypeLibrary(protos, 0.9, 0.5, "static", **OLD_RULE)
     static.update(g)
     torch.testing.assert_close(static.prototypes, protos)
 
@@ -62,14 +66,19 @@ def test_topk_selects_highest_scores_and_weights_sum_to_one():
     torch.testing.assert_close(weights.sum(1), torch.ones(2))
 
 
-def test_confidence_in_open_unit_interval_and_initial_identity():
+def test_confidence_in_open_unit_interval_and_initial_near_identity():
     model = _model().eval()
     batch = _batch()
     with torch.no_grad():
         out = model.compose(batch["reference"], batch["tokens"])
     c = out["confidence"]
     assert c.shape == (4, 1) and ((c > 0) & (c < 1)).all()
-    # Zero-initialised modulation: at start the composed feature equals the concrete one.
+    # A small modulation at start: f stays close to f_c, but not equal (the gate gets a gradient).
+    diff = (out["composed"] - out["concrete"]).norm() / out["concrete"].norm()
+    assert 0 < diff < 0.05
+    exact = _model(modulation_init=0.0).eval()
+    with torch.no_grad():
+        out = exact.compose(batch["reference"], batch["tokens"])
     torch.testing.assert_close(out["composed"], out["concrete"])
 
 
@@ -180,3 +189,193 @@ def test_query_and_explanation_come_from_one_pass(monkeypatch):
         torch.testing.assert_close(query, model.encode_query(batch["reference"], batch["tokens"]))
         assert explanations == model.explain(batch["reference"], batch["tokens"])
     assert len(explanations) == 4 and "confidence" in explanations[0]
+
+
+# ------------------------------------------------ the prototype update (issue 12) and behaviour
+COMPETITIVE = ["competitive_soft", "hard", "sinkhorn"]
+
+
+def test_competitive_rule_by_hand():
+    """Centred, normalised features; softmax over prototypes; a mass-weighted step; a prototype
+    that wins no sample stays where it is."""
+    protos = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    lib = PrototypeLibrary(protos, 0.5, 0.05, assignment="hard", centre=True, init_mode="query_tokens")
+    g = torch.tensor([[3.0, 0.1, 0.0], [2.9, -0.1, 0.0], [1.0, 1.0, 0.0], [1.1, 1.0, 0.0]]) + 5.0
+    lib.update(g)
+    x = torch.nn.functional.normalize(g - g.mean(0), dim=-1)  # the first batch sets the running mean
+    owner = (x @ protos.T).argmax(1)
+    assert owner.tolist() == [0, 0, 1, 1]
+    for j in (0, 1):
+        target = x[owner == j].mean(0)
+        moved = torch.nn.functional.normalize(protos[j] + 0.5 * (target - protos[j]), dim=0)
+        torch.testing.assert_close(lib.prototypes[j], moved)
+    torch.testing.assert_close(lib.prototypes[2], protos[2])  # no sample: stays put
+
+
+def _clustered(n_clusters=16, per=8, dim=32, seed=0):
+    """Features like LayerNorm outputs: a strong shared direction plus one of 16 cluster offsets
+    (the same for every call), and noise that differs with ``seed``."""
+    fixed = torch.Generator().manual_seed(1234)
+    shared = torch.randn(dim, generator=fixed) * 4
+    centres = torch.randn(n_clusters, dim, generator=fixed)
+    labels = torch.arange(n_clusters).repeat_interleave(per)
+    noise = 0.1 * torch.randn(len(labels), dim, generator=torch.Generator().manual_seed(seed))
+    return shared + centres[labels] + noise, labels, centres
+
+
+@pytest.mark.parametrize("assignment", COMPETITIVE)
+def test_prototypes_stay_spread_on_clustered_features(assignment):
+    init = torch.randn(16, 32, generator=torch.Generator().manual_seed(5)) * 0.02  # query-token-like
+    lib = PrototypeLibrary(init, 0.9, 0.1, assignment=assignment)
+    for step in range(60):
+        g, labels, _ = _clustered(seed=step)
+        lib.update(g[torch.randperm(len(g), generator=torch.Generator().manual_seed(step))])
+    g, labels, _ = _clustered(seed=999)
+    owner = lib.scores(g).argmax(1)
+    # Each cluster is read off by its own prototype: a probe recovers the cluster from the scores.
+    covered = len({int(owner[labels == c].mode().values) for c in range(16)})
+    protos = torch.nn.functional.normalize(lib.prototypes, dim=-1)
+    off_diagonal = (protos @ protos.T)[~torch.eye(16, dtype=torch.bool)]
+    assert covered >= 12 and off_diagonal.mean() < 0.5, (covered, float(off_diagonal.mean()))
+
+
+def test_the_first_rule_collapses_on_the_same_features():
+    """What the competitive rules fix (measured, not assumed): the batch-softmax rule on raw
+    features ends with every prototype the same vector."""
+    init = torch.randn(16, 32, generator=torch.Generator().manual_seed(5)) * 0.02
+    lib = PrototypeLibrary(init, 0.9, 0.1, **OLD_RULE)
+    for step in range(60):
+        lib.update(_clustered(seed=step)[0])
+    protos = torch.nn.functional.normalize(lib.prototypes, dim=-1)
+    assert (protos @ protos.T).min() > 0.99
+
+
+def _distinct_batch():
+    """References and targets that differ a lot (solid colours, a bright square in a different
+    place): random-noise images all look alike to a small untrained model."""
+    batch = _batch()
+    frames = torch.zeros(8, 1, 3, 64, 64)
+    for i in range(8):
+        frames[i, 0, i % 3] = (i - 3.5) / 2
+        frames[i, 0, :, 8 * i : 8 * i + 16, 8 * i : 8 * i + 16] = 2.0
+    return {**batch, "reference": frames[:4], "target": frames[4:]}
+
+
+def _trained(assignment="competitive_soft", steps=3, **config):
+    model = _model(assignment=assignment, **config).train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    for _ in range(steps):
+        losses = model.losses(_distinct_batch())
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+        model.after_step(0)
+    return model.eval()
+
+
+def _libraries_fed(model, batch, updates=5):
+    """The libraries after ``updates`` updates on this batch's own (eval-mode) features: an
+    untrained tiny model's features differ little between samples, so any drift of the model
+    between the update and the check would swamp them."""
+    with torch.no_grad():
+        visual = torch.cat([model.visual_global(batch["reference"]), model.visual_global(batch["target"])])
+        text = model.text_global(batch["tokens"])
+        for _ in range(updates):
+            model.visual_library.update(visual)
+            model.text_library.update(text)
+    return model
+
+
+@pytest.mark.parametrize("assignment", COMPETITIVE)
+def test_imagery_varies_with_the_input(assignment):
+    batch = _distinct_batch()
+    model = _libraries_fed(_model(assignment=assignment).eval(), batch)
+    with torch.no_grad():
+        m = model.compose(batch["reference"], batch["tokens"])["m"]
+        m_text = model.compose(batch["reference"], batch["tokens"][[1, 2, 3, 0]])["m"]
+        m_ref = model.compose(batch["reference"].flip(0), batch["tokens"])["m"]
+    cos_to_mean = torch.nn.functional.cosine_similarity(m, m.mean(0, keepdim=True)).max()
+    assert cos_to_mean < 0.99  # not one constant vector
+    assert not torch.allclose(m, m_text, atol=1e-4)  # the text side reaches m
+    assert not torch.allclose(m, m_ref, atol=1e-4)  # the reference side reaches m
+
+
+def test_imagery_is_constant_under_the_first_rule():
+    """The probe's finding, reproduced: with the batch-softmax rule on raw features m hardly varies."""
+    batch = _distinct_batch()
+    config = {"assignment": "batch_softmax", "centre_features": False, "prototype_init": "query_tokens"}
+    model = _libraries_fed(_model(**config).eval(), batch, updates=30)
+    with torch.no_grad():
+        m = model.compose(batch["reference"], batch["tokens"])["m"]
+    assert torch.nn.functional.cosine_similarity(m, m.mean(0, keepdim=True)).min() > 0.99
+
+
+def test_text_imagery_reads_the_text_library_and_both_libraries_move():
+    model = _trained(steps=1)
+    batch = _batch()
+    with torch.no_grad():
+        out = model.compose(batch["reference"], batch["tokens"])
+        expected = model.text_library.scores(out["g_text"]).topk(model.k, dim=1).indices
+    assert torch.equal(out["text_index"].sort(1).values, expected.sort(1).values)
+    before_text = model.text_library.prototypes.clone()
+    before_visual = model.visual_library.prototypes.clone()
+    model.train()
+    model.losses(batch)
+    model.after_step(1)
+    assert not torch.equal(before_text, model.text_library.prototypes)
+    assert not torch.equal(before_visual, model.visual_library.prototypes)
+
+
+def test_the_gate_scales_the_modulation(monkeypatch):
+    model = _trained()
+    batch = _batch()
+    for logit, c in ((-50.0, 0.0), (50.0, 1.0)):
+        monkeypatch.setattr(model.confidence[-1].bias, "data", torch.full((1,), logit))
+        with torch.no_grad():
+            out = model.compose(batch["reference"], batch["tokens"])
+            scale, shift = model.modulation(out["m"]).chunk(2, dim=-1)
+        expected = out["concrete"] * (1 + c * scale) + c * shift
+        torch.testing.assert_close(out["composed"], expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(scale, torch.zeros_like(scale))  # so c = 0 and c = 1 really differ
+
+
+def test_the_schema_loss_pulls_m_to_the_targets_imagery():
+    batch = _distinct_batch()
+    model = _libraries_fed(_model().eval(), batch)  # eval: no dropout, so losses compare exactly
+    schema = model.losses(batch)["schema"]
+    assert 0 <= float(schema) <= 2 * model.config.schema_weight  # 1 - cos, weighted: never negative
+    # The goal comes from the target: other targets change the loss, the reference fixed...
+    other = {**batch, "target": batch["target"].flip(0)}
+    assert not torch.isclose(model.losses(other)["schema"], schema)
+    # ...and the loss is the distance from m to the target's imagery, not to the reference's.
+    with torch.no_grad():
+        m = model.compose(batch["reference"], batch["tokens"])["m"]
+        goal = model.imagery(model.visual_library, model.visual_imagery, model.visual_global(batch["target"]))[0]
+    expected = model.config.schema_weight * (1 - torch.nn.functional.cosine_similarity(m, goal, dim=-1)).mean()
+    torch.testing.assert_close(schema.detach(), expected)
+    model.train()
+    # Gradient descent on it alone lowers it (the sign is right), and only m's side moves.
+    model._pending_updates.clear()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    values = []
+    for _ in range(5):
+        loss = model.losses(batch)["schema"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        values.append(float(loss))
+    model._pending_updates.clear()
+    assert values[-1] < values[0]
+
+
+def test_no_degenerate_constant_minimum_by_default():
+    model = _model()
+    assert model.visual_imagery.bias is None and model.text_imagery.bias is None
+    assert model.config.detach_schema_target
+    # The schema target carries no gradient back into the target's branch.
+    batch = _batch()
+    model.train()
+    losses = model.losses(batch)
+    grads = torch.autograd.grad(losses["schema"], model.visual_imagery.weight, retain_graph=True)[0]
+    model._pending_updates.clear()
+    assert grads.abs().sum() > 0

@@ -116,6 +116,9 @@ class RetrievalMethod(nn.Module):
         own = {n for n, p in self.named_parameters() if p.ndim < 2 or "logit_scale" in n or "embedding" in n}
         return own | {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
 
+    def after_epoch(self, epoch: int) -> None:
+        """Called on every rank when a training epoch (a full pass of the sampler) ends."""
+
     def after_step(self, step: int) -> None:
         """Called on every rank after each optimizer step (memory banks, prototype updates): state
         the method changes outside the gradient step belongs here, not in ``losses``."""

@@ -2,15 +2,21 @@
 
 Three modules on a BLIP-2-style encoder (``blip2`` or ``tiny``), each part a config switch:
 
-**Schema Imagery Construction (SIC).** Two prototype libraries of K vectors in the Q-Former's
-hidden space -- one for the visual side (shared by reference and target), one for text --
-initialised from the K learned query tokens. After every training step each library moves
-towards the batch: with global features g_i (visual: mean of the Q-Former query outputs;
-text: the text-only Q-Former's first token), attention a_ij = softmax_i(cos(g_i, p_j) / tau_u)
-(softmax over the *batch*), batch aggregate b_j = sum_i a_ij g_i and momentum update
-p_j <- alpha p_j + (1 - alpha) b_j (alpha = 0.9). A sample's imagery vector: scores
-s_j = cos(g, p_j), the top-k prototypes (k = 10), pooled with weights softmax(s_topk / tau_s),
-then a learned projection to the imagery width (256). The reference-side and text-side vectors
+**Schema Imagery Construction (SIC).** Two prototype libraries of K vectors -- one for the
+visual side (shared by reference and target), one for text -- that follow the global features
+g (visual: mean of the Q-Former query outputs; text: the text-only Q-Former's first token)
+after every optimizer step (``after_step``; ``update_every: epoch`` once per epoch). The update
+rule is ``methods/prototypes.py``: by default features are centred by a running mean and
+normalised, the prototypes are placed on the first features by k-means++, and prototypes
+*compete* for samples (``assignment`` = competitive_soft | hard | sinkhorn) with a mass-weighted
+momentum step (alpha = 0.9), so different prototypes follow different subsets of the data.
+``assignment: batch_softmax`` with ``centre_features: false, prototype_init: query_tokens`` is
+the rule as first implemented from the paper's text (a softmax over the *batch* per prototype,
+raw features, query-token init), which collapses every library to one vector (docs/benchmarks.md,
+IMAGINE probe); it stays for the ablation. A sample's imagery vector: scores s_j = cos(g, p_j)
+in the library's space, the top-k prototypes (k = 10), pooled with weights softmax(s_topk / tau_s),
+then a learned projection to the imagery width (256), without bias by default (``imagery_bias``:
+with one, L_schema has an exact zero at a constant m). The reference-side and text-side vectors
 are fused with two learned weights (a softmax pair) into the shared imagery vector m.
 Switches: ``selection`` = topk | random | all; ``update`` = momentum | replace | static;
 ``aggregation`` = attention | average.
@@ -19,20 +25,24 @@ Switches: ``selection`` = topk | random | all; ``update`` = momentum | replace |
 Q-Former fusion of the reference frames and the text, average-pooled over query tokens and
 projected (``Encoder.encode_query``). A modulation network maps m to a per-dimension scale and
 shift (gamma, beta); a confidence network maps [m; f_c] to c in (0, 1); the composed feature is
-f = f_c * (1 + c * gamma) + c * beta. Switches: ``composition`` = modulation | add (f_c + W m) |
-cross_attention (f_c attends to the selected prototypes) | none; ``use_scale``; ``use_shift``.
+f = f_c * (1 + c * gamma) + c * beta; the modulation's last layer starts small, not zero
+(``modulation_init``: at exactly zero the gate c gets no gradient). Switches: ``composition`` =
+modulation | add (f_c + W m) | cross_attention (f_c attends to the selected prototypes) | none;
+``use_scale``; ``use_shift``.
 
 **Dual Space Alignment (DSA).** L = L_concrete + lambda * L_schema with L_concrete the batch
 contrastive loss between normalised f and the target's Q-Former image feature (cosine,
 temperature) and L_schema = 1 - cos(m, m_target), m_target from the same visual SIC branch
-applied to the target (lambda = 0.5). Switches: ``schema_metric`` = cosine | euclidean;
+applied to the target (lambda = 0.5), under a stop-gradient (``detach_schema_target``; without
+it both sides drift to each other). Switches: ``schema_metric`` = cosine | euclidean;
 ``schema_target`` = imagery | concrete (align m, projected, to the target's concrete feature);
 ``schema_weight`` = 0 drops the schema loss.
 
-Choices where the paper's equations were lost in extraction: the update's attention is a
-softmax over the batch (as its text says), the pooled imagery passes through a learned linear
-map (prototypes themselves are not trained by gradients, so this is where the imagery space
-gets learnable capacity), and the modulation/confidence networks are two-layer MLPs.
+Choices where the paper's equations were lost in extraction: prototypes compete for samples
+(its "prototypes attend to distinct sample subsets"; the literal batch softmax collapses), the
+pooled imagery passes through a learned linear map (prototypes themselves are not trained by
+gradients, so this is where the imagery space gets learnable capacity), and the
+modulation/confidence networks are two-layer MLPs. Each choice and why: docs/methods.md.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from torch import nn
 from composir.encoders.base import QFormerBackbone
 from composir.errors import ConfigError
 from composir.methods.base import MethodConfig, RetrievalMethod
+from composir.methods.prototypes import ASSIGNMENTS, PrototypeLibrary
 from composir.methods.registry import register_method
 
 
@@ -71,6 +82,23 @@ class ImagineConfig(MethodConfig):
     use_shift: bool = True
     schema_metric: str = "cosine"  # cosine | euclidean
     schema_target: str = "imagery"  # imagery | concrete
+    # The prototype update (methods/prototypes.py). The first implementation's rule, which
+    # collapses every library to one vector, is assignment=batch_softmax, centre_features=false,
+    # prototype_init=query_tokens (with imagery_bias=true, detach_schema_target=false,
+    # modulation_init=0 for the rest of it).
+    assignment: str = "competitive_soft"  # competitive_soft | hard | sinkhorn | batch_softmax
+    centre_features: bool = True  # compare and average centred, normalised features
+    prototype_init: str = "kmeans++"  # kmeans++ (on the first features) | query_tokens (the paper's)
+    update_every: str = "step"  # step | epoch (one update with the whole epoch's features)
+    # A bias in the imagery projections lets L_schema reach 0 at a constant m (weights 0, equal
+    # biases), and weight decay skips biases: off by default.
+    imagery_bias: bool = False
+    # Stop-gradient on m_target: otherwise both sides of L_schema move towards each other, and a
+    # constant m is again an exact minimum.
+    detach_schema_target: bool = True
+    # Std of the modulation network's last layer at init: exactly 0 gives the confidence gate zero
+    # gradient at the start (c multiplies a zero scale and shift); small keeps f ~ f_c.
+    modulation_init: float = 1e-3
 
     def validate(self) -> None:
         choices = {
@@ -81,37 +109,13 @@ class ImagineConfig(MethodConfig):
             "schema_metric": ("cosine", "euclidean"),
             "schema_target": ("imagery", "concrete"),
             "global_features": ("separate", "fused"),
+            "assignment": ASSIGNMENTS,
+            "prototype_init": ("kmeans++", "query_tokens"),
+            "update_every": ("step", "epoch"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"imagine.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-
-
-class PrototypeLibrary(nn.Module):
-    """K prototypes updated by batch-wise momentum attention (buffers: saved in checkpoints)."""
-
-    def __init__(self, init: torch.Tensor, momentum: float, temperature: float, update: str):
-        super().__init__()
-        self.register_buffer("prototypes", init.detach().clone())
-        self.momentum = momentum
-        self.temperature = temperature
-        self.mode = update
-
-    @torch.no_grad()
-    def update(self, features: torch.Tensor) -> None:
-        if self.mode == "static" or features.shape[0] == 0:
-            return
-        g = features.detach().float()
-        sims = F.normalize(g, dim=-1) @ F.normalize(self.prototypes, dim=-1).T  # (B, K)
-        attention = torch.softmax(sims / self.temperature, dim=0)  # over the batch, per prototype
-        aggregate = attention.T @ g  # (K, C)
-        if self.mode == "replace":
-            self.prototypes.copy_(aggregate)
-        else:
-            self.prototypes.mul_(self.momentum).add_((1 - self.momentum) * aggregate)
-
-    def scores(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(features, dim=-1) @ F.normalize(self.prototypes, dim=-1).T
 
 
 def _gather(x: torch.Tensor) -> torch.Tensor:
@@ -134,19 +138,20 @@ class Imagine(RetrievalMethod):
         self.num_prototypes, width = queries.shape
         self.k = min(cfg.top_k, self.num_prototypes)
         d, h = encoder.embed_dim, cfg.hidden_dim
-        self.visual_library = PrototypeLibrary(queries, cfg.momentum, cfg.update_temperature, cfg.update)
-        self.text_library = PrototypeLibrary(queries, cfg.momentum, cfg.update_temperature, cfg.update)
-        self.visual_imagery = nn.Linear(width, h)
-        self.text_imagery = nn.Linear(width, h)
+        rule = dict(assignment=cfg.assignment, centre=cfg.centre_features, init_mode=cfg.prototype_init)
+        self.visual_library = PrototypeLibrary(queries, cfg.momentum, cfg.update_temperature, cfg.update, **rule)
+        self.text_library = PrototypeLibrary(queries, cfg.momentum, cfg.update_temperature, cfg.update, **rule)
+        self.visual_imagery = nn.Linear(width, h, bias=cfg.imagery_bias)
+        self.text_imagery = nn.Linear(width, h, bias=cfg.imagery_bias)
         self.fusion_logits = nn.Parameter(torch.zeros(2))  # reference-side vs text-side weights
         self.modulation = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 2 * d))
         self.confidence = nn.Sequential(nn.Linear(h + d, h), nn.GELU(), nn.Linear(h, 1))
         self.additive = nn.Linear(h, d)
         self.attention_in = nn.Linear(width, d)
         self.cross_attention = nn.MultiheadAttention(d, num_heads=4 if d % 4 == 0 else 1, batch_first=True)
-        self.concrete_to_imagery = nn.Linear(d, h)
-        # Start as the identity around f_c: zero scale and shift until the networks learn.
-        nn.init.zeros_(self.modulation[-1].weight)
+        self.concrete_to_imagery = nn.Linear(d, h, bias=cfg.imagery_bias)
+        # Start close to the identity around f_c: small scale and shift (see modulation_init).
+        nn.init.normal_(self.modulation[-1].weight, std=cfg.modulation_init)
         nn.init.zeros_(self.modulation[-1].bias)
         nn.init.zeros_(self.additive.weight)
         nn.init.zeros_(self.additive.bias)
@@ -177,11 +182,15 @@ class Imagine(RetrievalMethod):
 
     @torch.no_grad()
     def weights_loaded(self, names: set[str]) -> None:
-        """After ``train.init_from``: libraries the source lacked start from its query tokens (the paper's init)."""
+        """After ``train.init_from``: libraries the source lacked start afresh from the loaded query
+        tokens (placed on the first features instead with ``prototype_init: kmeans++``)."""
         queries = self.encoder.query_token_init()
         for name in ("visual_library", "text_library"):
+            library = getattr(self, name)
             if f"{name}.prototypes" not in names:
-                getattr(self, name).prototypes.copy_(queries)
+                library.prototypes.copy_(F.normalize(queries, dim=-1) if library.centre else queries)
+                library.state.zero_()
+                library.mean.zero_()
 
     # ------------------------------------------------------------------------------ SIC
     def visual_global(self, frames: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
@@ -285,9 +294,11 @@ class Imagine(RetrievalMethod):
         if cfg.use_sic and cfg.schema_weight > 0:
             m = out["m"]
             if cfg.schema_target == "concrete":
-                goal = self.concrete_to_imagery(target)  # the target's concrete feature, in imagery width
+                # The target's concrete feature, in imagery width (the projection still learns).
+                goal = self.concrete_to_imagery(target.detach() if cfg.detach_schema_target else target)
             else:
                 goal, _, _ = self.imagery(self.visual_library, self.visual_imagery, target_hidden.mean(1))
+                goal = goal.detach() if cfg.detach_schema_target else goal
             if cfg.schema_metric == "euclidean":
                 schema = (m - goal).pow(2).sum(-1).sqrt().mean()
             else:
@@ -304,6 +315,21 @@ class Imagine(RetrievalMethod):
     def after_step(self, step: int) -> None:
         """The prototype updates of this step's forward passes (one per micro-batch, in order), with
         every rank's features under DDP so that all ranks keep the same libraries."""
+        if self.config.update_every == "epoch":
+            return
+        self._apply_updates()
+
+    @torch.no_grad()
+    def after_epoch(self, epoch: int) -> None:
+        """``update_every: epoch``: one update with every feature of the epoch. (A run killed
+        mid-epoch resumes without the features gathered before the kill.)"""
+        if self.config.update_every == "epoch" and self._pending_updates:
+            visual = torch.cat([v for v, _ in self._pending_updates])
+            text = torch.cat([t for _, t in self._pending_updates])
+            self._pending_updates = [(visual, text)]
+            self._apply_updates()
+
+    def _apply_updates(self) -> None:
         pending, self._pending_updates = self._pending_updates, []
         for visual, text in pending:
             if torch.distributed.is_available() and torch.distributed.is_initialized():

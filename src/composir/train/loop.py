@@ -347,6 +347,7 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, stop_after
                     window["compute"] += time.perf_counter() - t_start
                 t_data = time.perf_counter()
             else:
+                method.after_epoch(state["epoch"])
                 state["epoch"] += 1
                 state["batch_in_epoch"] = 0
     except KeyboardInterrupt:
