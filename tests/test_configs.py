@@ -12,6 +12,7 @@ from composir.encoders import available_encoders
 from composir.methods import available_methods
 from composir.methods.registry import _METHODS
 from composir.train import load_config
+from composir.utils.typed import build_dataclass
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [*sorted((ROOT / "configs").glob("*.yaml")), ROOT / "src/composir/configs/demo.yaml"]
@@ -22,6 +23,10 @@ def test_config_is_valid(path):
     cfg = load_config(path)
     assert cfg.encoder.name in available_encoders()
     assert cfg.method.name in available_methods()
-    fields = {f.name for f in dataclasses.fields(_METHODS[cfg.method.name].config_class)}
+    config_class = _METHODS[cfg.method.name].config_class
+    fields = {f.name for f in dataclasses.fields(config_class)}
     assert set(cfg.method.config or {}) <= fields
+    typed = build_dataclass(config_class, cfg.method.config, "method.config")  # types checked too
+    if hasattr(typed, "validate"):
+        typed.validate()
     assert cfg.data.benchmark in READERS

@@ -24,6 +24,8 @@ def load_synthetic(root: str | Path, split: str) -> Benchmark:
     # The synthetic test split has targets (it is ours, not a test server's).
     bench.has_targets = True
     bench.protocol = PROTOCOLS["synthetic"]
+    for q in bench.queries:  # the one caption a method that reads one takes (CoVR-2's txt2)
+        q.extra.setdefault("target_caption", (q.extra.get("target_captions") or {}).get("global", ""))
     if family:
         bench.queries = [q for q in bench.queries if q.extra.get("family") == family]
         bench.split = split

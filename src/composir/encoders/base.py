@@ -122,6 +122,9 @@ class QFormerBackbone(Protocol):
     def project_image(self, hidden: torch.Tensor) -> torch.Tensor:
         """Query-token outputs into the joint embedding space (BLIP-2's ``vision_projection``)."""
 
+    def project_text(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Text or fused outputs into the joint embedding space (BLIP-2's ``text_projection``)."""
+
     def text_hidden(self, tokens: Tokens) -> torch.Tensor:
         """The Q-Former in text-only mode: (B, L, width)."""
 

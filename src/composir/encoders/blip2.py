@@ -147,6 +147,9 @@ class Blip2Encoder(Encoder):
     def project_image(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.vision_projection(hidden)
 
+    def project_text(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.text_projection(hidden)
+
     def query_token_init(self) -> torch.Tensor:
         return self.model.query_tokens.detach()[0]
 

@@ -38,6 +38,9 @@ class RetrievalMethod(nn.Module):
 
     name = "method"
     config_class: type[MethodConfig] = MethodConfig
+    # Frozen parameters under these prefixes are rebuilt from the config (``pretrained``) when a
+    # run is loaded, so checkpoints leave them out (``train.save_frozen`` keeps them).
+    rebuilt_prefixes: tuple[str, ...] = ("encoder.", "target_encoder.")
     # Whether ``encode_target`` reads the item's caption (``GalleryItem.caption``) besides its
     # frames: evaluation, indexing and search then tokenize captions for it.
     target_text = False

@@ -1,31 +1,143 @@
 """The BLIP-2 multimodal fusion baseline (CoVR-2 / SPRC style).
 
 The composed query is the Q-Former's joint encoding of the text and the query tokens while they
-cross-attend to the reference's ViT tokens (``Encoder.encode_query``); the target is the
-Q-Former image feature. Needs an encoder with fusion (``blip2`` or ``tiny``).
+cross-attend to the reference's vision tokens (``QFormerBackbone.fusion_hidden``); the target is
+the Q-Former image feature. Needs an encoder with a Q-Former (``blip2`` or ``tiny``).
+
+Defaults are composir's first baseline (the projected query-token mean, targets through the
+trained model, a learned temperature, InfoNCE). The switches below make it CoVR-2 as its code
+does it (``configs/covr2-webvid-covr.yaml`` sets them all):
+
+- ``token_norm``: each projected query token normalised before the mean (query and target);
+- ``frozen_targets``: targets embedded by a frozen copy of the encoder as it was built (the
+  pretrained model), as CoVR-2 embeds them once before training; it is not saved in checkpoints
+  (rebuilt from ``pretrained``) unless the run started from another run's weights;
+- ``caption_weight``: an extra contrastive term between the query and the target's caption
+  (``extra["target_caption"]``), embedded by the same (frozen, if so) model's text path;
+- ``reference_frames: middle``: one middle frame of the reference video;
+- ``target_pooling: embedding``: target frames embedded one by one and their embeddings averaged,
+  instead of averaging their vision tokens before the Q-Former;
+- the loss itself is MethodConfig's: ``loss: hnnce, hn_beta: 0.5, temperature: 0.07,
+  learn_temperature: false, gather_negatives: true``.
 """
 
 from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from composir.encoders.base import QFormerBackbone
 from composir.errors import ConfigError
-from composir.methods.base import RetrievalMethod
+from composir.methods.base import MethodConfig, RetrievalMethod
+from composir.methods.batch import TripletCollator
 from composir.methods.registry import register_method
+
+
+@dataclass
+class QFormerFusionConfig(MethodConfig):
+    token_norm: bool = False
+    frozen_targets: bool = False
+    caption_weight: float = 0.0
+    reference_frames: str = "all"  # all | middle
+    target_pooling: str = "tokens"  # tokens (vision tokens averaged over frames) | embedding
+
+    def validate(self) -> None:
+        if self.reference_frames not in ("all", "middle"):
+            raise ConfigError(f"qformer_fusion.reference_frames must be all or middle, got {self.reference_frames!r}")
+        if self.target_pooling not in ("tokens", "embedding"):
+            raise ConfigError(f"qformer_fusion.target_pooling must be tokens or embedding, got {self.target_pooling!r}")
+        if self.caption_weight < 0:
+            raise ConfigError(f"qformer_fusion.caption_weight must not be negative, got {self.caption_weight}")
+
+
+class CaptionedCollator(TripletCollator):
+    """Adds ``target_caption``: the tokenized caption of each triplet's target."""
+
+    def extend(self, batch: dict[str, Any], items: list[dict[str, Any]]) -> None:
+        captions = [str((x.get("extra") or {}).get("target_caption") or "") for x in items]
+        batch["target_caption"] = self.tokenize(captions)
 
 
 @register_method("qformer_fusion")
 class QFormerFusion(RetrievalMethod):
-    def __init__(self, encoder, config=None):
+    config_class = QFormerFusionConfig
+
+    def __init__(self, encoder, config: QFormerFusionConfig | None = None):
         super().__init__(encoder, config)
+        cfg: QFormerFusionConfig = self.config
+        cfg.validate()
         if not isinstance(encoder, QFormerBackbone):
             raise ConfigError(f"qformer_fusion needs an encoder with a Q-Former fusion; {encoder.name!r} has none")
+        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False).eval() if cfg.frozen_targets else None
 
-    def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.encoder.encode_query(frames, tokens), dim=-1)
+    @property
+    def ddp_find_unused_parameters(self) -> bool:
+        # With frozen targets the live encoder's image projection serves no loss term.
+        return self.target_encoder is not None
 
-    def encode_queries(self, frames: torch.Tensor, tokens: torch.Tensor, reference_index: torch.Tensor) -> torch.Tensor:
-        memory = self.encoder.vision_tokens(frames)[reference_index]  # one ViT pass per reference
-        return F.normalize(self.encoder.pool_fusion(self.encoder.fusion_hidden(None, tokens, memory)), dim=-1)
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.target_encoder is not None:
+            self.target_encoder.eval()  # the frozen target model never drops out
+        return self
+
+    def weights_loaded(self, names: set[str]) -> None:
+        """After ``train.init_from``: the frozen target model is the loaded encoder, not the random one."""
+        if self.target_encoder is not None and not any(n.startswith("target_encoder.") for n in names):
+            self.target_encoder.load_state_dict(self.encoder.state_dict())
+
+    def collator(self) -> TripletCollator:
+        return CaptionedCollator(self.encoder.tokenize) if self.config.caption_weight > 0 else super().collator()
+
+    # ------------------------------------------------------------------------------ features
+    def _reference(self, frames: torch.Tensor) -> torch.Tensor:
+        if self.config.reference_frames == "middle" and frames.dim() == 5 and frames.shape[1] > 1:
+            middle = frames.shape[1] // 2
+            return frames[:, middle : middle + 1]
+        return frames
+
+    def _pool(self, projected: torch.Tensor) -> torch.Tensor:
+        """(B, Q, D) projected query tokens -> (B, D), normalised."""
+        if self.config.token_norm:
+            projected = F.normalize(projected, dim=-1)
+        return F.normalize(projected.mean(1), dim=-1)
+
+    def _composed(self, hidden: torch.Tensor) -> torch.Tensor:
+        if not self.config.token_norm:
+            return F.normalize(self.encoder.pool_fusion(hidden), dim=-1)
+        q = self.encoder.num_query_tokens
+        return self._pool(self.encoder.project_text(hidden[:, :q]))
+
+    def encode_query(self, frames: torch.Tensor, tokens) -> torch.Tensor:
+        return self._composed(self.encoder.fusion_hidden(self._reference(frames), tokens))
+
+    def encode_queries(self, frames: torch.Tensor, tokens, reference_index: torch.Tensor) -> torch.Tensor:
+        memory = self.encoder.vision_tokens(self._reference(frames))[reference_index]  # one ViT pass per reference
+        return self._composed(self.encoder.fusion_hidden(None, tokens, memory))
+
+    def encode_target(self, frames: torch.Tensor, tokens=None) -> torch.Tensor:
+        encoder = self.target_encoder if self.target_encoder is not None else self.encoder
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.target_encoder is None):
+            if self.config.target_pooling == "embedding" and frames.dim() == 5 and frames.shape[1] > 1:
+                b, t = frames.shape[:2]
+                single = frames.flatten(0, 1)[:, None]  # every frame as an image of its own
+                per_frame = self._pool(encoder.project_image(encoder.image_query_outputs(single)))
+                return F.normalize(per_frame.view(b, t, -1).mean(1), dim=-1)
+            return self._pool(encoder.project_image(encoder.image_query_outputs(frames)))
+
+    def encode_caption(self, tokens) -> torch.Tensor:
+        encoder = self.target_encoder if self.target_encoder is not None else self.encoder
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.target_encoder is None):
+            return F.normalize(encoder.encode_text(tokens), dim=-1)
+
+    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        query = self.encode_query(batch["reference"], batch["tokens"])
+        out = {"contrastive": self.contrastive(query, self.encode_target(batch["target"]))}
+        if self.config.caption_weight > 0:
+            captions = self.encode_caption(batch["target_caption"])
+            out["caption"] = self.config.caption_weight * self.contrastive(query, captions)
+        return out

@@ -30,7 +30,8 @@ def model_state(method: torch.nn.Module, save_frozen: bool) -> dict[str, torch.T
     state = method.state_dict()
     if save_frozen:
         return state
-    frozen = {name for name, p in method.named_parameters() if not p.requires_grad and name.startswith("encoder.")}
+    prefixes = getattr(method, "rebuilt_prefixes", ("encoder.",))
+    frozen = {name for name, p in method.named_parameters() if not p.requires_grad and name.startswith(prefixes)}
     return {k: v for k, v in state.items() if k not in frozen}
 
 
