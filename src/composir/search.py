@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from composir.errors import ComposirError
-from composir.index import GalleryIndex, inside, load_query_frames
+from composir.index import GalleryIndex, IndexDamagedError, inside, load_query_frames
 
 
 @dataclass
@@ -74,7 +74,12 @@ class Searcher:
         name = self.index.current_generation()
         if name is None or name == self.index.current_name:
             return False
-        fresh = GalleryIndex(self.index.root)
+        try:
+            fresh = GalleryIndex(self.index.root)
+        except IndexDamagedError:
+            # A writer switched generations again between our reading CURRENT and loading it (and
+            # removed the one we read): keep answering from the loaded one; the next request retries.
+            return False
         self._check(fresh)
         self.index = fresh
         return True
