@@ -172,202 +172,258 @@ def train(cfg: RunConfig, resume: bool = True, progress: bool = True, stop_after
 
     ``stop_after`` ends the process's work after that many optimizer steps of this call (tests).
     """
-    validate_config(cfg)
-    device = resolve_device(cfg.train.device)
-    info = init_distributed(device)
-    if device.type == "cuda" and info.world_size > 1:
-        device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
-    out = Path(cfg.output_dir)
-    checkpoints = out / "checkpoints"
-    metrics = MetricsLog(out / "metrics.csv")
+    return Trainer(cfg, resume, progress).run(stop_after)
 
-    method = build_from_config(cfg).to(device)
-    if cfg.train.init_from:
-        # Before the feature cache: a frozen tower loaded here is what the cache's fingerprint must match.
-        loaded = ckpt.init_weights_from(method, cfg.train.init_from)
-        if info.main:
-            log.info("initialised %d of %d weights from %s", len(loaded), len(method.state_dict()), cfg.train.init_from)
-    cache = open_feature_cache(method, cfg)
-    bench = load_benchmark(cfg.data.benchmark, cfg.data.root, cfg.data.train_split)
-    for split in cfg.data.val_splits:  # a missing or broken val split is found now, not after training
-        load_benchmark(cfg.data.benchmark, cfg.data.root, split)
-    if info.main:
-        # Only now that the model and data are known to work does the folder become a run.
-        out.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(out)
-        remove_leftovers(checkpoints, all_hidden=True)
-        save_config(cfg, out / "config.yaml")
-    if cfg.data.max_train_queries:
-        bench.queries = bench.queries[: cfg.data.max_train_queries]
-    dataset = TripletDataset(
-        bench,
-        method.encoder.preprocess,
-        cfg.data.num_frames,
-        cfg.data.augment,
-        cfg.train.seed,
-        cache=cache,
-    )
-    sampler = ResumableBatchSampler(
-        len(dataset),
-        cfg.train.batch_size,
-        cfg.train.seed,
-        dataset.groups() if cfg.data.group_by_set else None,
-        info.rank,
-        info.world_size,
-    )
-    collate = method.collator()
-    optimizer = torch.optim.AdamW(_param_groups(method, cfg), lr=cfg.train.lr)
-    total_steps = cfg.train.max_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, cfg.train.warmup_steps, total_steps)
-    )
-    amp_dtype = _amp_dtype(cfg, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None, "best_step": None}
-    latest = ckpt.latest_checkpoint(checkpoints) if resume else None
-    if latest is not None:
-        saved = ckpt.read_trainer_state(latest)
-        ckpt.load_model_weights(method, latest)
+class Trainer:
+    """One training run: set up (config checked, model built, data read, run folder written, state
+    restored), then ``run``: epochs of micro-batches, optimizer steps, logging, evaluation and
+    checkpoints. Every random draw depends on (seed, epoch, index) or (seed, micro-step) only,
+    so a resumed run repeats the uninterrupted one exactly."""
+
+    def __init__(self, cfg: RunConfig, resume: bool = True, progress: bool = True):
+        validate_config(cfg)
+        self.cfg = cfg
+        self.progress = progress
+        self.device = resolve_device(cfg.train.device)
+        self.info = init_distributed(self.device)
+        if self.device.type == "cuda" and self.info.world_size > 1:
+            self.device = torch.device("cuda", self.info.local_rank)
+            torch.cuda.set_device(self.device)
+        self.out = Path(cfg.output_dir)
+        self.checkpoints = self.out / "checkpoints"
+        self.metrics = MetricsLog(self.out / "metrics.csv")
+        self.method, self.cache, bench = self._build()
+        self._write_run_folder()
+        if cfg.data.max_train_queries:
+            bench.queries = bench.queries[: cfg.data.max_train_queries]
+        self.dataset = TripletDataset(
+            bench,
+            self.method.encoder.preprocess,
+            cfg.data.num_frames,
+            cfg.data.augment,
+            cfg.train.seed,
+            cache=self.cache,
+        )
+        self.sampler = ResumableBatchSampler(
+            len(self.dataset),
+            cfg.train.batch_size,
+            cfg.train.seed,
+            self.dataset.groups() if cfg.data.group_by_set else None,
+            self.info.rank,
+            self.info.world_size,
+        )
+        self.collate = self.method.collator()
+        self.optimizer = torch.optim.AdamW(_param_groups(self.method, cfg), lr=cfg.train.lr)
+        self.total_steps = cfg.train.max_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: warmup_cosine(s, cfg.train.warmup_steps, self.total_steps)
+        )
+        self.amp_dtype = _amp_dtype(cfg, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None, "best_step": None}
+        self._restore(resume)
+        self.model = self.method
+        if self.info.world_size > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.method,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.method.ddp_find_unused_parameters,
+            )
+        self.window = {"loss": 0.0, "n": 0, "data": 0.0, "compute": 0.0, "triplets": 0, "skipped": 0}
+
+    # ------------------------------------------------------------------------------ set-up
+    def _build(self):
+        cfg = self.cfg
+        method = build_from_config(cfg).to(self.device)
+        if cfg.train.init_from:
+            # Before the feature cache: a frozen tower loaded here is what the cache's fingerprint must match.
+            loaded = ckpt.init_weights_from(method, cfg.train.init_from)
+            if self.info.main:
+                log.info(
+                    "initialised %d of %d weights from %s", len(loaded), len(method.state_dict()), cfg.train.init_from
+                )
+        cache = open_feature_cache(method, cfg)
+        bench = load_benchmark(cfg.data.benchmark, cfg.data.root, cfg.data.train_split)
+        for split in cfg.data.val_splits:  # a missing or broken val split is found now, not after training
+            load_benchmark(cfg.data.benchmark, cfg.data.root, split)
+        return method, cache, bench
+
+    def _write_run_folder(self) -> None:
+        """Only once the model and data are known to work does the folder become a run."""
+        if self.info.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            remove_leftovers(self.out)
+            remove_leftovers(self.checkpoints, all_hidden=True)
+            save_config(self.cfg, self.out / "config.yaml")
+
+    def _restore(self, resume: bool) -> None:
+        latest = ckpt.latest_checkpoint(self.checkpoints) if resume else None
+        if latest is None:
+            if self.info.main:
+                self.metrics.truncate_after(-1)  # a fresh start: rows of a run killed before its first checkpoint go
+            return
         from safetensors.torch import load_file
 
-        ckpt.restore_optimizer(optimizer, load_file(str(latest / "optimizer.safetensors")), saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
+        saved = ckpt.read_trainer_state(latest)
+        ckpt.load_model_weights(self.method, latest)
+        ckpt.restore_optimizer(self.optimizer, load_file(str(latest / "optimizer.safetensors")), saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
         if saved.get("grad_scaler"):
-            scaler.load_state_dict(saved["grad_scaler"])
-        state = {k: saved[k] for k in state}
-        if info.main:
-            metrics.truncate_after(state["step"])
-            log.info("resumed from %s at step %d", latest, state["step"])
-    elif info.main:
-        metrics.truncate_after(-1)  # a fresh start: rows of a run killed before its first checkpoint go
-    model = method
-    if info.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            method,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=method.ddp_find_unused_parameters,
-        )
+            self.scaler.load_state_dict(saved["grad_scaler"])
+        self.state = {k: saved[k] for k in self.state}
+        if self.info.main:
+            self.metrics.truncate_after(self.state["step"])
+            log.info("resumed from %s at step %d", latest, self.state["step"])
 
-    def save(name: str, extra: dict[str, Any] | None = None) -> None:
-        trainer_state = {**state, "scheduler": scheduler.state_dict(), "config": cfg.to_dict(), **(extra or {})}
+    # ------------------------------------------------------------------------------ checkpoints, evaluation
+    def save(self, name: str, extra: dict[str, Any] | None = None) -> None:
+        trainer_state = {
+            **self.state,
+            "scheduler": self.scheduler.state_dict(),
+            "config": self.cfg.to_dict(),
+            **(extra or {}),
+        }
         ckpt.save_checkpoint(
-            checkpoints / name,
-            method,
-            optimizer if name != "best" else None,
+            self.checkpoints / name,
+            self.method,
+            self.optimizer if name != "best" else None,
             trainer_state,
             # Frozen weights from init_from cannot be rebuilt from `pretrained`: keep them.
-            cfg.train.save_frozen or bool(cfg.train.init_from),
-            scaler.state_dict() if scaler.is_enabled() else None,
+            self.cfg.train.save_frozen or bool(self.cfg.train.init_from),
+            self.scaler.state_dict() if self.scaler.is_enabled() else None,
         )
 
-    def run_eval() -> None:
-        results = evaluate_splits(method, cfg, device, cache)
+    def evaluate(self) -> None:
+        cfg, state = self.cfg, self.state
+        results = evaluate_splits(self.method, cfg, self.device, self.cache)
         for split, m in results.items():
-            metrics.write(state["step"], split, m)
+            self.metrics.write(state["step"], split, m)
         first = results[cfg.data.val_splits[0]]
         value = first.get(cfg.train.eval_metric)
         if value is not None and (state["best_metric"] is None or value > state["best_metric"]):
             state["best_metric"], state["best_step"] = value, state["step"]
-            save("best", {"best_metrics": results})
-        metrics.plot(out / "training.png")
+            self.save("best", {"best_metrics": results})
+        self.metrics.plot(self.out / "training.png")
         summary = "  ".join(f"{k}={v:.1f}" for k, v in first.items() if k.startswith("R"))
         tqdm.write(f"step {state['step']}: {cfg.data.val_splits[0]} {summary}")
-        method.train()
+        self.method.train()
 
-    accum = cfg.train.grad_accum
-    micro = state["step"] * accum
-    steps_done_here = 0
-    bar = tqdm(
-        total=total_steps, initial=state["step"], desc="train", unit="step", disable=not (progress and info.main)
-    )
-    window = {"loss": 0.0, "n": 0, "data": 0.0, "compute": 0.0, "triplets": 0, "skipped": 0}
-    method.train()
-    finished = state["step"] >= total_steps
-    try:
-        while not finished:
-            dataset.epoch = state["epoch"]
-            loader = DataLoader(
-                dataset,
-                batch_sampler=list(sampler.epoch_batches(state["epoch"], state["batch_in_epoch"])),
-                num_workers=cfg.train.num_workers,
-                collate_fn=collate,
-                persistent_workers=False,
-                pin_memory=device.type == "cuda",
-            )
-            t_data = time.perf_counter()
-            for batch in loader:
-                t_start = time.perf_counter()
-                window["data"] += t_start - t_data
-                state["batch_in_epoch"] += 1
-                window["skipped"] += batch["skipped"]
-                if _every_rank_has_data(batch, info, device):
-                    torch.manual_seed(cfg.train.seed * 1_000_003 + micro)
-                    # Gradients are all-reduced only on the micro-batch that ends a step.
-                    last_micro = (micro + 1) % accum == 0
-                    no_sync = model.no_sync() if info.world_size > 1 and not last_micro else contextlib.nullcontext()
-                    with no_sync:
-                        losses, loss = _forward_backward(model, batch, device, amp_dtype, scaler, accum)
-                    window["loss"] += loss
-                    window["n"] += 1
-                    window["triplets"] += batch["size"] * info.world_size
-                micro += 1
-                if micro % accum == 0:
-                    scaler.unscale_(optimizer)
-                    if cfg.train.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.train.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-                    state["step"] += 1
-                    method.after_step(state["step"])
-                    steps_done_here += 1
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    window["compute"] += time.perf_counter() - t_start
-                    bar.update(1)
-                    if info.main and (state["step"] % cfg.train.log_every == 0 or state["step"] == total_steps):
-                        _log_window(metrics, state, window, scheduler, losses, bar)
-                    if state["step"] % cfg.train.eval_every == 0 or state["step"] == total_steps:
-                        if info.main:
-                            run_eval()
-                        if info.world_size > 1:
-                            dist.barrier()
-                    if info.main and (state["step"] % cfg.train.save_every == 0 or state["step"] == total_steps):
-                        name = f"step-{state['step']:07d}"
-                        save(name)
-                        ckpt.set_latest(checkpoints, name)
-                        ckpt.prune(checkpoints, cfg.train.keep_last)
-                    if state["step"] >= total_steps or (stop_after is not None and steps_done_here >= stop_after):
-                        finished = True
-                        break
-                else:
-                    window["compute"] += time.perf_counter() - t_start
-                t_data = time.perf_counter()
+    # ------------------------------------------------------------------------------ the loop
+    def run(self, stop_after: int | None = None) -> dict[str, Any]:
+        self.micro = self.state["step"] * self.cfg.train.grad_accum
+        self.steps_done_here = 0
+        self.losses: dict[str, torch.Tensor] = {}  # the last micro-batch's terms, for the log
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=self.state["step"],
+            desc="train",
+            unit="step",
+            disable=not (self.progress and self.info.main),
+        )
+        self.method.train()
+        finished = self.state["step"] >= self.total_steps
+        try:
+            while not finished:
+                finished = self._epoch(stop_after)
+        except KeyboardInterrupt:
+            self.bar.close()
+            last = ckpt.latest_checkpoint(self.checkpoints)
+            where = f"the last checkpoint is {last.name}" if last is not None else "no checkpoint was written yet"
+            raise WorkInterrupted(
+                f"training interrupted at step {self.state['step']} of {self.total_steps}; {where}; "
+                f"run the same command again to resume from it (run folder {self.out})"
+            ) from None
+        self.bar.close()
+        if self.info.world_size > 1:
+            dist.barrier()
+        return {
+            "step": self.state["step"],
+            "best_metric": self.state["best_metric"],
+            "best_step": self.state["best_step"],
+            "output_dir": str(self.out),
+        }
+
+    def _epoch(self, stop_after: int | None) -> bool:
+        """The rest of the current epoch; True when training is over (max_steps or ``stop_after``)."""
+        state, window = self.state, self.window
+        self.dataset.epoch = state["epoch"]
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=list(self.sampler.epoch_batches(state["epoch"], state["batch_in_epoch"])),
+            num_workers=self.cfg.train.num_workers,
+            collate_fn=self.collate,
+            persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
+        )
+        t_data = time.perf_counter()
+        for batch in loader:
+            t_start = time.perf_counter()
+            window["data"] += t_start - t_data
+            state["batch_in_epoch"] += 1
+            window["skipped"] += batch["skipped"]
+            if _every_rank_has_data(batch, self.info, self.device):
+                self.losses = self._micro_step(batch)
+            self.micro += 1
+            if self.micro % self.cfg.train.grad_accum == 0:
+                self._optimizer_step()
+                window["compute"] += time.perf_counter() - t_start
+                if self._after_step(stop_after):
+                    return True
             else:
-                method.after_epoch(state["epoch"])
-                state["epoch"] += 1
-                state["batch_in_epoch"] = 0
-    except KeyboardInterrupt:
-        bar.close()
-        last = ckpt.latest_checkpoint(checkpoints)
-        where = f"the last checkpoint is {last.name}" if last is not None else "no checkpoint was written yet"
-        raise WorkInterrupted(
-            f"training interrupted at step {state['step']} of {total_steps}; {where}; "
-            f"run the same command again to resume from it (run folder {out})"
-        ) from None
-    bar.close()
-    summary = {
-        "step": state["step"],
-        "best_metric": state["best_metric"],
-        "best_step": state["best_step"],
-        "output_dir": str(out),
-    }
-    if info.world_size > 1:
-        dist.barrier()
-    return summary
+                window["compute"] += time.perf_counter() - t_start
+            t_data = time.perf_counter()
+        self.method.after_epoch(state["epoch"])
+        state["epoch"] += 1
+        state["batch_in_epoch"] = 0
+        return False
+
+    def _micro_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        accum = self.cfg.train.grad_accum
+        torch.manual_seed(self.cfg.train.seed * 1_000_003 + self.micro)
+        # Gradients are all-reduced only on the micro-batch that ends a step.
+        last_micro = (self.micro + 1) % accum == 0
+        distributed = self.info.world_size > 1
+        no_sync = self.model.no_sync() if distributed and not last_micro else contextlib.nullcontext()
+        with no_sync:
+            losses, loss = _forward_backward(self.model, batch, self.device, self.amp_dtype, self.scaler, accum)
+        self.window["loss"] += loss
+        self.window["n"] += 1
+        self.window["triplets"] += batch["size"] * self.info.world_size
+        return losses
+
+    def _optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        if self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.state["step"] += 1
+        self.method.after_step(self.state["step"])
+        self.steps_done_here += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.bar.update(1)
+
+    def _after_step(self, stop_after: int | None) -> bool:
+        """Logging, evaluation and checkpoints due at this step; True when training is over."""
+        cfg, state, info = self.cfg.train, self.state, self.info
+        step, last = state["step"], state["step"] == self.total_steps
+        if info.main and (step % cfg.log_every == 0 or last):
+            _log_window(self.metrics, state, self.window, self.scheduler, self.losses, self.bar)
+        if step % cfg.eval_every == 0 or last:
+            if info.main:
+                self.evaluate()
+            if info.world_size > 1:
+                dist.barrier()
+        if info.main and (step % cfg.save_every == 0 or last):
+            name = f"step-{step:07d}"
+            self.save(name)
+            ckpt.set_latest(self.checkpoints, name)
+            ckpt.prune(self.checkpoints, cfg.keep_last)
+        return step >= self.total_steps or (stop_after is not None and self.steps_done_here >= stop_after)
 
 
 def _every_rank_has_data(batch: dict[str, Any], info: DistInfo, device: torch.device) -> bool:
