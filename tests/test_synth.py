@@ -87,3 +87,90 @@ def test_video_variant(tmp_path):
     from composir.data.media import load_video
 
     assert len(load_video(item.path, 4)) == 4
+
+
+# ------------------------------------------------------------------ the schema benchmark (issue 12)
+def _schema_bench(tmp_path, workers=1, seed=5):
+    from composir.synth import SynthConfig, generate
+
+    out = tmp_path / f"schemas-{workers}"
+    cfg = SynthConfig(
+        out=out,
+        seed=seed,
+        size=60,
+        workers=workers,
+        schemas=True,
+        schema_appearances=3,
+        schema_test_queries=24,
+        schema_val_queries=6,
+    )
+    generate(cfg, progress=False)
+    return out
+
+
+def _entries(root, split):
+    import json
+
+    return json.loads((root / "captions" / f"cap.rc2.{split}.json").read_text())
+
+
+def _cues(scene: dict) -> set:
+    return {(o["colour"], o["shape"]) for o in scene["objects"]} | {("background", scene["background"])}
+
+
+def test_schema_benchmark_buckets_cues_and_names(tmp_path):
+    from composir.synth.schemas import BUCKETS, make_schemas
+
+    schemas = make_schemas(5)
+    assert len({(s.objects, s.background) for s in schemas}) == 24
+    assert all(2 <= len(s.objects) + (s.background is not None) <= 4 for s in schemas)
+    assert sorted(s.shots for s in schemas) == [0] * 4 + [1] * 5 + [4] * 5 + [16] * 5 + [64] * 5
+    root = _schema_bench(tmp_path)
+    test = _entries(root, "test")
+    counts = {b: sum(e["family"] == b for e in test) for b in BUCKETS}
+    assert all(n >= 24 for n in counts.values()), counts
+    by_name = {s.name: s for s in schemas}
+    for e in test:
+        if not e["family"].startswith("schema"):
+            continue
+        schema = by_name[e["schema"]["name"]]
+        wanted = {*schema.objects} | ({("background", schema.background)} if schema.background else set())
+        assert wanted <= _cues(e["target_scene"]), e["caption"]  # the target holds every cue
+        assert schema.name in e["caption"] and len(e["hard_negatives"]) >= 2
+    train = _entries(root, "train")
+    implicit_train = [e for e in train if e["family"].startswith("schema-") and e["family"] != "schema-appearance"]
+    for s in schemas:  # shots per schema as planned; transfer schemas get none
+        assert sum(e["schema"]["name"] == s.name for e in implicit_train) == s.shots
+    for e in (e for e in train if e["family"] == "schema-appearance"):
+        named = e["schema"]["name"] in e["caption"]
+        assert named == (by_name[e["schema"]["name"]].shots == 0), e["caption"]  # only transfer paraphrases name it
+
+
+def test_schema_references_hold_at_most_one_cue_and_gate_references_another_schema(tmp_path):
+    from composir.synth.schemas import make_schemas
+
+    root = _schema_bench(tmp_path)
+    schemas = make_schemas(5)
+    by_name = {s.name: s for s in schemas}
+
+    def cues_of(schema):
+        return {*schema.objects} | ({("background", schema.background)} if schema.background else set())
+
+    gates = 0
+    for e in _entries(root, "test"):
+        if not e["family"].startswith("schema"):
+            continue
+        asked, held = by_name[e["schema"]["name"]], _cues(e["reference_scene"])
+        if e["family"] == "schema-gate":
+            gates += 1
+            others = [s for s in schemas if s.name != asked.name and cues_of(s) <= held]
+            assert others, e["caption"]  # the reference is another schema's complete scene
+        else:
+            assert len(cues_of(asked) & held) <= 1, e["caption"]  # new references with 0-1 cues
+    assert gates >= 24
+
+
+def test_schema_benchmark_is_the_same_for_a_seed_whatever_the_workers(tmp_path):
+    one, two = _schema_bench(tmp_path, workers=1), _schema_bench(tmp_path, workers=2)
+    for split in ("train", "val", "test"):
+        assert _entries(one, split) == _entries(two, split)

@@ -52,6 +52,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         num_frames=args.frames,
         workers=args.workers,
+        schemas=args.schemas,
+        schema_test_queries=args.schema_test_queries,
     )
     summary = generate(cfg)
     sheet = render_contact_sheet(load_benchmark("synthetic", args.out, "val"), Path(args.out) / "contact_sheet.png")
@@ -59,7 +61,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         s = summary[split]
         print(
             f"{split:5s}: {s['triplets']:6d} triplets ({s['explicit']} explicit, {s['multi']} multi, "
-            f"{s['implicit']} implicit), {s['images']} {'videos' if args.video else 'images'}"
+            f"{s['implicit']} implicit, {s['schema']} schema), {s['images']} {'videos' if args.video else 'images'}"
         )
     print(f"wrote {args.out} (contact sheet: {sheet})")
     return 0
@@ -323,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--frames", type=int, default=8, help="frames per video")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--schemas", action="store_true", help="add the schema benchmark (24 schemas, shot levels, transfer, gate)"
+    )
+    p.add_argument("--schema-test-queries", type=positive_int, default=500, help="test queries per schema bucket")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("eval", help="evaluate a model on a benchmark split")

@@ -28,6 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from composir.data.media import write_video
+from composir.synth import schemas as schema_bench
 from composir.synth.concepts import concepts_for
 from composir.synth.render import render_frames
 from composir.synth.scenes import (
@@ -59,6 +60,11 @@ class SynthConfig:
     split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
     family_mix: dict[str, float] = field(default_factory=lambda: {"explicit": 0.4, "multi": 0.3, "implicit": 0.3})
     workers: int = 2
+    # The schema benchmark (synth/schemas.py) on top of the families above.
+    schemas: bool = False
+    schema_appearances: int = 40  # training triplets per schema showing its complete scene
+    schema_test_queries: int = 500  # per test bucket
+    schema_val_queries: int = 50  # per val bucket
 
 
 @dataclass
@@ -208,9 +214,38 @@ def _family_task(args: tuple) -> tuple[list[str], dict[str, str], list[dict[str,
     cfg, split, kind, index = args
     rng = np.random.default_rng([cfg.seed, SPLITS.index(split), FAMILY_KINDS.index(kind), index])
     plan = PLANNERS[kind](rng, cfg.video)
+    return _write_family(cfg, split, f"{split}-{kind[0]}{index:05d}", plan, kind, rng)
+
+
+SCHEMA_JOBS = ("appearance", "implicit", "gate")
+
+
+def _schema_task(args: tuple) -> tuple[list[str], dict[str, str], list[dict[str, Any]]]:
+    cfg, split, job, schema_index, index = args
+    schemas = schema_bench.make_schemas(cfg.seed)
+    schema = schemas[schema_index]
+    rng = np.random.default_rng([cfg.seed, SPLITS.index(split), 100 + SCHEMA_JOBS.index(job), schema_index, index])
+    if job == "appearance":
+        members, triplet = schema_bench.plan_appearance(rng, cfg.video, schemas, schema)
+        family = "schema-appearance"
+    else:
+        members, triplet = schema_bench.plan_implicit(rng, cfg.video, schemas, schema, gate=job == "gate")
+        family = "schema-gate" if job == "gate" else schema.bucket
+    prefix = f"{split}-s{SCHEMA_JOBS.index(job)}{schema_index:02d}{index:04d}"
+    return _write_family(cfg, split, prefix, FamilyPlan(members, [triplet]), family, rng)
+
+
+def _run_task(args: tuple) -> tuple[list[str], dict[str, str], list[dict[str, Any]]]:
+    return _schema_task(args[1:]) if args[0] == "schema" else _family_task(args[1:])
+
+
+def _write_family(
+    cfg: SynthConfig, split: str, prefix: str, plan: FamilyPlan, family: str, rng: np.random.Generator
+) -> tuple[list[str], dict[str, str], list[dict[str, Any]]]:
+    """Render a family's scenes and write its annotation entries (CIRR layout + extra fields)."""
     folder = Path(cfg.out) / split
     suffix = ".mp4" if cfg.video else ".png"
-    names = [f"{split}-{kind[0]}{index:05d}-{m}" for m in range(len(plan.members))]
+    names = [f"{prefix}-{m}" for m in range(len(plan.members))]
     paths: dict[str, str] = {}
     for name, scene in zip(names, plan.members):
         frames = render_frames(scene, cfg.image_size, cfg.num_frames if cfg.video else 1, rng)
@@ -225,28 +260,51 @@ def _family_task(args: tuple) -> tuple[list[str], dict[str, str], list[dict[str,
     for t in plan.triplets:
         ref_caption = captions[0]["layout"]
         target_caption = captions[t["target"]]["layout"]
-        entries.append(
-            {
-                "reference": names[0],
-                "target_hard": names[t["target"]],
-                "target_soft": {names[t["target"]]: 1.0},
-                "caption": t["text"],
-                "img_set": {"members": names, "reference_rank": 0, "target_rank": t["target"]},
-                "family": kind,
-                "concept": t.get("concept"),
-                "edits": [e.to_json() for e in t["edits"]],
-                "hard_negatives": [names[i] for i in t.get("hard_negatives", [])],
-                "reference_captions": captions[0],
-                "target_captions": captions[t["target"]],
-                "cot": {
-                    "caption": ref_caption,
-                    "reasoning": _reasoning(ref_caption, t["text"], t["concrete"], t.get("concept")),
-                    "conclusion": target_caption,
-                },
-                "target_scene": plan.members[t["target"]].to_json(),
-            }
-        )
+        entry = {
+            "reference": names[0],
+            "target_hard": names[t["target"]],
+            "target_soft": {names[t["target"]]: 1.0},
+            "caption": t["text"],
+            "img_set": {"members": names, "reference_rank": 0, "target_rank": t["target"]},
+            "family": family,
+            "concept": t.get("concept"),
+            "edits": [e.to_json() for e in t["edits"]],
+            "hard_negatives": [names[i] for i in t.get("hard_negatives", [])],
+            "reference_captions": captions[0],
+            "target_captions": captions[t["target"]],
+            "cot": {
+                "caption": ref_caption,
+                "reasoning": _reasoning(ref_caption, t["text"], t["concrete"], t.get("concept")),
+                "conclusion": target_caption,
+            },
+            "target_scene": plan.members[t["target"]].to_json(),
+            "reference_scene": plan.members[0].to_json(),
+        }
+        if "schema" in t:
+            entry["schema"] = t["schema"]
+        entries.append(entry)
     return names, paths, entries
+
+
+def schema_tasks(cfg: SynthConfig) -> list[tuple]:
+    """The schema benchmark's families: training appearances and shots; val/test buckets."""
+    if not cfg.schemas:
+        return []
+    schemas = schema_bench.make_schemas(cfg.seed)
+    tasks: list[tuple] = []
+    for i, schema in enumerate(schemas):
+        tasks += [("schema", "train", "appearance", i, j) for j in range(cfg.schema_appearances)]
+        tasks += [("schema", "train", "implicit", i, j) for j in range(schema.shots)]
+    for split, per_bucket in (("val", cfg.schema_val_queries), ("test", cfg.schema_test_queries)):
+        for bucket in schema_bench.BUCKETS:
+            if bucket == "schema-gate":
+                chosen = [i for i, s in enumerate(schemas) if s.shots > 0]
+            else:
+                chosen = [i for i, s in enumerate(schemas) if s.bucket == bucket]
+            job = "gate" if bucket == "schema-gate" else "implicit"
+            per_schema = math.ceil(per_bucket / len(chosen))
+            tasks += [("schema", split, job, i, j) for i in chosen for j in range(per_schema)]
+    return tasks
 
 
 def family_counts(cfg: SynthConfig) -> dict[str, dict[str, int]]:
@@ -264,14 +322,17 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict[str, Any]:
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
     counts = family_counts(cfg)
-    tasks = [(cfg, split, kind, i) for split in SPLITS for kind in FAMILY_KINDS for i in range(counts[split][kind])]
+    tasks = [
+        ("family", cfg, split, kind, i) for split in SPLITS for kind in FAMILY_KINDS for i in range(counts[split][kind])
+    ]
+    tasks += [(tag, cfg, *rest) for tag, *rest in schema_tasks(cfg)]
     results: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {s: ({}, []) for s in SPLITS}
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     bar = tqdm(total=len(tasks), desc="synth families", unit="fam", disable=not progress)
     pool = ctx.Pool(cfg.workers) if cfg.workers > 1 else None
     try:
-        iterator = pool.imap(_family_task, tasks, chunksize=16) if pool else map(_family_task, tasks)
-        for (_, split, _kind, _), (_names, paths, entries) in zip(tasks, iterator):
+        iterator = pool.imap(_run_task, tasks, chunksize=16) if pool else map(_run_task, tasks)
+        for (_, _, split, *_), (_names, paths, entries) in zip(tasks, iterator):
             results[split][0].update(paths)
             results[split][1].extend(entries)
             bar.update()
@@ -298,6 +359,11 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict[str, Any]:
             "triplets": len(entries),
             "images": len(paths),
             **{kind: sum(e["family"] == kind for e in entries) for kind in FAMILY_KINDS},
+            "schema": sum(e["family"].startswith("schema") for e in entries),
         }
+    if cfg.schemas:
+        summary["schemas"] = [
+            {**s.to_json(), "shots": s.shots, "bucket": s.bucket} for s in schema_bench.make_schemas(cfg.seed)
+        ]
     atomic_write_json(out / "synthetic.json", summary, indent=2)
     return summary
