@@ -435,7 +435,7 @@ class GalleryIndex:
             info = {"media_root": str(media_root), "kind": kind, "refine": refine if kind == "ivfpq" else 0}
             info.update(model_info)
             failed = self._encode_and_commit(
-                todo, deleted, encode, info, batch_size, commit_every, first_batch, nlist, pq_m, progress
+                todo, known, deleted, encode, info, batch_size, commit_every, first_batch, nlist, pq_m, progress
             )
         skipped += [{"file": k, "error": e} for k, e in failed]
         failed_keys = {k for k, _ in failed}
@@ -469,6 +469,7 @@ class GalleryIndex:
     def _encode_and_commit(
         self,
         todo: list[FileEntry],
+        known: dict[str, tuple[int, int, float]],
         deleted: list[str],
         encode,
         info: dict,
@@ -481,8 +482,7 @@ class GalleryIndex:
     ) -> list[tuple[str, str]]:
         """Encode ``todo`` in batches, committing a generation every ``commit_every`` vectors (the
         first commit of a new IVF-PQ index waits for ``first_batch``, its training set); returns
-        the files that failed to encode."""
-        known = self.items()
+        the files that failed to encode. ``known``: the index's items before this update."""
         removed = deleted + [f.key for f in todo if f.key in known]  # applied by the next commit
         vectors = self.vectors
         if vectors is not None and removed:

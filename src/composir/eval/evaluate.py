@@ -152,21 +152,15 @@ def score(
     subset_ranked: list[list[str]] | None,
 ) -> dict[str, float]:
     """The metrics ``protocol`` reports, from rankings (reference already removed where required)."""
-    targets = [q.target_ids for q in queries]
-    out: dict[str, float] = {f"mAP@{k}": M.map_at_k(ranked, targets, k) for k in protocol.map_ks}
-    recall_targets = [[q.extra["target_img_id"]] for q in queries] if protocol.recall_on_first_target else targets
-    out.update({f"R@{k}": M.recall_at_k(ranked, recall_targets, k) for k in protocol.recall_ks})
-    if protocol.subset_ks:
-        subsets, references = [q.subset_ids or [] for q in queries], [q.reference_id for q in queries]
-        for k in protocol.subset_ks:
-            out[f"Rsubset@{k}"] = M.recall_subset_at_k(subset_ranked, targets, subsets, references, k)
-    if protocol.cirr_averages:
-        # The usual CIRR "Avg" vs the IMAGINE paper's mean of all seven numbers.
-        out["Avg(R@5,Rsubset@1)"] = (out["R@5"] + out["Rsubset@1"]) / 2
-        out["Mean(all7)"] = M.mean_of(out, ["R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rsubset@3"])
-    if protocol.mean_recall:
-        out["Mean"] = M.mean_of(out, [f"R@{k}" for k in protocol.recall_ks])
-    return out
+    return M.protocol_metrics(
+        protocol,
+        ranked,
+        [q.target_ids for q in queries],
+        subset_ranked,
+        [q.subset_ids or [] for q in queries],
+        [q.reference_id for q in queries],
+        [q.extra["target_img_id"] for q in queries] if protocol.recall_on_first_target else None,
+    )
 
 
 @torch.no_grad()

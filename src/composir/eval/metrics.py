@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from composir.data.records import PROTOCOLS, Protocol
+
 Ranking = Sequence[str]
 
 
@@ -68,6 +70,31 @@ def mean_of(metrics: dict[str, float], keys: Sequence[str]) -> float:
     return sum(metrics[k] for k in keys) / len(keys)
 
 
+def protocol_metrics(
+    protocol: Protocol,
+    ranked_ids: Sequence[Ranking],
+    target_ids: Sequence[Sequence[str]],
+    subset_ranked_ids: Sequence[Ranking] | None = None,
+    subset_ids: Sequence[Sequence[str]] | None = None,
+    reference_ids: Sequence[str] | None = None,
+    first_targets: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """Every metric ``protocol`` names (``Protocol.metric_names`` order): mAP@K, Recall@K (on
+    ``first_targets`` where the protocol says so), Recall_subset@K and the published averages."""
+    out: dict[str, float] = {f"mAP@{k}": map_at_k(ranked_ids, target_ids, k) for k in protocol.map_ks}
+    recall_targets = [[t] for t in first_targets] if protocol.recall_on_first_target else target_ids
+    out.update({f"R@{k}": recall_at_k(ranked_ids, recall_targets, k) for k in protocol.recall_ks})
+    for k in protocol.subset_ks:
+        out[f"Rsubset@{k}"] = recall_subset_at_k(subset_ranked_ids, target_ids, subset_ids, reference_ids, k)
+    if protocol.cirr_averages:
+        # The usual CIRR "Avg" vs the IMAGINE paper's mean of all seven numbers.
+        out["Avg(R@5,Rsubset@1)"] = (out["R@5"] + out["Rsubset@1"]) / 2
+        out["Mean(all7)"] = mean_of(out, ["R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rsubset@3"])
+    if protocol.mean_recall:
+        out["Mean"] = mean_of(out, [f"R@{k}" for k in protocol.recall_ks])
+    return out
+
+
 def cirr_metrics(
     ranked_ids: Sequence[Ranking],
     subset_ranked_ids: Sequence[Ranking],
@@ -76,13 +103,7 @@ def cirr_metrics(
     reference_ids: Sequence[str],
 ) -> dict[str, float]:
     """Recall@{1,5,10,50}, Recall_subset@{1,2,3} and both published averages, named apart."""
-    out = {f"R@{k}": recall_at_k(ranked_ids, target_ids, k) for k in (1, 5, 10, 50)}
-    for k in (1, 2, 3):
-        out[f"Rsubset@{k}"] = recall_subset_at_k(subset_ranked_ids, target_ids, subset_ids, reference_ids, k)
-    # The usual CIRR "Avg" vs the IMAGINE paper's mean of all seven numbers.
-    out["Avg(R@5,Rsubset@1)"] = (out["R@5"] + out["Rsubset@1"]) / 2
-    out["Mean(all7)"] = mean_of(out, ["R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rsubset@3"])
-    return out
+    return protocol_metrics(PROTOCOLS["cirr"], ranked_ids, target_ids, subset_ranked_ids, subset_ids, reference_ids)
 
 
 def fashioniq_metrics(per_category: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -102,16 +123,11 @@ def circo_metrics(
     ranked_ids: Sequence[Ranking], target_ids: Sequence[Sequence[str]], first_targets: Sequence[str]
 ) -> dict[str, float]:
     """mAP@{5,10,25,50} on all ground truths, and Recall@K on ``target_img_id`` as the official script."""
-    out = {f"mAP@{k}": map_at_k(ranked_ids, target_ids, k) for k in (5, 10, 25, 50)}
-    for k in (5, 10, 25, 50):
-        out[f"R@{k}"] = recall_at_k(ranked_ids, [[t] for t in first_targets], k)
-    return out
+    return protocol_metrics(PROTOCOLS["circo"], ranked_ids, target_ids, first_targets=first_targets)
 
 
 def recall_metrics(
     ranked_ids: Sequence[Ranking], target_ids: Sequence[Sequence[str]], ks: Sequence[int] = (1, 5, 10, 50)
 ) -> dict[str, float]:
     """Recall@ks and their mean (WebVid-CoVR reports R@{1,5,10,50} and the mean)."""
-    out = {f"R@{k}": recall_at_k(ranked_ids, target_ids, k) for k in ks}
-    out["Mean"] = mean_of(out, [f"R@{k}" for k in ks])
-    return out
+    return protocol_metrics(Protocol("recall", recall_ks=tuple(ks), mean_recall=True), ranked_ids, target_ids)
