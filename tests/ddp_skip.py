@@ -7,6 +7,7 @@ empty in the second round. Rank 0 writes the answers to the path given.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import torch
@@ -22,4 +23,8 @@ answers = [_every_rank_has_data(batch, info, torch.device("cpu")) for batch in r
 if rank == 0:
     with open(sys.argv[1], "w") as handle:
         json.dump(answers, handle)
+dist.barrier()
 dist.destroy_process_group()
+# As in ddp_gradients.py: no C++ static destructors at exit (a gloo thread can abort a finished rank).
+sys.stdout.flush()
+os._exit(0)
