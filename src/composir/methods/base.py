@@ -135,6 +135,11 @@ class RetrievalMethod(nn.Module):
     def weights_loaded(self, names: set[str]) -> None:
         """Called after weights named ``names`` were copied in from another run (``train.init_from``)."""
 
+    def diagnostics(self, frames: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:
+        """Numbers about the method's own mechanism on these queries (the claims board shows them
+        beside the method's rows); empty where a method has none."""
+        return {}
+
     def explain(self, frames: torch.Tensor, tokens: torch.Tensor) -> list[dict[str, Any]] | None:
         """Per-query explanation for people (reasoning, prototypes); None where the method has none."""
         return self.encode_query_explained(frames, tokens)[1]

@@ -1,0 +1,407 @@
+"""The claims board: every registered paper claim tested on the schema benchmark, written to docs/claims.md.
+
+For each claim registered by a method file (``composir.methods.claims``), every variant (the
+method, its ablations, the baseline) is trained the same way and scored per test query, over N
+seeds; each check of the claim is judged from a paired two-level bootstrap interval
+(``composir.eval.claims``) and the claim gets a verdict.
+
+Two stages, as the papers fine-tune pretrained backbones: a ``qformer_fusion`` backbone is
+trained once on a plain synthetic image set (no schemas, its own data seed) -- the stand-in for
+pretrained BLIP-2 -- then, for each seed s, the schema benchmark is generated with seed s (new
+schema constellations, new references) and every variant fine-tunes the backbone on it with
+training seed s (new modules' initialisation, batch order) and is evaluated on its test split.
+Variants with identical settings share runs across claims (the baseline is trained once per seed).
+
+    .venv/bin/python benchmarks/claims.py [--quick] [--seeds 0 1 2 3 4] [--jobs 2]
+        [--papers IMAGINE ...] [--out runs/claims] [--doc docs/claims.md]
+
+Everything is cached under --out: a repeated command reuses finished runs (an interrupted run
+resumes from its last checkpoint) and only redraws the board. ``--jobs`` runs that many trainings
+at once, one thread each (2 on a 2-core machine). Run with ``OMP_WAIT_POLICY=PASSIVE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from composir.eval.claims import BASELINE, CheckResult, difference, judge_claim, query_hits
+from composir.methods.claims import Claim, Variant, registered_claims
+from composir.utils.io import atomic_open, atomic_write_json
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "tiny-synthetic-video-imagine.yaml"
+BUCKETS = (
+    "schema-1shot", "schema-4shot", "schema-16shot", "schema-64shot", "schema-transfer", "schema-gate",
+    "explicit", "multi", "implicit",
+)  # fmt: skip
+SHOT_BUCKETS = BUCKETS[:4]
+TABLE_METRICS = ("R@1", "Rsubset@1")
+
+
+@dataclass(frozen=True)
+class BoardSize:
+    size: int  # schema benchmark triplets over all splits
+    test_queries: int  # per schema bucket
+    pretrain_size: int
+    pretrain_steps: int
+    steps: int  # fine-tuning steps per variant and seed
+    seeds: tuple[int, ...]
+
+
+FULL = BoardSize(10_000, 500, 6_000, 2_000, 600, (0, 1, 2, 3, 4))
+QUICK = BoardSize(4_000, 200, 4_000, 600, 200, (0, 1))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fine-tuning run: a variant on one seed's schema benchmark."""
+
+    variant: Variant
+    seed: int
+    data: str
+    backbone: str
+    out: str
+    steps: int
+    lr: float
+
+    def overrides(self) -> list[str]:
+        return [
+            f"data.root={self.data}",
+            "data.num_frames=1",
+            f"method.name={self.variant.method}",
+            "method.config=null",  # the variant's config replaces the base file's, not merges into it
+            f"method.config={json.dumps(self.variant.config)}",
+            f"output_dir={self.out}",
+            f"train.init_from={self.backbone}",
+            f"train.seed={self.seed}",
+            f"train.max_steps={self.steps}",
+            f"train.lr={self.lr}",
+            f"train.warmup_steps={max(1, self.steps // 10)}",
+            f"train.eval_every={self.steps}",
+            f"train.save_every={self.steps}",
+            "train.num_workers=0",
+            *(f"train.{k}={json.dumps(v)}" for k, v in self.variant.train.items()),
+        ]
+
+
+# ------------------------------------------------------------------------------ the runs
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def make_data(root: Path, size: BoardSize) -> tuple[Path, dict[int, Path]]:
+    """The pretraining set and one schema benchmark per seed (generated once, cached)."""
+    from composir.synth import SynthConfig, generate
+
+    pretrain = root / "pretrain-data"
+    if not (pretrain / "synthetic.json").is_file():
+        generate(SynthConfig(out=pretrain, seed=1000, size=size.pretrain_size), progress=False)
+    data = {}
+    for seed in size.seeds:
+        data[seed] = root / f"schema-data-s{seed}"
+        if not (data[seed] / "synthetic.json").is_file():
+            config = SynthConfig(
+                out=data[seed], seed=seed, size=size.size, schemas=True, schema_test_queries=size.test_queries
+            )
+            generate(config, progress=False)
+    return pretrain, data
+
+
+def train_backbone(root: Path, pretrain: Path, steps: int) -> Path:
+    """qformer_fusion trained from scratch on the plain synthetic set (seed 0)."""
+    from composir.train import load_config, train
+
+    out = root / "backbone"
+    every = min(500, steps)
+    overrides = [
+        f"data.root={pretrain}", "data.num_frames=1", "method.name=qformer_fusion", "method.config=null",
+        f"output_dir={out}", "train.seed=0", f"train.max_steps={steps}", f"train.eval_every={every}",
+        f"train.save_every={every}", "train.num_workers=0", f"train.warmup_steps={steps // 10}",
+    ]  # fmt: skip
+    train(load_config(CONFIG, overrides), resume=True, progress=True)
+    return out
+
+
+def _diagnostics(method, bench, n: int = 256) -> dict[str, float]:
+    """The method's own diagnostics on up to ``n`` schema test queries."""
+    import torch
+
+    from composir.data.media import load_media
+
+    queries = [q for q in bench.queries if str(q.extra.get("family", "")).startswith("schema-")][:n]
+    enc = method.encoder
+    media = [load_media(bench.media_item(q.reference_id).path, 1) for q in queries]
+    frames = torch.stack([torch.stack([enc.preprocess(f) for f in item]) for item in media])
+    return method.diagnostics(frames, enc.tokenize([q.text for q in queries]))
+
+
+def run_variant(spec: RunSpec) -> Path:
+    """Fine-tune, evaluate on the test split and store per-query hits (``hits.json``) in the run folder."""
+    _one_thread()
+    from composir.data import load_benchmark
+    from composir.eval.evaluate import evaluate
+    from composir.train import load_config, load_run, train
+
+    out = Path(spec.out)
+    result_file = out / "hits.json"
+    if result_file.is_file():
+        return result_file
+    start = time.time()
+    train(load_config(CONFIG, spec.overrides()), resume=True, progress=False)
+    method, _ = load_run(out)
+    test = load_benchmark("synthetic", Path(spec.data), "test")
+    res = evaluate(method, test, batch_size=64, num_frames=1, progress=False)
+    hits = query_hits(
+        res.ranked_ids,
+        res.subset_ranked_ids,
+        [q.target_ids for q in test.queries],
+        [q.extra.get("family", "") for q in test.queries],
+    )
+    record = {
+        "variant": asdict(spec.variant),
+        "seed": spec.seed,
+        "seconds": time.time() - start,
+        "query_ids": res.query_ids,
+        **{k: v.tolist() for k, v in hits.items()},
+        "diagnostics": _diagnostics(method, test),
+    }
+    atomic_write_json(result_file, record)
+    return result_file
+
+
+def run_all(specs: list[RunSpec], jobs: int) -> None:
+    todo = [s for s in specs if not (Path(s.out) / "hits.json").is_file()]
+    if not todo:
+        return
+    context = multiprocessing.get_context("spawn")  # no OpenMP state inherited by the workers
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {pool.submit(run_variant, s): s for s in todo}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="runs", unit="run"):
+            spec = futures[future]
+            try:
+                future.result()
+            except Exception as exc:  # one failing run is reported; the board shows what finished
+                print(f"run {spec.out} failed: {exc}", file=sys.stderr, flush=True)
+
+
+def load_hits(path: Path) -> dict:
+    record = json.loads(path.read_text())
+    arrays = {k: np.asarray(record[k], dtype=float) for k in ("R@1", "R@10", "R@50", "Rsubset@1") if k in record}
+    arrays["bucket"] = np.asarray(record["bucket"], dtype=object)
+    return {"hits": arrays, "diagnostics": record.get("diagnostics", {}), "seconds": record["seconds"]}
+
+
+# ------------------------------------------------------------------------------ the board
+def claim_hits(claim: Claim, results: dict[tuple[str, int], dict], seeds: tuple[int, ...]) -> tuple[dict, list[int]]:
+    """Per variant (``BASELINE`` for the baseline), one run per seed: the seeds where all finished."""
+    members = {BASELINE: claim.baseline, **claim.variants}
+    done = [s for s in seeds if all((v.key, s) in results for v in members.values())]
+    return {name: [results[(v.key, s)]["hits"] for s in done] for name, v in members.items()}, done
+
+
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {sd:.1f}"
+
+
+def _rate(hits: dict, metric: str, bucket: str) -> float:
+    rows = hits["bucket"] == bucket
+    return 100 * float(hits[metric][rows].mean()) if rows.any() else float("nan")
+
+
+def metric_table(hits: dict, metric: str) -> list[str]:
+    """Mean ± std over seeds per bucket; variants also show the paired difference to the baseline."""
+    buckets = [b for b in BUCKETS if any((h["bucket"] == b).any() for h in hits[BASELINE])]
+    lines = ["| variant | " + " | ".join(buckets) + " |", "|---|" + "---|" * len(buckets)]
+    for name, runs in hits.items():
+        cells = []
+        for b in buckets:
+            cell = _mean_sd([_rate(h, metric, b) for h in runs])
+            if name != BASELINE:
+                d = difference(hits, name, (b,), metric, draws=1000)
+                cell += f" ({d.estimate:+.1f} [{d.low:+.1f}, {d.high:+.1f}])"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def check_table(results: list[CheckResult]) -> list[str]:
+    lines = ["| check | estimate [95% interval] | outcome |", "|---|---|---|"]
+    for r in results:
+        c = r.contrast
+        lines.append(f"| {r.text} | {c.estimate:+.1f} [{c.low:+.1f}, {c.high:+.1f}] | {r.outcome} |")
+    return lines
+
+
+def diagnostics_table(claim: Claim, results: dict, seeds: list[int]) -> list[str]:
+    rows = {name: [results[(claim.variants[name].key, s)]["diagnostics"] for s in seeds] for name in claim.diagnose}
+    keys = sorted({k for runs in rows.values() for d in runs for k in d})
+    if not keys:
+        return []
+    lines = ["| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for name, runs in rows.items():
+        cells = []
+        for k in keys:
+            vals = [d[k] for d in runs if k in d]
+            cells.append(f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals) if len(vals) > 1 else 0:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_claim(claim: Claim, hits: dict, path: Path) -> None:
+    """R@1 by shot level (left) and on the other buckets (right), mean over seeds with the seeds' range."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.6]})
+    others = [b for b in BUCKETS[4:] if any((h["bucket"] == b).any() for h in hits[BASELINE])]
+    width = 0.8 / len(hits)
+    for i, (name, runs) in enumerate(hits.items()):
+        shots = np.array([[_rate(h, "R@1", b) for b in SHOT_BUCKETS] for h in runs])
+        left.errorbar(
+            [1, 4, 16, 64], shots.mean(0), yerr=[shots.mean(0) - shots.min(0), shots.max(0) - shots.mean(0)],
+            marker="o", capsize=3, label=name,
+        )  # fmt: skip
+        rest = np.array([[_rate(h, "R@1", b) for b in others] for h in runs])
+        right.bar(np.arange(len(others)) + i * width, rest.mean(0), width, yerr=rest.std(0), capsize=2, label=name)
+    left.set(xscale="log", xticks=[1, 4, 16, 64], xticklabels=["1", "4", "16", "64"])
+    left.set_xlabel("training shots per schema")
+    left.set(ylabel="R@1 (test)", title=f"{claim.paper}: implicit schema queries")
+    right.set(xticks=np.arange(len(others)) + 0.4 - width / 2, xticklabels=others, ylabel="R@1 (test)")
+    right.set_title("other buckets")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def claim_section(claim: Claim, results: dict, seeds: tuple[int, ...], img: Path, doc: Path) -> list[str]:
+    hits, done = claim_hits(claim, results, seeds)
+    lines = [f"## {claim.paper}", "", f"**Claim.** {claim.statement}", ""]
+    if claim.note:
+        lines += [claim.note, ""]
+    if not done:
+        return [*lines, "No finished runs yet.", ""]
+    verdict, checks = judge_claim(claim, hits)
+    lines += [f"**Verdict: {verdict}** (seeds {', '.join(map(str, done))}).", "", *check_table(checks), ""]
+    for metric in TABLE_METRICS:
+        lines += [f"{metric} on the test split, mean ± std over seeds (difference to the baseline "
+                  "[95% paired bootstrap interval]):", "", *metric_table(hits, metric), ""]  # fmt: skip
+    diag = diagnostics_table(claim, results, done)
+    if diag:
+        lines += ["Mechanism diagnostics on 256 schema test queries (`method.diagnostics`), mean ± std over seeds:", ""]
+        lines += [*diag, ""]
+    picture = img / f"claims-{_slug(claim.paper)}.png"
+    plot_claim(claim, hits, picture)
+    lines += [f"![{claim.paper}]({picture.relative_to(doc.parent).as_posix()})", ""]
+    return lines
+
+
+def write_board(doc: Path, header: list[str], claims: dict[str, Claim], results: dict, seeds) -> None:
+    lines = list(header)
+    for claim in claims.values():
+        lines += claim_section(claim, results, seeds, doc.parent / "img", doc)
+    with atomic_open(doc) as f:
+        f.write("\n".join(lines))
+
+
+def header_lines(args, size: BoardSize, seconds: float, results: dict) -> list[str]:
+    run_minutes = statistics.mean(r["seconds"] for r in results.values()) / 60 if results else 0.0
+    command = "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/claims.py" + (" --quick" if args.quick else "")
+    return [
+        "# The claims board",
+        "",
+        "Written by `benchmarks/claims.py` (do not edit by hand). Each paper's claim, as registered by its",
+        "method file (`composir.methods.claims`), tested on the synthetic schema benchmark",
+        "(`composir synth --schemas`, docs/benchmarks.md).",
+        "",
+        f"Command: `{command}` ({size.size:,} triplets per seed, {size.test_queries} test queries per schema",
+        f"bucket; backbone `qformer_fusion` pretrained {size.pretrain_steps} steps on a plain synthetic set of",
+        f"{size.pretrain_size:,} triplets; every variant fine-tunes it {size.steps} steps × 32 at lr {args.lr:g};",
+        f"seeds {', '.join(map(str, size.seeds))}; images, tiny encoder with 16 query tokens).",
+        f"This board: {len(results)} fine-tuning runs of {run_minutes:.1f} min each on average (training and",
+        f"test evaluation, one thread each, {args.jobs} at a time); the command's last invocation took",
+        f"{seconds / 60:.0f} min of wall time on this machine ({platform.machine()}, {os.cpu_count()} cores,",
+        f"{time.strftime('%Y-%m-%d')}; finished runs are reused, so that is the time of what it had left to do).",
+        "The full board (no `--quick`) is 5 seeds; `--quick` (2 seeds, smaller sets and runs, written to",
+        "docs/claims-quick.md) is sized to finish in under 30 minutes on 2 cores.",
+        "",
+        "How to read it: a check is a paired contrast between variants' per-query hit rates (points);",
+        "its 95% interval comes from a two-level bootstrap (seeds, then test queries within a seed, the",
+        "same queries for every variant of a seed). A check *holds* when the interval is on the claimed",
+        "side (and a claimed size is met by the estimate), *fails* when the interval excludes the claim,",
+        "and is *inconclusive* otherwise. A claim is *reproduced* when every check holds, *not",
+        "reproduced* when any check fails, *inconclusive* otherwise.",
+        "",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 seeds, smaller sets and runs (< 30 min on 2 cores)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--papers", nargs="+", default=None, help="registered claims to run (default: all)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: by size)")
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="backbone steps (default: by size)")
+    parser.add_argument("--out", default=None, help="cache folder (default: runs/claims or runs/claims-quick)")
+    parser.add_argument("--doc", default=None, help="default: docs/claims.md (docs/claims-quick.md with --quick)")
+    args = parser.parse_args()
+    size = QUICK if args.quick else FULL
+    changes = {"seeds": tuple(args.seeds or size.seeds), "steps": args.steps or size.steps}
+    size = BoardSize(**{**asdict(size), **changes, "pretrain_steps": args.pretrain_steps or size.pretrain_steps})
+    claims = registered_claims()
+    unknown = sorted(set(args.papers or []) - set(claims))
+    if unknown:
+        parser.error(f"unknown paper(s) {unknown}; registered: {sorted(claims)}")
+    claims = {p: c for p, c in claims.items() if not args.papers or p in args.papers}
+    root = Path(args.out or REPO / "runs" / ("claims-quick" if args.quick else "claims"))
+    doc = Path(args.doc or REPO / "docs" / ("claims-quick.md" if args.quick else "claims.md"))
+    root.mkdir(parents=True, exist_ok=True)
+
+    _one_thread()
+    start = time.time()
+    pretrain, data = make_data(root, size)
+    backbone = train_backbone(root, pretrain, size.pretrain_steps)
+    variants = {v.key: v for c in claims.values() for v in (c.baseline, *c.variants.values())}
+    specs = [
+        RunSpec(v, s, str(data[s]), str(backbone), str(root / f"{key}-s{s}"), size.steps, args.lr)
+        for s in size.seeds
+        for key, v in variants.items()
+    ]
+    run_all(specs, args.jobs)
+    results = {
+        (spec.variant.key, spec.seed): load_hits(Path(spec.out) / "hits.json")
+        for spec in specs
+        if (Path(spec.out) / "hits.json").is_file()
+    }
+    seconds = time.time() - start
+    write_board(doc, header_lines(args, size, seconds, results), claims, results, size.seeds)
+    print(f"wrote {doc} ({len(results)}/{len(specs)} runs, {seconds / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Papers' claims as data: the variants that test one, and what its numbers must show.
+
+A method file registers its paper's claim next to the method (``register_claim``), so the claims
+board (``benchmarks/claims.py``) runs every registered method and its ablations without being
+edited. A claim names its *baseline* and *variants* (a method and its config, each trained the
+same way from the same starting point) and *checks*: statements about paired differences on
+benchmark buckets (the schema benchmark's ``schema-1shot`` ... ``schema-gate`` and the three
+synthetic families ``explicit`` / ``multi`` / ``implicit``), each judged from a bootstrap interval
+(``eval/claims.py``):
+
+- ``Gain``: the variant beats the baseline by at least ``at_least`` points;
+- ``Parity``: the variant stays within ``within`` points of the baseline;
+- ``Shrinks``: the variant's gain on ``buckets`` is larger than on ``then``;
+- ``LosesGain``: an ablation keeps less than ``keep`` of the full variant's gain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from composir.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A method with its config (``method.config``) and train-section overrides."""
+
+    method: str
+    config: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Identity of the run: variants with the same method and settings share their runs."""
+        text = json.dumps([self.method, self.config, self.train], sort_keys=True)
+        return f"{self.method}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+
+
+@dataclass(frozen=True)
+class Gain:
+    variant: str
+    buckets: tuple[str, ...]
+    metric: str
+    at_least: float
+
+
+@dataclass(frozen=True)
+class Parity:
+    variant: str
+    buckets: tuple[str, ...]
+    metric: str
+    within: float
+
+
+@dataclass(frozen=True)
+class Shrinks:
+    variant: str
+    buckets: tuple[str, ...]
+    then: tuple[str, ...]
+    metric: str
+
+
+@dataclass(frozen=True)
+class LosesGain:
+    ablation: str
+    variant: str
+    buckets: tuple[str, ...]
+    metric: str
+    keep: float = 0.5  # the ablation keeps less than this fraction of the variant's gain
+
+
+Check = Gain | Parity | Shrinks | LosesGain
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One paper's claim: ``variants`` (the method and its ablations) against ``baseline``."""
+
+    paper: str
+    statement: str
+    baseline: Variant
+    variants: dict[str, Variant]
+    checks: tuple[Check, ...]
+    # Names of the ``variants`` whose diagnostics (``method.diagnostics``) the board shows.
+    diagnose: tuple[str, ...] = ()
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        for check in self.checks:
+            names = [getattr(check, a) for a in ("variant", "ablation") if hasattr(check, a)]
+            for name in names:
+                if name not in self.variants:
+                    raise ConfigError(f"claim {self.paper!r}: check names unknown variant {name!r}")
+
+    def with_config(self, paper: str, overrides: dict[str, Any], note: str = "") -> Claim:
+        """The same claim with ``overrides`` merged into every variant of the claim's method."""
+        method = next(iter(self.variants.values())).method
+        variants = {
+            name: replace(v, config={**v.config, **overrides}) if v.method == method else v
+            for name, v in self.variants.items()
+        }
+        return replace(self, paper=paper, variants=variants, note=note or self.note)
+
+
+_CLAIMS: dict[str, Claim] = {}
+
+
+def register_claim(claim: Claim) -> Claim:
+    _CLAIMS[claim.paper] = claim
+    return claim
+
+
+def registered_claims() -> dict[str, Claim]:
+    """Every method file's claims, by paper (importing the methods registers them)."""
+    from composir.methods.registry import available_methods
+
+    available_methods()
+    return dict(_CLAIMS)
