@@ -166,12 +166,7 @@ def run_variant(spec: RunSpec) -> Path:
     method, _ = load_run(out)
     test = load_benchmark("synthetic", Path(spec.data), "test")
     res = evaluate(method, test, batch_size=64, num_frames=1, progress=False)
-    hits = query_hits(
-        res.ranked_ids,
-        res.subset_ranked_ids,
-        [q.target_ids for q in test.queries],
-        [q.extra.get("family", "") for q in test.queries],
-    )
+    hits = query_hits(test, res)
     record = {
         "variant": asdict(spec.variant),
         "seed": spec.seed,

@@ -16,29 +16,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from composir.data.records import Benchmark
+from composir.eval.evaluate import EvalResult, score
 from composir.methods.claims import Claim, Gain, LosesGain, Parity, Shrinks
 
-METRICS = {"R@1": 1, "R@10": 10, "R@50": 50}
+HIT_METRICS = ("R@1", "R@10", "R@50", "Rsubset@1")
 BASELINE = "baseline"  # the name the baseline's runs go under in ``Hits``
 
 # variant name -> one run per seed (same seed order for every variant) -> metric or "bucket" -> per query
 Hits = Mapping[str, Sequence[Mapping[str, np.ndarray]]]
 
 
-def query_hits(
-    ranked: Sequence[Sequence[str]],
-    subset_ranked: Sequence[Sequence[str]] | None,
-    targets: Sequence[Sequence[str]],
-    buckets: Sequence[str],
-) -> dict[str, np.ndarray]:
-    """Per query: 1.0 where a target is within the top k of the global ranking (``R@k``) or first
-    in the subset ranking (``Rsubset@1``); ``bucket`` is the query's family."""
-    out: dict[str, np.ndarray] = {"bucket": np.asarray(buckets, dtype=object)}
-    for name, k in METRICS.items():
-        out[name] = np.array([float(any(t in r[:k] for t in ts)) for r, ts in zip(ranked, targets)])
-    if subset_ranked is not None:
-        out["Rsubset@1"] = np.array([float(bool(r) and r[0] in ts) for r, ts in zip(subset_ranked, targets)])
-    return out
+def query_hits(bench: Benchmark, result: EvalResult, metrics: Sequence[str] = HIT_METRICS) -> dict[str, np.ndarray]:
+    """Per query of ``bench``: each of ``metrics`` as 0/1 (the benchmark's own protocol scored on
+    that query alone, so Recall_subset leaves the reference out as the protocol does); ``bucket``
+    is the query's family."""
+    out: dict[str, list] = {name: [] for name in metrics}
+    subsets = result.subset_ranked_ids or [None] * len(bench.queries)
+    for query, ranked, subset in zip(bench.queries, result.ranked_ids, subsets):
+        one = score(bench.protocol, [query], [ranked], None if subset is None else [subset])
+        for name in metrics:
+            out[name].append(one[name] / 100.0)
+    hits = {name: np.asarray(values) for name, values in out.items()}
+    hits["bucket"] = np.asarray([q.extra.get("family", "") for q in bench.queries], dtype=object)
+    return hits
 
 
 Term = tuple[str, tuple[str, ...], float]  # (variant, buckets, weight)

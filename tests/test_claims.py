@@ -1,0 +1,200 @@
+"""The claims board's statistics (per-query hits, paired two-level bootstrap, verdicts) and registry."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from composir.errors import ConfigError
+from composir.eval.claims import BASELINE, contrast, difference, judge, query_hits, verdict
+from composir.methods.claims import Claim, Gain, LosesGain, Parity, Shrinks, Variant, registered_claims
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(hits: dict[str, list[float]]) -> dict[str, np.ndarray]:
+    """One run's per-query hits: bucket name -> R@1 values (the buckets in that order)."""
+    buckets = [b for b, values in hits.items() for _ in values]
+    values = [v for vs in hits.values() for v in vs]
+    r1 = np.asarray(values, dtype=float)
+    return {"bucket": np.asarray(buckets, dtype=object), "R@1": r1, "Rsubset@1": r1}
+
+
+def _coin(rng, n: int, p: float = 0.5) -> np.ndarray:
+    return (rng.random(n) < p).astype(float)
+
+
+def test_query_hits_average_to_the_evaluation_metrics(synth_root, tiny_run):
+    from composir.data import load_benchmark
+    from composir.eval.evaluate import evaluate
+    from composir.train import load_run
+
+    method, _ = load_run(tiny_run)
+    bench = load_benchmark("synthetic", synth_root, "test")
+    res = evaluate(method, bench, batch_size=64, num_frames=1, progress=False)
+    hits = query_hits(bench, res)
+    assert set(hits["bucket"]) == {"explicit", "multi", "implicit"}
+    for family, metrics in res.per_family.items():
+        rows = hits["bucket"] == family
+        for name in ("R@1", "R@10", "R@50", "Rsubset@1"):
+            assert 100 * hits[name][rows].mean() == pytest.approx(metrics[name]), (family, name)
+    assert 0 < hits["R@50"].mean() < 1  # not a degenerate ranking
+
+
+def test_contrast_is_paired_over_queries():
+    """The variant wins 20 of 200 queries the baseline misses and changes nothing else: paired, the
+    interval excludes 0 although both sit near 50% (unpaired, the interval would be about ±10)."""
+    rng = np.random.default_rng(0)
+    hits = {BASELINE: [], "v": []}
+    for _ in range(3):
+        base = _coin(rng, 200)
+        better = base.copy()
+        better[np.flatnonzero(base == 0)[:20]] = 1.0
+        hits[BASELINE].append(_run({"a": base.tolist()}))
+        hits["v"].append(_run({"a": better.tolist()}))
+    c = difference(hits, "v", ("a",), "R@1")
+    assert c.estimate == pytest.approx(10.0)
+    assert 6.0 < c.low < 10.0 < c.high < 14.0
+
+
+def test_contrast_resamples_seeds():
+    """Each seed's difference is sharp (+20 or -20 on every query) but they disagree: the interval
+    must include 0 (resampling queries alone would give two narrow, contradicting intervals)."""
+    hits = {BASELINE: [], "v": []}
+    for sign in (1, -1, 1, -1):
+        base = np.zeros(100)
+        base[:50] = 1.0
+        other = base.copy()
+        if sign > 0:
+            other[50:70] = 1.0
+        else:
+            other[:20] = 0.0
+        hits[BASELINE].append(_run({"a": base.tolist()}))
+        hits["v"].append(_run({"a": other.tolist()}))
+    c = difference(hits, "v", ("a",), "R@1")
+    assert c.estimate == pytest.approx(0.0)
+    assert c.low <= -15 and c.high >= 15
+
+
+def test_contrast_weights_and_bucket_groups():
+    base = _run({"a": [0, 0, 0, 0], "b": [1, 1, 1, 1]})
+    var = _run({"a": [1, 1, 0, 0], "b": [1, 1, 1, 1]})
+    hits = {BASELINE: [base], "v": [var]}
+    # Gain on a (+50) minus gain on b (0); and a gain on a, b pooled (+25).
+    terms = [("v", ("a",), 1.0), (BASELINE, ("a",), -1.0), ("v", ("b",), -1.0), (BASELINE, ("b",), 1.0)]
+    assert contrast(hits, terms, "R@1").estimate == pytest.approx(50.0)
+    assert difference(hits, "v", ("a", "b"), "R@1").estimate == pytest.approx(25.0)
+    with pytest.raises(ValueError, match="no test queries"):
+        difference(hits, "v", ("c",), "R@1")
+
+
+def _gain_hits(gain: int, ablation_gain: int, n: int = 400, seeds: int = 3) -> dict:
+    """Baseline at 30%; the variant and the ablation add hits on queries the baseline misses."""
+    rng = np.random.default_rng(1)
+    hits = {BASELINE: [], "v": [], "abl": []}
+    for _ in range(seeds):
+        base = np.zeros(n)
+        base[rng.choice(n, int(0.3 * n), replace=False)] = 1
+        misses = np.flatnonzero(base == 0)
+        for name, g in (("v", gain), ("abl", ablation_gain)):
+            runs = base.copy()
+            runs[misses[: g * n // 100]] = 1
+            hits[name].append(_run({"few": runs.tolist(), "many": base.tolist()}))
+        hits[BASELINE].append(_run({"few": base.tolist(), "many": base.tolist()}))
+    return hits
+
+
+def test_judge_outcomes():
+    big, none = _gain_hits(10, 0), _gain_hits(0, 0)
+    gain = Gain("v", ("few",), "R@1", 4.0)
+    assert judge(gain, big).outcome == "holds"
+    assert judge(gain, none).outcome == "fails"
+    assert judge(Gain("v", ("few",), "R@1", 10.5), big).outcome == "inconclusive"  # +10 measured, 10.5 claimed
+
+    assert judge(Parity("v", ("many",), "R@1", 1.0), big).outcome == "holds"
+    assert judge(Parity("v", ("few",), "R@1", 1.0), big).outcome == "fails"
+
+    assert judge(Shrinks("v", ("few",), ("many",), "R@1"), big).outcome == "holds"
+    assert judge(Shrinks("v", ("many",), ("few",), "R@1"), big).outcome == "fails"
+
+    assert judge(LosesGain("abl", "v", ("few",), "R@1"), _gain_hits(10, 0)).outcome == "holds"
+    assert judge(LosesGain("abl", "v", ("few",), "R@1"), _gain_hits(10, 10)).outcome == "fails"
+    assert judge(LosesGain("abl", "v", ("few",), "R@1"), _gain_hits(10, 8)).outcome == "fails"
+
+
+def test_verdict():
+    class R:
+        def __init__(self, outcome):
+            self.outcome = outcome
+
+    assert verdict([R("holds"), R("holds")]) == "reproduced"
+    assert verdict([R("holds"), R("fails"), R("inconclusive")]) == "not reproduced"
+    assert verdict([R("holds"), R("inconclusive")]) == "inconclusive"
+
+
+def test_claims_are_registered_by_method_files():
+    claims = registered_claims()
+    imagine, first = claims["IMAGINE"], claims["IMAGINE (first update rule)"]
+    assert imagine.baseline == Variant("qformer_fusion")
+    assert {"IMAGINE", "static prototypes", "random selection", "no schema loss"} <= set(imagine.variants)
+    assert imagine.variants["static prototypes"].config["update"] == "static"
+    # The first-rule claim changes only IMAGINE's variants, and shares the baseline (same runs).
+    assert first.baseline.key == imagine.baseline.key
+    assert first.variants["static prototypes"].config["assignment"] == "batch_softmax"
+    assert first.variants["static prototypes"].config["update"] == "static"
+    assert "assignment" not in imagine.variants["IMAGINE"].config
+    keys = [v.key for c in (imagine, first) for v in c.variants.values()]
+    assert len(set(keys)) == len(keys)
+    assert Variant("imagine", {"a": 1, "b": 2}).key == Variant("imagine", {"b": 2, "a": 1}).key
+
+
+def test_claim_rejects_checks_on_unknown_variants():
+    with pytest.raises(ConfigError, match="unknown variant 'nope'"):
+        Claim("P", "s", Variant("qformer_fusion"), {"m": Variant("imagine")}, (Gain("nope", ("a",), "R@1", 1.0),))
+
+
+def test_imagine_diagnostics_read_the_libraries():
+    from composir.encoders import build_encoder
+    from composir.methods import build_method
+
+    torch.manual_seed(0)
+    enc = build_encoder("tiny", config={"width": 32, "embed_dim": 16, "num_query_tokens": 4, "vision_layers": 1})
+    method = build_method("imagine", enc, {"hidden_dim": 16, "top_k": 2}).eval()
+    frames = torch.rand(6, 1, 3, 64, 64)
+    tokens = enc.tokenize(["add a red circle", "make it blue", "remove it", "x", "night", "birthday"])
+    width = method.visual_library.prototypes.shape[1]
+    method.visual_library.prototypes.copy_(torch.eye(4, width))
+    method.text_library.prototypes.copy_(torch.ones(4, width))
+    stats = method.diagnostics(frames, tokens)
+    assert stats["visual prototype cos"] == pytest.approx(0.0, abs=1e-6)
+    assert stats["text prototype cos"] == pytest.approx(1.0, abs=1e-6)
+    assert -1.0 <= stats["cos(m, mean m)"] <= 1.0 and 0.0 < stats["gate c"] < 1.0
+
+
+def test_board_renders_a_claim(tmp_path):
+    spec = importlib.util.spec_from_file_location("claims_board", REPO / "benchmarks" / "claims.py")
+    board = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = board  # dataclasses look their module up there
+    spec.loader.exec_module(board)
+    claim = Claim(
+        "Paper X", "v helps on few", Variant("base"), {"v": Variant("m"), "abl": Variant("m", {"off": True})},
+        (Gain("v", ("schema-1shot",), "R@1", 4.0), LosesGain("abl", "v", ("schema-1shot",), "R@1")),
+    )  # fmt: skip
+    hits = _gain_hits(10, 0)
+    rename = {"few": "schema-1shot", "many": "explicit"}
+    results = {}
+    for name, variant in (("baseline", claim.baseline), ("v", claim.variants["v"]), ("abl", claim.variants["abl"])):
+        for seed, run in enumerate(hits[name]):
+            run = {**run, "bucket": np.asarray([rename[b] for b in run["bucket"]], dtype=object)}
+            results[(variant.key, seed)] = {"hits": run, "diagnostics": {}, "seconds": 1.0}
+    doc = tmp_path / "claims.md"
+    board.write_board(doc, ["# board", ""], {"Paper X": claim}, results, (0, 1, 2))
+    text = doc.read_text()
+    assert "**Verdict: reproduced** (seeds 0, 1, 2)." in text
+    assert "| v | 40.0 ± 0.0 (+10.0 [" in text  # R@1 on schema-1shot: 30% + 10 points
+    assert (tmp_path / "img" / "claims-paper-x.png").stat().st_size > 10_000
