@@ -194,6 +194,16 @@ def run_all(specs: list[RunSpec], jobs: int) -> None:
                 print(f"run {spec.out} failed: {exc}", file=sys.stderr, flush=True)
 
 
+def finished_runs(root: Path) -> dict[tuple[str, int], dict]:
+    """(variant key, seed) -> scores of every finished run under ``root`` (folders ``<key>-s<seed>``)."""
+    out = {}
+    for path in sorted(root.glob("*-s*/hits.json")):
+        key, _, seed = path.parent.name.rpartition("-s")
+        if seed.isdigit():
+            out[(key, int(seed))] = load_hits(path)
+    return out
+
+
 def load_hits(path: Path) -> dict:
     record = json.loads(path.read_text())
     arrays = {k: np.asarray(record[k], dtype=float) for k in ("R@1", "R@10", "R@50", "Rsubset@1") if k in record}
@@ -335,7 +345,7 @@ def header_lines(args, size: BoardSize, seconds: float, results: dict) -> list[s
         f"Command: `{command}` ({size.size:,} triplets per seed, {size.test_queries} test queries per schema",
         f"bucket; backbone `qformer_fusion` pretrained {size.pretrain_steps} steps on a plain synthetic set of",
         f"{size.pretrain_size:,} triplets; every variant fine-tunes it {size.steps} steps × 32 at lr {args.lr:g};",
-        f"seeds {', '.join(map(str, size.seeds))}; images, tiny encoder with 16 query tokens).",
+        "images, tiny encoder with 16 query tokens; each claim's seeds are given with its verdict).",
         f"This board: {len(results)} fine-tuning runs of {run_minutes:.1f} min each on average (training and",
         f"test evaluation, one thread each, {args.jobs} at a time); the command's last invocation took",
         f"{seconds / 60:.0f} min of wall time on this machine ({platform.machine()}, {os.cpu_count()} cores,",
@@ -372,7 +382,7 @@ def main() -> None:
     unknown = sorted(set(args.papers or []) - set(claims))
     if unknown:
         parser.error(f"unknown paper(s) {unknown}; registered: {sorted(claims)}")
-    claims = {p: c for p, c in claims.items() if not args.papers or p in args.papers}
+    to_run = {p: c for p, c in claims.items() if not args.papers or p in args.papers}
     root = Path(args.out or REPO / "runs" / ("claims-quick" if args.quick else "claims"))
     doc = Path(args.doc or REPO / "docs" / ("claims-quick.md" if args.quick else "claims.md"))
     root.mkdir(parents=True, exist_ok=True)
@@ -381,21 +391,21 @@ def main() -> None:
     start = time.time()
     pretrain, data = make_data(root, size)
     backbone = train_backbone(root, pretrain, size.pretrain_steps)
-    variants = {v.key: v for c in claims.values() for v in (c.baseline, *c.variants.values())}
+    variants = {v.key: v for c in to_run.values() for v in (c.baseline, *c.variants.values())}
     specs = [
         RunSpec(v, s, str(data[s]), str(backbone), str(root / f"{key}-s{s}"), size.steps, args.lr)
         for s in size.seeds
         for key, v in variants.items()
     ]
     run_all(specs, args.jobs)
-    results = {
-        (spec.variant.key, spec.seed): load_hits(Path(spec.out) / "hits.json")
-        for spec in specs
-        if (Path(spec.out) / "hits.json").is_file()
-    }
     seconds = time.time() - start
-    write_board(doc, header_lines(args, size, seconds, results), claims, results, size.seeds)
-    print(f"wrote {doc} ({len(results)}/{len(specs)} runs, {seconds / 60:.1f} min)")
+    # The board shows every registered claim with every finished run in the cache (--papers and
+    # --seeds only choose what to train now).
+    results = finished_runs(root)
+    seeds = tuple(sorted({seed for _, seed in results}))
+    write_board(doc, header_lines(args, size, seconds, results), claims, results, seeds)
+    done = sum((Path(spec.out) / "hits.json").is_file() for spec in specs)
+    print(f"wrote {doc} ({done}/{len(specs)} runs of this invocation, {seconds / 60:.1f} min)")
 
 
 if __name__ == "__main__":

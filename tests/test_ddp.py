@@ -55,6 +55,8 @@ def _unused_after_one_step(method_name: str, **config) -> list[str]:
         "reference": torch.randn(len(TEXTS), 1, 3, 64, 64),
         "target": torch.randn(len(TEXTS), 1, 3, 64, 64),
         "tokens": encoder.tokenize(TEXTS),
+        "target_caption": encoder.tokenize(TEXTS[::-1]),
+        "target_id": [f"t{i}" for i in range(len(TEXTS))],
     }
     sum(method(batch).values()).backward()
     unused = [n for n, p in method.named_parameters() if p.requires_grad and p.grad is None]
@@ -77,6 +79,10 @@ def _unused_after_one_step(method_name: str, **config) -> list[str]:
         ("imagine", {"composition": "none"}),
         ("imagine", {"schema_target": "concrete"}),
         ("imagine", {"use_sic": False}),
+        ("csmcir", {}),
+        ("csmcir", {"target_side": "image", "bank": "fifo"}),
+        ("csmcir", {"shared": False, "bank": "none"}),
+        ("csmcir", {"shared": False, "target_side": "image"}),
     ],
 )
 def test_every_trainable_parameter_gets_a_gradient_or_the_method_says_so(method, config):

@@ -306,6 +306,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_caption(args: argparse.Namespace) -> int:
+    from composir.caption import CaptionerConfig, caption_items, target_items
+    from composir.data import load_benchmark
+
+    bench = load_benchmark(args.benchmark, args.root, args.split)
+    items = target_items(bench)
+    if args.limit:
+        items = items[: args.limit]
+    cfg = CaptionerConfig(
+        url=args.url,
+        model=args.model,
+        api_key_env=args.api_key_env,
+        timeout=args.timeout,
+        retries=args.retries,
+        concurrency=args.concurrency,
+    )
+    counts = caption_items(items, args.out, cfg, progress=not args.quiet)
+    print(
+        f"{args.out}: {counts['captioned']} captioned, {counts['failed']} failed (recorded; re-run to retry), "
+        f"{counts['already']} already done, of {counts['images']} images"
+    )
+    return 0 if counts["failed"] == 0 else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from composir.demo import run_demo
 
@@ -427,6 +451,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=None)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("caption", help="multi-level CoT captions of a split's target images from a multimodal LLM")
+    p.add_argument("--benchmark", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True, help="the caption cache (JSON lines; resumed when it exists)")
+    p.add_argument("--url", required=True, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+    p.add_argument("--model", required=True, help="the served multimodal model's name")
+    p.add_argument("--api-key-env", default=None, help="environment variable that holds the API key")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    p.add_argument("--retries", type=non_negative_int, default=3, help="retries per request (exponential back-off)")
+    p.add_argument("--concurrency", type=positive_int, default=4, help="images in flight at once")
+    p.add_argument("--limit", type=positive_int, default=None, help="caption at most this many images")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("demo", help="synthetic benchmark -> train -> evaluate, end to end")
     p.add_argument("--out", default="demo-out")

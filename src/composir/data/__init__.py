@@ -6,6 +6,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from composir.data.captions import attach_captions, read_captions
 from composir.data.circo import load_circo
 from composir.data.cirr import load_cirr
 from composir.data.fashioniq import CATEGORIES, load_fashioniq
@@ -30,13 +31,19 @@ def protocol_of(name: str) -> Protocol:
     return PROTOCOLS["fashioniq" if name.startswith("fashioniq") else name]
 
 
-def load_benchmark(name: str, root: str | Path, split: str, **kwargs) -> Benchmark:
-    """Read a benchmark's annotations (never its pixels) into queries and a gallery."""
+def load_benchmark(
+    name: str, root: str | Path, split: str, captions: str | Path | None = None, caption_stage: str = "final", **kwargs
+) -> Benchmark:
+    """Read a benchmark's annotations (never its pixels) into queries and a gallery; ``captions``: a
+    caption cache (``data.captions``) whose ``caption_stage`` becomes the targets' captions."""
     try:
         reader = READERS[name]
     except KeyError:
         raise ConfigError(f"unknown benchmark {name!r}; known: {sorted(READERS)}") from None
-    return reader(Path(root), split, **kwargs)
+    bench = reader(Path(root), split, **kwargs)
+    if captions is not None:
+        attach_captions(bench, read_captions(captions, caption_stage))
+    return bench
 
 
 __all__ = ["PROTOCOLS", "READERS", "Benchmark", "GalleryItem", "Protocol", "Triplet", "load_benchmark", "protocol_of"]

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from composir.data.captions import attach_captions, read_captions
 from composir.data.cirr import load_cirr_layout
 from composir.data.records import PROTOCOLS, Benchmark
 from composir.errors import ConfigError
 
 FAMILIES = ("explicit", "multi", "implicit")
+# The generator's caption levels as a caption cache (data/captions.py), under captions/: the
+# stand-in for the MCoT captions a multimodal LLM would write (`composir caption`).
+MCOT_FILE = "mcot.jsonl"
 
 
 def load_synthetic(root: str | Path, split: str) -> Benchmark:
@@ -26,6 +30,9 @@ def load_synthetic(root: str | Path, split: str) -> Benchmark:
     bench.protocol = PROTOCOLS["synthetic"]
     for q in bench.queries:  # the one caption a method that reads one takes (CoVR-2's txt2)
         q.extra.setdefault("target_caption", (q.extra.get("target_captions") or {}).get("global", ""))
+    mcot = Path(root) / "captions" / MCOT_FILE
+    if mcot.is_file():  # written by `composir synth` since the captions were added
+        attach_captions(bench, read_captions(mcot))
     if family:
         bench.queries = [q for q in bench.queries if q.extra.get("family") == family]
         bench.split = split

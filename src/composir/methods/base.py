@@ -77,15 +77,30 @@ class RetrievalMethod(nn.Module):
         target = self.encode_target(batch["target"])
         return {"contrastive": self.contrastive(query, target)}
 
-    def contrastive(self, query: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The configured batch contrastive loss between normalised query and target features."""
+    def contrastive(
+        self,
+        query: torch.Tensor,
+        target: torch.Tensor,
+        extra_negatives: torch.Tensor | None = None,
+        extra_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The configured batch contrastive loss between normalised query and target features.
+        ``extra_negatives`` (N, D): more negative columns for the query -> target direction (a
+        memory bank, the same on every rank); ``extra_mask`` (B, N) True where one is the query's
+        own positive, which is then left out."""
         scale = self.logit_scale.exp().clamp(max=100.0)
         all_query, all_target, offset = query, target, 0
         if self.config.gather_negatives and dist.is_available() and dist.is_initialized():
             all_query, all_target = gather_with_grad(query), gather_with_grad(target)
             offset = dist.get_rank() * len(query)
         labels = torch.arange(len(query), device=query.device) + offset
-        loss = self._contrast(query @ all_target.T, scale, labels)
+        sim = query @ all_target.T
+        if extra_negatives is not None and len(extra_negatives):
+            bank = query @ extra_negatives.to(query).T
+            if extra_mask is not None:
+                bank = bank.masked_fill(extra_mask, float("-inf"))
+            sim = torch.cat([sim, bank], dim=1)
+        loss = self._contrast(sim, scale, labels)
         if self.config.symmetric:
             loss = (loss + self._contrast(target @ all_query.T, scale, labels)) / 2
         return loss
@@ -150,6 +165,17 @@ class RetrievalMethod(nn.Module):
         """The query embedding and its explanation from one forward pass (a server answers both
         per request); methods with an explanation override this."""
         return self.encode_query(frames, tokens), None
+
+
+def all_gather_tensor(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` concatenated in rank order, without gradients (state updates: libraries, banks)."""
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

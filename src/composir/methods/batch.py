@@ -43,3 +43,11 @@ class TripletCollator:
 
     def extend(self, batch: dict[str, Any], items: list[dict[str, Any]]) -> None:
         """Add a method's own fields to ``batch`` (a subclass's hook)."""
+
+
+class CaptionedCollator(TripletCollator):
+    """Adds ``target_caption``: the tokenized caption of each triplet's target ("" where none)."""
+
+    def extend(self, batch: dict[str, Any], items: list[dict[str, Any]]) -> None:
+        captions = [str((x.get("extra") or {}).get("target_caption") or "") for x in items]
+        batch["target_caption"] = self.tokenize(captions)

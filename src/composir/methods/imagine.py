@@ -56,7 +56,7 @@ from torch import nn
 
 from composir.encoders.base import QFormerBackbone
 from composir.errors import ConfigError
-from composir.methods.base import MethodConfig, RetrievalMethod
+from composir.methods.base import MethodConfig, RetrievalMethod, all_gather_tensor, distributed
 from composir.methods.claims import Claim, Gain, LosesGain, Parity, Shrinks, Variant, register_claim
 from composir.methods.prototypes import ASSIGNMENTS, PrototypeLibrary
 from composir.methods.registry import register_method
@@ -117,12 +117,6 @@ class ImagineConfig(MethodConfig):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"imagine.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-
-
-def _gather(x: torch.Tensor) -> torch.Tensor:
-    parts = [torch.empty_like(x) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
 
 
 @register_method("imagine")
@@ -333,8 +327,8 @@ class Imagine(RetrievalMethod):
     def _apply_updates(self) -> None:
         pending, self._pending_updates = self._pending_updates, []
         for visual, text in pending:
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                visual, text = _gather(visual), _gather(text)
+            if distributed():
+                visual, text = all_gather_tensor(visual), all_gather_tensor(text)
             self.visual_library.update(visual)
             self.text_library.update(text)
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from composir.encoders.base import QFormerBackbone
 from composir.errors import ConfigError
 from composir.methods.base import MethodConfig, RetrievalMethod
-from composir.methods.batch import TripletCollator
+from composir.methods.batch import CaptionedCollator, TripletCollator
 from composir.methods.registry import register_method
 
 
@@ -52,14 +52,6 @@ class QFormerFusionConfig(MethodConfig):
             raise ConfigError(f"qformer_fusion.target_pooling must be tokens or embedding, got {self.target_pooling!r}")
         if self.caption_weight < 0:
             raise ConfigError(f"qformer_fusion.caption_weight must not be negative, got {self.caption_weight}")
-
-
-class CaptionedCollator(TripletCollator):
-    """Adds ``target_caption``: the tokenized caption of each triplet's target."""
-
-    def extend(self, batch: dict[str, Any], items: list[dict[str, Any]]) -> None:
-        captions = [str((x.get("extra") or {}).get("target_caption") or "") for x in items]
-        batch["target_caption"] = self.tokenize(captions)
 
 
 @register_method("qformer_fusion")

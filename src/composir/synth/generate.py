@@ -16,6 +16,7 @@ so output is identical for a seed however many worker processes render it.
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing as mp
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from composir.data.media import write_video
+from composir.data.synthetic import MCOT_FILE
 from composir.synth import schemas as schema_bench
 from composir.synth.concepts import concepts_for
 from composir.synth.render import render_frames
@@ -41,7 +43,7 @@ from composir.synth.scenes import (
     random_edit,
     random_scene,
 )
-from composir.utils.io import atomic_write_json
+from composir.utils.io import atomic_open, atomic_write_json
 
 FAMILY_KINDS = ("explicit", "multi", "implicit")
 SPLITS = ("train", "val", "test")
@@ -235,14 +237,22 @@ def _schema_task(args: tuple) -> tuple[list[str], dict[str, str], list[dict[str,
     return _write_family(cfg, split, prefix, FamilyPlan(members, [triplet]), family, rng)
 
 
-def _run_task(args: tuple) -> tuple[list[str], dict[str, str], list[dict[str, Any]]]:
+def mcot_stages(levels: dict[str, str]) -> dict[str, str]:
+    """The generator's three caption levels standing in for CSMCIR's MCoT stages (objects ->
+    attributes -> scene -> final). Final = the attributes level: it names every cue the benchmark
+    edits (colour, shape, size, background) and fits a 32-token text tower, the layout level does not."""
+    a = levels["attributes"]
+    return {"objects": levels["global"], "attributes": a, "scene": levels["layout"], "final": a}
+
+
+def _run_task(args: tuple) -> tuple[dict[str, dict[str, str]], dict[str, str], list[dict[str, Any]]]:
     return _schema_task(args[1:]) if args[0] == "schema" else _family_task(args[1:])
 
 
 def _write_family(
     cfg: SynthConfig, split: str, prefix: str, plan: FamilyPlan, family: str, rng: np.random.Generator
-) -> tuple[list[str], dict[str, str], list[dict[str, Any]]]:
-    """Render a family's scenes and write its annotation entries (CIRR layout + extra fields)."""
+) -> tuple[dict[str, dict[str, str]], dict[str, str], list[dict[str, Any]]]:
+    """Render a family's scenes; their MCoT-stage captions, paths and annotation entries (CIRR layout + extras)."""
     folder = Path(cfg.out) / split
     suffix = ".mp4" if cfg.video else ".png"
     names = [f"{prefix}-{m}" for m in range(len(plan.members))]
@@ -256,6 +266,7 @@ def _write_family(
             Image.fromarray(frames[0]).save(path, compress_level=1)
         paths[name] = f"./{split}/{name}{suffix}"
     captions = [caption_levels(s, cfg.video) for s in plan.members]
+    mcot = {name: mcot_stages(levels) for name, levels in zip(names, captions)}
     entries = []
     for t in plan.triplets:
         ref_caption = captions[0]["layout"]
@@ -283,7 +294,7 @@ def _write_family(
         if "schema" in t:
             entry["schema"] = t["schema"]
         entries.append(entry)
-    return names, paths, entries
+    return mcot, paths, entries
 
 
 def schema_tasks(cfg: SynthConfig) -> list[tuple]:
@@ -327,12 +338,14 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict[str, Any]:
     ]
     tasks += [(tag, cfg, *rest) for tag, *rest in schema_tasks(cfg)]
     results: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {s: ({}, []) for s in SPLITS}
+    mcot: dict[str, dict[str, str]] = {}
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     bar = tqdm(total=len(tasks), desc="synth families", unit="fam", disable=not progress)
     pool = ctx.Pool(cfg.workers) if cfg.workers > 1 else None
     try:
         iterator = pool.imap(_run_task, tasks, chunksize=16) if pool else map(_run_task, tasks)
-        for (_, _, split, *_), (_names, paths, entries) in zip(tasks, iterator):
+        for (_, _, split, *_), (captions, paths, entries) in zip(tasks, iterator):
+            mcot.update(captions)
             results[split][0].update(paths)
             results[split][1].extend(entries)
             bar.update()
@@ -361,6 +374,9 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict[str, Any]:
             **{kind: sum(e["family"] == kind for e in entries) for kind in FAMILY_KINDS},
             "schema": sum(e["family"].startswith("schema") for e in entries),
         }
+    with atomic_open(out / "captions" / MCOT_FILE) as f:  # the caption cache `composir caption` would write
+        for image_id, stages in mcot.items():
+            f.write(json.dumps({"id": image_id, "stages": stages, "model": "synthetic generator"}) + "\n")
     if cfg.schemas:
         summary["schemas"] = [
             {**s.to_json(), "shots": s.shots, "bucket": s.bucket} for s in schema_bench.make_schemas(cfg.seed)

@@ -29,6 +29,10 @@ class DataConfig:
     feature_cache: str | None = None
     max_train_queries: int | None = None
     max_val_queries: int | None = None
+    # A caption cache (`composir caption`, data/captions.py): its `caption_stage` becomes every
+    # target's and gallery item's caption, for methods whose target side reads one (CSMCIR).
+    target_captions: str | None = None
+    caption_stage: str = "final"
 
 
 @dataclass
@@ -162,6 +166,7 @@ def validate_config(cfg: RunConfig) -> None:
     """Every value of a run config checked against what it can be, before anything is built:
     ranges, names of benchmarks, encoders, methods, augmentations, metrics and devices."""
     from composir.data import READERS, protocol_of
+    from composir.data.captions import STAGES
     from composir.encoders import available_encoders
     from composir.methods import available_methods
     from composir.train.dataset import AUGMENTATIONS
@@ -176,6 +181,8 @@ def validate_config(cfg: RunConfig) -> None:
     need(bool(d.train_split), "data.train_split", "must name a split")
     need(bool(d.val_splits) and all(d.val_splits), "data.val_splits", "must list at least one split name")
     need(d.augment in AUGMENTATIONS, "data.augment", f"unknown {d.augment!r}; known: {sorted(AUGMENTATIONS)}")
+    need(d.caption_stage in STAGES, "data.caption_stage", f"unknown {d.caption_stage!r}; known: {list(STAGES)}")
+    # (A missing caption cache is reported when the data is read, before training starts.)
     for section, key, low in _LOWER_BOUNDS:
         value = getattr(getattr(cfg, section), key)
         need(value is None or value >= low, f"{section}.{key}", f"must be at least {low}, got {value}")

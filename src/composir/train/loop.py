@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from composir.data import load_benchmark
+from composir.data import Benchmark, load_benchmark
 from composir.encoders import build_encoder
 from composir.errors import ComposirError, ConfigError, WorkInterrupted
 from composir.methods import build_method
@@ -50,6 +50,12 @@ def build_from_config(cfg: RunConfig) -> torch.nn.Module:
     if cfg.encoder.freeze_vision:
         encoder.lock_vision_tower()
     return build_method(cfg.method.name, encoder, cfg.method.config)
+
+
+def load_data(cfg: RunConfig, split: str) -> Benchmark:
+    """A split of the run's benchmark, with the run's target captions attached (``data.target_captions``)."""
+    d = cfg.data
+    return load_benchmark(d.benchmark, d.root, split, captions=d.target_captions, caption_stage=d.caption_stage)
 
 
 def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu"):
@@ -149,7 +155,7 @@ def evaluate_splits(method, cfg: RunConfig, device: torch.device, cache=None) ->
 
     out = {}
     for split in cfg.data.val_splits:
-        bench = load_benchmark(cfg.data.benchmark, cfg.data.root, split)
+        bench = load_data(cfg, split)
         if cfg.data.max_val_queries:
             bench.queries = bench.queries[: cfg.data.max_val_queries]
         res = evaluate(
@@ -244,9 +250,9 @@ class Trainer:
                     "initialised %d of %d weights from %s", len(loaded), len(method.state_dict()), cfg.train.init_from
                 )
         cache = open_feature_cache(method, cfg)
-        bench = load_benchmark(cfg.data.benchmark, cfg.data.root, cfg.data.train_split)
+        bench = load_data(cfg, cfg.data.train_split)
         for split in cfg.data.val_splits:  # a missing or broken val split is found now, not after training
-            load_benchmark(cfg.data.benchmark, cfg.data.root, split)
+            load_data(cfg, split)
         return method, cache, bench
 
     def _write_run_folder(self) -> None:

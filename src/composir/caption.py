@@ -1,0 +1,186 @@
+"""``composir caption``: multi-level chain-of-thought captions of a benchmark's target images (CSMCIR).
+
+For every gallery and target image of a split, a multimodal LLM behind any OpenAI-compatible
+chat-completions endpoint (vLLM, Ollama, llama.cpp's server, a hosted API) is asked in one
+conversation, stage by stage: the objects, then their attributes, then the scene and relations,
+then one final discriminative caption. Every stage is kept, one JSON line per image, in the cache
+that training and evaluation read (``data.target_captions``, data/captions.py).
+
+Resumable: ids already captioned are skipped, an image that failed before is tried again, and a
+line cut off by a killed run is removed before anything is appended. Each record is appended with
+one ``write`` on a file opened for appending (and flushed), so a kill loses at most the line being
+written. A failing image (unreadable file, HTTP error after the client's retries, a timeout, a
+malformed answer) is recorded with its error and skipped. The client is the ``openai`` package:
+its retries with exponential back-off and timeouts; ``concurrency`` images are in flight at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from composir.data.captions import STAGES, read_caption_records
+from composir.data.media import load_media
+from composir.data.records import GalleryItem
+from composir.errors import ComposirError, ConfigError
+
+PROMPTS = {
+    "objects": "List the objects you see in this image, one short noun phrase each, separated by semicolons.",
+    "attributes": (
+        "For each of those objects, give its visible attributes (colour, size, material, pattern, shape), "
+        "one line per object."
+    ),
+    "scene": "Describe the scene: the background, where the objects are and how they relate to each other.",
+    "final": (
+        "Now write one caption, at most 30 words, that describes this image so precisely that it could be "
+        "told apart from similar images. Answer with the caption only."
+    ),
+}
+
+
+@dataclass
+class CaptionerConfig:
+    url: str
+    model: str
+    api_key_env: str | None = None  # environment variable holding the key ("EMPTY" when unset)
+    timeout: float = 60.0  # seconds per request
+    retries: int = 3  # per request, with the client's exponential back-off
+    concurrency: int = 4  # images in flight
+    max_tokens: int = 256
+    max_side: int = 768  # images are downscaled to this longest side before sending
+
+
+class CaptionServerError(ComposirError):
+    """The endpoint cannot be reached: nothing was captioned."""
+
+
+def _client(cfg: CaptionerConfig):
+    try:
+        from openai import OpenAI
+    except ImportError:
+        raise ConfigError("composir caption needs the openai package: pip install 'composir[caption]'") from None
+    key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
+    if cfg.api_key_env and not key:
+        raise ConfigError(f"--api-key-env: environment variable {cfg.api_key_env} is not set")
+    return OpenAI(base_url=cfg.url, api_key=key or "EMPTY", timeout=cfg.timeout, max_retries=cfg.retries)
+
+
+def check_reachable(client, url: str) -> None:
+    """One cheap request before any work: a connection failure is one clear error, not N failed images."""
+    import openai
+
+    try:
+        client.with_options(max_retries=0).models.list()
+    except openai.APIConnectionError as exc:  # includes timeouts
+        raise CaptionServerError(f"cannot reach the caption server at {url}: {exc}") from None
+    except openai.APIStatusError:
+        pass  # it answered (some servers have no /models): reachable
+
+
+def image_data_url(item: GalleryItem, max_side: int) -> str:
+    """The item's image (a video's middle frame) as a JPEG data URL, longest side at most ``max_side``."""
+    frames = load_media(item.path, 3 if item.media_type == "video" else 1, item.media_type)
+    image = frames[len(frames) // 2].convert("RGB")
+    image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def caption_stages(client, cfg: CaptionerConfig, item: GalleryItem) -> dict[str, str]:
+    """One conversation: each stage's question is asked after the previous answers."""
+    picture = {"type": "image_url", "image_url": {"url": image_data_url(item, cfg.max_side)}}
+    messages: list[dict[str, Any]] = []
+    stages = {}
+    for i, stage in enumerate(STAGES):
+        question = {"type": "text", "text": PROMPTS[stage]}
+        messages.append({"role": "user", "content": [picture, question] if i == 0 else [question]})
+        reply = client.chat.completions.create(model=cfg.model, messages=messages, max_tokens=cfg.max_tokens)
+        text = (reply.choices[0].message.content or "").strip() if reply.choices else ""
+        if not text:
+            raise ValueError(f"empty answer at stage {stage!r}")
+        stages[stage] = text
+        messages.append({"role": "assistant", "content": text})
+    return stages
+
+
+class CaptionCache:
+    """The JSONL cache, appended one whole line per write (after removing a cut-off last line)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._trim_partial_line()
+        self.records = read_caption_records(self.path) if self.path.is_file() else {}
+        self._lock = threading.Lock()
+
+    def _trim_partial_line(self) -> None:
+        if not self.path.is_file():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def done(self, image_id: str) -> bool:
+        record = self.records.get(image_id)
+        return record is not None and "error" not in record
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.records[record["id"]] = record
+
+
+def _caption_one(client, cfg: CaptionerConfig, item: GalleryItem) -> dict[str, Any]:
+    try:
+        return {"id": item.id, "stages": caption_stages(client, cfg, item), "model": cfg.model}
+    except Exception as exc:  # one bad image or answer is recorded and skipped
+        return {"id": item.id, "error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def caption_items(
+    items: Iterable[GalleryItem], out: str | Path, cfg: CaptionerConfig, progress: bool = True, client=None
+) -> dict[str, int]:
+    """Caption every item not yet in the cache ``out``; returns counts (done before, captioned, failed)."""
+    cache = CaptionCache(out)
+    items = list({i.id: i for i in items}.values())
+    todo = [i for i in items if not cache.done(i.id)]
+    counts = {"images": len(items), "already": len(items) - len(todo), "captioned": 0, "failed": 0}
+    if not todo:
+        return counts
+    client = client or _client(cfg)
+    check_reachable(client, cfg.url)
+    with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
+        futures = [pool.submit(_caption_one, client, cfg, item) for item in todo]
+        for future in tqdm(as_completed(futures), total=len(futures), desc="captions", disable=not progress):
+            record = future.result()
+            cache.append(record)
+            counts["failed" if "error" in record else "captioned"] += 1
+    return counts
+
+
+def target_items(bench) -> list[GalleryItem]:
+    """A split's gallery and every query target (a target may be outside the gallery)."""
+    items = {item.id: item for item in bench.gallery}
+    for q in bench.queries:
+        for t in q.target_ids:
+            if t not in items and t in bench.media:
+                items[t] = bench.media[t]
+    return list(items.values())

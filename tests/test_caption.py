@@ -1,0 +1,206 @@
+"""`composir caption` against a small OpenAI-compatible server on 127.0.0.1, and the caption cache."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+from PIL import Image
+
+from composir.caption import CaptionerConfig, caption_items
+from composir.cli import main
+from composir.data.captions import STAGES, attach_captions, read_caption_records, read_captions
+from composir.data.records import Benchmark, GalleryItem, Triplet
+from composir.errors import AnnotationError
+from helpers import free_port
+
+
+class FakeLLM(BaseHTTPRequestHandler):
+    """Answers chat completions like an OpenAI-compatible server; ``mode`` decides how it misbehaves."""
+
+    mode = "ok"  # ok | fail500 | slow | malformed
+    requests: ClassVar[list[dict]] = []
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._send(200, json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]}).encode())
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(body)
+        if self.mode == "fail500":
+            return self._send(500, b'{"error": {"message": "boom"}}')
+        if self.mode == "slow":
+            time.sleep(2.0)
+        if self.mode == "malformed":
+            return self._send(200, b'{"choices": [ this is not json')
+        turn = sum(m["role"] == "user" for m in body["messages"])
+        image = body["messages"][0]["content"][0]["image_url"]["url"]
+        answer = f"stage {turn} of an image of {len(image)} chars"
+        reply = {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+        }
+        self._send(200, json.dumps(reply).encode())
+
+
+@pytest.fixture
+def server():
+    FakeLLM.mode, FakeLLM.requests = "ok", []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeLLM)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _items(folder: Path, n: int, broken: set[int] = frozenset()) -> list[GalleryItem]:
+    items = []
+    for i in range(n):
+        path = folder / f"img{i}.png"
+        if i in broken:
+            path.write_bytes(b"not a png")
+        else:
+            Image.new("RGB", (40 + i, 30), (10 * i, 0, 0)).save(path)
+        items.append(GalleryItem(id=f"img{i}", path=path))
+    return items
+
+
+def _cfg(url: str, **kw) -> CaptionerConfig:
+    return CaptionerConfig(url=url, model="fake-vl", **{"retries": 0, "concurrency": 2, "timeout": 5.0, **kw})
+
+
+def test_captions_every_stage_in_one_conversation(server, tmp_path):
+    items = _items(tmp_path, 3)
+    out = tmp_path / "captions.jsonl"
+    counts = caption_items(items, out, _cfg(server), progress=False)
+    assert counts == {"images": 3, "already": 0, "captioned": 3, "failed": 0}
+    records = read_caption_records(out)
+    assert set(records) == {"img0", "img1", "img2"}
+    assert list(records["img0"]["stages"]) == list(STAGES)
+    assert records["img1"]["stages"]["final"].startswith("stage 4 of an image")
+    # Four requests per image; each stage sees the earlier questions and answers (the chain).
+    assert len(FakeLLM.requests) == 12
+    last = max(FakeLLM.requests, key=lambda r: len(r["messages"]))
+    assert [m["role"] for m in last["messages"]] == ["user", "assistant"] * 3 + ["user"]
+    assert last["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+
+
+def test_resume_skips_done_ids_drops_a_cut_line_and_retries_failures(server, tmp_path):
+    items = _items(tmp_path, 4, broken={2})
+    out = tmp_path / "captions.jsonl"
+    counts = caption_items(items[:2], out, _cfg(server), progress=False)  # a run stopped after two images
+    assert counts["captioned"] == 2
+    with open(out, "a") as f:
+        f.write('{"id": "img3", "stages": {"objec')  # a killed writer's cut-off line
+    FakeLLM.requests.clear()
+    counts = caption_items(items, out, _cfg(server), progress=False)
+    # img0, img1 skipped; img2 is a broken file: recorded and skipped; img3 captioned.
+    assert counts == {"images": 4, "already": 2, "captioned": 1, "failed": 1}
+    assert len(FakeLLM.requests) == 4
+    lines = out.read_text().splitlines()
+    assert all(json.loads(line) for line in lines) and len(lines) == 4
+    records = read_caption_records(out)
+    assert "error" in records["img2"] and "stages" in records["img3"]
+    # The broken image is tried again on the next run (and fails again); done ids are not.
+    FakeLLM.requests.clear()
+    counts = caption_items(items, out, _cfg(server), progress=False)
+    assert counts["already"] == 3 and counts["failed"] == 1 and FakeLLM.requests == []
+    assert read_captions(out) == {i: records[i]["stages"]["final"] for i in ("img0", "img1", "img3")}
+
+
+@pytest.mark.parametrize("mode", ["fail500", "slow", "malformed"])
+def test_a_misbehaving_server_fails_images_not_the_run(server, tmp_path, mode):
+    FakeLLM.mode = mode
+    out = tmp_path / "captions.jsonl"
+    counts = caption_items(_items(tmp_path, 2), out, _cfg(server, timeout=0.5, retries=1), progress=False)
+    assert counts["failed"] == 2 and counts["captioned"] == 0
+    records = read_caption_records(out)
+    assert all("error" in r for r in records.values())
+    if mode == "fail500":
+        assert len(FakeLLM.requests) == 4  # the first stage of each image, tried twice (retries=1)
+        assert "500" in records["img0"]["error"]
+
+
+def test_unreachable_server_is_one_clear_error(tmp_path, capsys):
+    _items(tmp_path, 1)
+    port = free_port()  # nothing listens there
+    bench_root = tmp_path / "bench"
+    _write_tiny_cirr_like_synthetic(bench_root)
+    code = main([
+        "caption", "--benchmark", "synthetic", "--root", str(bench_root), "--split", "test",
+        "--out", str(tmp_path / "c.jsonl"), "--url", f"http://127.0.0.1:{port}/v1", "--model", "m",
+        "--retries", "0", "--timeout", "2", "--quiet",
+    ])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith(f"error: cannot reach the caption server at http://127.0.0.1:{port}/v1")
+    assert not (tmp_path / "c.jsonl").exists() or (tmp_path / "c.jsonl").read_text() == ""
+
+
+def _write_tiny_cirr_like_synthetic(root: Path) -> None:
+    from composir.synth import SynthConfig, generate
+
+    generate(SynthConfig(out=root, seed=0, size=60, workers=1), progress=False)
+
+
+def test_cli_captions_a_synthetic_split(server, tmp_path, capsys):
+    root = tmp_path / "bench"
+    _write_tiny_cirr_like_synthetic(root)
+    out = tmp_path / "c.jsonl"
+    args = ["caption", "--benchmark", "synthetic", "--root", str(root), "--split", "test", "--out", str(out)]
+    code = main([*args, "--url", server, "--model", "fake-vl", "--limit", "3", "--quiet"])
+    assert code == 0
+    assert "3 captioned, 0 failed" in capsys.readouterr().out
+    assert len(read_captions(out)) == 3
+
+
+def test_caption_cache_reader_errors_and_attach(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "stages": {"final": "x"}}\n{oops}\n{"id": "b", "stages": {"final": "y"}}\n')
+    with pytest.raises(AnnotationError, match="line 2: not valid JSON"):
+        read_caption_records(bad)
+    bad.write_text('{"id": "a", "stages": {"objects": "x"}}\n')
+    with pytest.raises(AnnotationError, match='line 1: "stages" must be an object with a string "final"'):
+        read_caption_records(bad)
+    good = tmp_path / "good.jsonl"
+    good.write_text(
+        '{"id": "t", "stages": {"objects": "o", "final": "old"}}\n'
+        '{"id": "t", "stages": {"objects": "o2", "final": "new"}}\n'
+        '{"id": "u", "error": "HTTP 500"}\n'
+    )
+    assert read_captions(good) == {"t": "new"}
+    assert read_captions(good, "objects") == {"t": "o2"}
+    gallery = [GalleryItem("t", None), GalleryItem("u", None)]
+    bench = Benchmark("b", "s", tmp_path, [Triplet("q", "r", "text", ["t"])], gallery)
+    assert attach_captions(bench, read_captions(good)) == 1  # u has none
+    assert gallery[0].caption == "new" and bench.queries[0].extra["target_caption"] == "new"
+
+
+def test_synthetic_benchmark_ships_its_caption_cache(synth_root):
+    from composir.data import load_benchmark
+
+    bench = load_benchmark("synthetic", synth_root, "val")
+    assert all(item.caption for item in bench.gallery)
+    q = bench.queries[0]
+    assert q.extra["target_caption"] == bench.media_item(q.target_ids[0]).caption
+    # The generator's levels stand in for the LLM's stages: final = the attributes level.
+    assert q.extra["target_caption"] == q.extra["target_captions"]["attributes"]

@@ -1,0 +1,184 @@
+"""CSMCIR: one Q-Former for both sides, captioned targets, the memory bank (and its resume)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from composir.encoders import build_encoder
+from composir.methods import build_method
+from composir.methods.memory_bank import MemoryBank, binary_entropy, target_key
+from helpers import CONFIG, SMALL
+
+ENC = {"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4, "vision_layers": 1, "qformer_layers": 1}
+TEXTS = ["add a red circle", "make it blue", "remove the square", "use a pink background"]
+
+
+def _method(**config):
+    torch.manual_seed(0)
+    return build_method("csmcir", build_encoder("tiny", config=ENC), config).train()
+
+
+def _batch(method, n: int = 4, ids=None) -> dict:
+    gen = torch.Generator().manual_seed(1)
+    return {
+        "reference": torch.randn(n, 1, 3, 64, 64, generator=gen),
+        "target": torch.randn(n, 1, 3, 64, 64, generator=gen),
+        "tokens": method.encoder.tokenize(TEXTS[:n]),
+        "target_caption": method.encoder.tokenize([f"a caption {i}" for i in range(n)]),
+        "target_id": ids or [f"t{i}" for i in range(n)],
+    }
+
+
+def _grads(method, loss) -> set[str]:
+    method.zero_grad()
+    loss.backward()
+    return {n for n, p in method.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+def test_target_side_runs_through_the_query_sides_parameters():
+    method = _method(bank="none").eval()  # no dropout: the two passes must agree exactly
+    b = _batch(method)
+    # The very same function: a captioned target is the query fusion of (target frames, caption).
+    torch.testing.assert_close(
+        method.encode_target(b["target"], b["target_caption"]), method.encode_query(b["target"], b["target_caption"])
+    )
+    query_side = _grads(method, method.encode_query(b["reference"], b["tokens"]).sum())
+    target_side = _grads(method, method.encode_target(b["target"], b["target_caption"]).sum())
+    shared = {n for n in query_side & target_side if "qformer" in n or "text" in n}
+    assert len(shared) > 10  # the Q-Former's layers and the text embeddings get both sides' gradients
+    assert query_side == target_side
+
+    unshared = _method(bank="none", shared=False)
+    target_only = _grads(unshared, unshared.encode_target(b["target"], b["target_caption"]).sum())
+    assert target_only and all(n.startswith("target_tower.") for n in target_only)
+
+    image_side = _method(bank="none", target_side="image")
+    assert not image_side.target_text
+    image_grads = _grads(image_side, image_side.encode_target(b["target"]).sum())
+    assert not any("word_embeddings" in n for n in image_grads)  # no text on that side
+
+
+def test_the_caption_changes_the_target():
+    method = _method(bank="none").eval()
+    b = _batch(method)
+    other = method.encoder.tokenize(["something else entirely"] * 4)
+    a, c = method.encode_target(b["target"], b["target_caption"]), method.encode_target(b["target"], other)
+    assert (a - c).abs().max() > 1e-3
+
+
+def test_bank_never_returns_a_query_positive():
+    method = _method(bank="fifo", bank_size=8)
+    b = _batch(method)
+    keys = torch.tensor([target_key(t) for t in b["target_id"]])
+    with torch.no_grad():
+        q = method.encode_query(b["reference"], b["tokens"])
+    # Each query's own feature enters the bank under its positive's id: for its own row it must be
+    # masked (a negative at cosine 1 would swamp the positive); for the other rows it is a negative.
+    method.bank.update(q, keys, step=1)
+    _, mask = method.bank.negatives(keys)
+    assert mask.equal(torch.eye(4, dtype=torch.bool))
+    one = _batch(method, n=1)  # one query: the in-batch loss is 0 and only the bank could change it
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(method(one)["contrastive"])
+
+    method.bank.count.fill_(0)
+    method.bank.update(q[:1], keys[:1], step=1)
+    assert loss() == pytest.approx(0.0, abs=1e-6)
+    one["target_id"] = ["another"]  # the same entry, now another target's: a real negative
+    assert loss() > 0.1
+
+
+def test_entropy_eviction_keeps_the_confusable_entries():
+    dim = 4
+    queries = torch.eye(dim)[:1]  # one query along e0, its positive at cosine 0.8
+    positive = torch.tensor([0.8])
+    hard = torch.tensor([[0.8, 0.6, 0.0, 0.0]])  # as close as the positive: entropy 1 bit
+    easy = torch.tensor([[-0.5, 0.0, 0.866, 0.0]])  # far below the positive: entropy ~0
+    above = torch.tensor([[1.0, 0.0, 0.0, 0.0]])  # far above the positive at this scale: ~0 too
+    feats = torch.cat([easy, hard, above])
+    scores = MemoryBank.entropy_scores(feats, torch.tensor([1, 2, 3]), queries, torch.tensor([9]), positive, 50.0)
+    assert scores[1] == pytest.approx(1.0, abs=1e-3) and scores[0] < 0.01 and scores[2] < 0.01
+    bank = MemoryBank(1, dim, "entropy")
+    bank.update(feats, torch.tensor([1, 2, 3]), step=1, queries=queries, query_keys=torch.tensor([9]),
+                positive_sim=positive, scale=50.0)  # fmt: skip
+    assert bank.keys[:1].tolist() == [2]
+    fifo = MemoryBank(1, dim, "fifo")
+    fifo.update(feats, torch.tensor([1, 2, 3]), step=1)
+    assert fifo.keys[:1].tolist() == [3]  # the newest
+    assert binary_entropy(torch.tensor(0.5)) == pytest.approx(1.0)
+
+
+def test_bank_ages_out_and_replaces_seen_targets():
+    bank = MemoryBank(10, 2, "fifo", max_age=2)
+    bank.update(torch.ones(2, 2), torch.tensor([1, 2]), step=1)
+    bank.update(torch.zeros(1, 2), torch.tensor([2]), step=2)  # target 2 again: its old entry goes
+    assert sorted(bank.keys[: len(bank)].tolist()) == [1, 2] and len(bank) == 2
+    bank.update(torch.ones(1, 2), torch.tensor([5]), step=4)  # step 4: target 1 (written at 1) is 3 old
+    assert sorted(bank.keys[: len(bank)].tolist()) == [2, 5]
+
+
+@pytest.mark.parametrize("policy", ["fifo", "entropy"])
+def test_after_step_fills_the_bank_with_the_steps_targets(policy):
+    method = _method(bank=policy, bank_size=6)
+    ids = []
+    for step in range(1, 4):
+        ids.append([f"t{step}-{i}" for i in range(4)])
+        sum(method(_batch(method, ids=ids[-1])).values()).backward()
+        method.after_step(step)
+    assert len(method.bank) == 6
+    kept = set(method.bank.keys[:6].tolist())
+    if policy == "fifo":
+        assert kept == {target_key(t) for t in ids[2] + ids[1][2:]}
+    else:
+        assert kept <= {target_key(t) for step_ids in ids for t in step_ids}
+        scores = method.bank.scores[:6]
+        assert (scores >= 0).all() and (scores <= 1).all() and scores.sum() > 0
+
+
+def _train(root, out, steps, stop_after=None):
+    from composir.train import load_config, train
+
+    overrides = [
+        f"data.root={root}", f"output_dir={out}", *SMALL, "method.name=csmcir", "method.config=null",
+        "method.config={bank: entropy, bank_size: 12, max_age: 4}", f"train.max_steps={steps}",
+        "train.save_every=1", "train.eval_every=100", "train.num_workers=0",
+    ]  # fmt: skip
+    train(load_config(CONFIG, overrides), progress=False, stop_after=stop_after)
+
+
+def test_bank_survives_kill_and_resume(synth_root, tmp_path):
+    from composir.train import load_run
+
+    _train(synth_root, tmp_path / "whole", 6)
+    _train(synth_root, tmp_path / "killed", 6, stop_after=3)
+    _, _ = load_run(tmp_path / "killed", "latest")
+    _train(synth_root, tmp_path / "killed", 6)
+    whole, _ = load_run(tmp_path / "whole", "latest")
+    resumed, _ = load_run(tmp_path / "killed", "latest")
+    assert len(whole.bank) > 4
+    for name in ("features", "keys", "written", "scores", "count"):
+        torch.testing.assert_close(getattr(resumed.bank, name), getattr(whole.bank, name), msg=name)
+
+
+def test_csmcir_evaluates_with_gallery_captions(synth_root, tmp_path, monkeypatch):
+    from composir.data import load_benchmark
+    from composir.eval.evaluate import evaluate
+
+    method = _method(bank="none").eval()
+    seen = []
+    original = method.encode_target
+
+    def spy(frames, tokens=None):
+        seen.append(tokens)
+        return original(frames, tokens)
+
+    monkeypatch.setattr(method, "encode_target", spy)
+    bench = load_benchmark("synthetic", synth_root, "val")
+    bench.queries = bench.queries[:8]
+    evaluate(method, bench, batch_size=64, num_frames=1, progress=False)
+    assert seen and all(t is not None for t in seen)
+    first = bench.gallery[0].caption
+    assert seen[0].ids[0].tolist() == method.encoder.tokenize([first]).ids[0].tolist()
