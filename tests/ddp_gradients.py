@@ -33,28 +33,37 @@ def main(out: str, method_name: str, gather: bool) -> None:
         config["dropout"] = 0.0
     # eval(): no dropout, so both runs compute the same function; DDP syncs gradients either way.
     method = build_method(method_name, encoder, config).eval()
+    if method_name == "csmcir":
+        # Its memory bank fills in training mode: the method's own flag on, its modules (dropout,
+        # batch statistics that differ between a half and a whole batch) still in eval mode.
+        method.training = True
     generator = torch.Generator().manual_seed(1)
     batch = {
         "reference": torch.randn(len(TEXTS), 1, 3, 64, 64, generator=generator),
         "target": torch.randn(len(TEXTS), 1, 3, 64, 64, generator=generator),
         "tokens": encoder.tokenize(TEXTS),
+        "target_caption": encoder.tokenize(TEXTS[::-1]),
+        "target_id": [f"t{i}" for i in range(len(TEXTS))],
     }
     model = method
     if world > 1:
         per = len(TEXTS) // world
-        batch = {k: v[rank * per : (rank + 1) * per] for k, v in batch.items()}
+        batch = {k: v[rank * per : (rank + 1) * per] for k, v in batch.items()}  # Tokens slice too
         model = torch.nn.parallel.DistributedDataParallel(
             method, find_unused_parameters=method.ddp_find_unused_parameters
         )
     loss = sum(model(batch).values())
     loss.backward()
+    method.after_step(1)  # state updates (a memory bank) with every rank's features
     total = loss.detach().clone()
     if world > 1:
         dist.all_reduce(total)
         total /= world
     if rank == 0:
         grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
-        torch.save({"loss": total, "grads": grads}, out)
+        bank = getattr(method, "bank", None)
+        state = {k: v.clone() for k, v in bank.state_dict().items()} if bank is not None else {}
+        torch.save({"loss": total, "grads": grads, "bank": state}, out)
     if world > 1:
         # Both ranks done before DDP's reducer and the group go (a rank leaving first can abort the other).
         dist.barrier()

@@ -27,7 +27,7 @@ def _run(out: Path, method: str, gather: bool, launcher: tuple[str, ...]) -> dic
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["qformer_fusion", "combiner"])
+@pytest.mark.parametrize("method", ["qformer_fusion", "combiner", "csmcir"])
 def test_two_processes_equal_one_on_the_global_batch(tmp_path, method):
     one = _run(tmp_path / "one.pt", method, True, (sys.executable,))
     two = _run(tmp_path / "two.pt", method, True, torchrun(2, free_port()))
@@ -35,6 +35,12 @@ def test_two_processes_equal_one_on_the_global_batch(tmp_path, method):
     assert one["grads"].keys() == two["grads"].keys()
     for name, grad in one["grads"].items():
         torch.testing.assert_close(two["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=f"gradient of {name}")
+    # A memory bank is filled with every rank's targets (gathered): the same bank as one process's.
+    assert one["bank"].keys() == two["bank"].keys()
+    if method == "csmcir":
+        assert int(one["bank"]["count"]) == 8
+    for name, value in one["bank"].items():
+        torch.testing.assert_close(two["bank"][name], value, rtol=1e-4, atol=1e-6, msg=f"bank {name}")
     # Without gathering, each rank contrasts within its half: another loss (the test can fail).
     local = _run(tmp_path / "local.pt", method, False, torchrun(2, free_port()))
     assert abs(float(local["loss"]) - float(one["loss"])) > 1e-3
