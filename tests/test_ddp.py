@@ -63,6 +63,7 @@ def _unused_after_one_step(method_name: str, **config) -> list[str]:
         "tokens": encoder.tokenize(TEXTS),
         "target_caption": encoder.tokenize(TEXTS[::-1]),
         "target_id": [f"t{i}" for i in range(len(TEXTS))],
+        "reference_id": [f"r{i}" for i in range(len(TEXTS))],
     }
     sum(method(batch).values()).backward()
     unused = [n for n, p in method.named_parameters() if p.requires_grad and p.grad is None]
@@ -89,6 +90,8 @@ def _unused_after_one_step(method_name: str, **config) -> list[str]:
         ("csmcir", {"target_side": "image", "bank": "fifo"}),
         ("csmcir", {"shared": False, "bank": "none"}),
         ("csmcir", {"shared": False, "target_side": "image"}),
+        ("context_cir", {}),
+        ("context_cir", {"reference_negative": False, "cc_weight": 0.0}),
     ],
 )
 def test_every_trainable_parameter_gets_a_gradient_or_the_method_says_so(method, config):

@@ -105,6 +105,19 @@ class Encoder(nn.Module):
 
 
 @runtime_checkable
+class TokenFeatures(Protocol):
+    """Token-level features of both towers (ConText-CIR's cross-attention from text tokens to
+    patches): ``blip2`` and ``tiny`` (ViT tokens, Q-Former text tokens), ``openclip`` (the last
+    block's tokens of each tower, through open_clip's ``forward_intermediates``)."""
+
+    def text_tokens(self, tokens: Tokens) -> torch.Tensor:
+        """(B, L, C_text): one feature per token, aligned with ``tokens.offsets``."""
+
+    def image_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """((B, P, C_vision) patch tokens, (B, D) the image feature ``encode_image`` gives), one pass."""
+
+
+@runtime_checkable
 class QFormerBackbone(Protocol):
     """What a BLIP-2-style encoder offers methods that work inside its Q-Former (qformer_fusion,
     IMAGINE, CSMCIR): methods check ``isinstance(encoder, QFormerBackbone)`` and call these,

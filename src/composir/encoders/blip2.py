@@ -167,6 +167,13 @@ class Blip2Encoder(Encoder):
     def encode_text(self, tokens: Tokens) -> torch.Tensor:
         return self.model.text_projection(self.text_hidden(tokens)[:, 0])
 
+    def text_tokens(self, tokens: Tokens) -> torch.Tensor:  # TokenFeatures
+        return self.text_hidden(tokens)
+
+    def image_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # TokenFeatures
+        memory = self.vision_tokens(frames)
+        return memory, self.project_image(self.image_query_outputs(None, memory)).mean(1)
+
     def fusion_hidden(
         self,
         frames: torch.Tensor | None,

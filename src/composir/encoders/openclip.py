@@ -56,6 +56,21 @@ class OpenClipEncoder(Encoder):
     def encode_text(self, tokens: Tokens) -> torch.Tensor:
         return self.model.encode_text(tokens.ids)
 
+    def text_tokens(self, tokens: Tokens) -> torch.Tensor:  # TokenFeatures
+        out = self.model.forward_intermediates(text=tokens.ids, text_indices=1, normalize_intermediates=True)
+        return out["text_intermediates"][-1]
+
+    def image_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # TokenFeatures
+        """The last block's patch tokens (final norm applied) and the image feature, in one pass;
+        videos: both averaged over frames."""
+        b, t = frames.shape[:2]
+        out = self.model.forward_intermediates(
+            image=frames.flatten(0, 1), image_indices=1, normalize=False, normalize_intermediates=True,
+            image_output_fmt="NLC",
+        )  # fmt: skip
+        patches = out["image_intermediates"][-1]
+        return patches.view(b, t, *patches.shape[1:]).mean(1), out["image_features"].view(b, t, -1).mean(1)
+
 
 def _align(tokenizer, text: str, ids: list[int]) -> list[tuple[int, int]]:
     """Character spans of open_clip BPE tokens in ``text``: each token's decoded piece is found in

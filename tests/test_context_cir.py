@@ -1,0 +1,152 @@
+"""ConText-CIR: noun phrases, their token spans, the concept-consistency loss, the reference negative."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from composir.encoders import build_encoder
+from composir.methods import build_method
+from composir.methods.context_cir import concept_consistency
+from composir.methods.noun_phrases import NounPhrases
+
+ENC = {"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4, "vision_layers": 1, "qformer_layers": 1}
+TEXTS = [
+    "make the dress red and add a small blue circle",
+    "remove it",  # no noun phrase that names anything (a pronoun)
+    "turn the red triangle into a circle and use a pink background",
+]
+
+
+def _method(**config):
+    torch.manual_seed(0)
+    return build_method("context_cir", build_encoder("tiny", config=ENC), {"layers": 2, "heads": 2, **config})
+
+
+def _items(texts, refs=None, targets=None):
+    gen = torch.Generator().manual_seed(0)
+    return [
+        {
+            "index": i,
+            "reference": torch.randn(1, 3, 64, 64, generator=gen),
+            "target": torch.randn(1, 3, 64, 64, generator=gen),
+            "text": t,
+            "query_id": str(i),
+            "reference_id": (refs or [f"r{j}" for j in range(len(texts))])[i],
+            "target_id": (targets or [f"t{j}" for j in range(len(texts))])[i],
+            "extra": {},
+        }
+        for i, t in enumerate(texts)
+    ]
+
+
+def test_noun_phrases_by_character_span_and_cached(tmp_path):
+    cache = tmp_path / "spans.json"
+    phrases = NounPhrases(cache_file=cache)
+    spans = phrases(TEXTS)
+    assert [[TEXTS[0][a:b] for a, b in spans[0]]] == [["the dress", "a small blue circle"]]
+    assert spans[1] == []  # "it" names nothing
+    assert [TEXTS[2][a:b] for a, b in spans[2]] == ["the red triangle", "a circle", "a pink background"]
+    phrases.save()
+    again = NounPhrases(model="no-such-pipeline", cache_file=cache)  # never loads a pipeline: all cached
+    assert again(TEXTS) == spans
+
+
+def test_concept_consistency_loss():
+    a = torch.tensor([[0.1, 0.5, 0.4], [0.2, 0.2, 0.6]])
+    assert float(concept_consistency(a, a.clone(), 0.05)) == 0.0
+    # Differences within the margin (after scaling each map to max 1) cost nothing...
+    assert float(concept_consistency(a, a * 1.0 + torch.tensor([0.0, 0.0, 0.01]), 0.05)) == 0.0
+    # ...beyond it they do, by the excess: scaled maps [0.2, 1, 0.8] vs [1, 0.2, 0.8] -> (0.75 + 0.75 + 0) / 3.
+    b = torch.tensor([[0.5, 0.1, 0.4]])
+    assert float(concept_consistency(a[:1], b, 0.05)) == pytest.approx((0.75 + 0.75) / 3)
+    assert float(concept_consistency(a[:0], b[:0], 0.05)) == 0.0  # no concepts
+
+
+def test_collator_maps_concepts_to_their_tokens():
+    method = _method()
+    batch = method.collator()(_items(TEXTS))
+    assert batch["concept_row"].tolist() == [0, 0, 2, 2, 2]
+    tokens = batch["tokens"]
+    for row, spans in enumerate(batch["concepts"]):
+        for start, end in spans:
+            pieces = [TEXTS[row][a:b] for a, b in (tokens.offsets[row][i] for i in tokens.token_span(row, start, end))]
+            assert " ".join(pieces) == TEXTS[row][start:end]
+    assert batch["concept_tokens"].ids.shape[0] == 5
+    capped = _method(max_concepts=1).collator()(_items(TEXTS))
+    assert [len(s) for s in capped["concepts"]] == [1, 0, 1] and capped["concept_row"].tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("name", ["tiny", "openclip", "blip2"])
+def test_concept_spans_cover_split_words_in_every_tokenizer(name, tmp_path):
+    from test_encoders import OPENCLIP_TINY, _hub_blip2
+
+    if name == "blip2":
+        enc = build_encoder("blip2", pretrained=str(_hub_blip2(tmp_path)[1]))
+    elif name == "openclip":
+        enc = build_encoder("openclip", config={"model": "composir-test-vit", "model_config": OPENCLIP_TINY})
+    else:
+        enc = build_encoder("tiny")
+    text = "put a turquoise parallelogram beside the circle"
+    spans = NounPhrases()([text])[0]
+    tokens = enc.tokenize([text])
+    for start, end in spans:
+        positions = tokens.token_span(0, start, end)
+        covered = "".join(text[a:b] for a, b in (tokens.offsets[0][i] for i in positions))
+        assert covered == text[start:end].replace(" ", ""), (name, covered)
+    assert len(spans) == 2
+
+
+def test_concept_loss_trains_maps_to_agree():
+    method = _method(cc_weight=1.0, margin=0.0).train()
+    batch = method.collator()(_items(TEXTS))
+    optimizer = torch.optim.Adam(method.fusion.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = method(batch)["concept"]
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[0] > 0 and losses[-1] < 0.5 * losses[0]
+
+
+def test_no_concepts_no_concept_loss_and_no_crash():
+    method = _method()
+    batch = method.collator()(_items(["remove it", "do it"]))
+    assert batch["concept_tokens"] is None
+    out = method(batch)
+    assert float(out["concept"]) == 0.0
+    sum(out.values()).backward()
+
+
+def test_reference_is_an_extra_negative_unless_it_is_the_target():
+    with_neg, without = _method(cc_weight=0.0).eval(), _method(cc_weight=0.0, reference_negative=False).eval()
+    batch = with_neg.collator()(_items(TEXTS[:1]))
+    with torch.no_grad():
+        assert float(without(batch)["contrastive"]) == pytest.approx(0.0, abs=1e-6)  # one query, one target
+        assert float(with_neg(batch)["contrastive"]) > 0.01  # its reference competes with the target
+        same = with_neg.collator()(_items(TEXTS[:1], refs=["x"], targets=["x"]))
+        assert float(with_neg(same)["contrastive"]) == pytest.approx(0.0, abs=1e-6)  # masked
+
+
+@pytest.mark.parametrize("name", ["openclip", "blip2"])
+def test_trains_on_other_encoders(name, tmp_path):
+    from test_encoders import OPENCLIP_TINY, _hub_blip2
+
+    torch.manual_seed(0)
+    if name == "openclip":
+        enc = build_encoder("openclip", config={"model": "composir-test-vit", "model_config": OPENCLIP_TINY})
+    else:
+        enc = build_encoder("blip2", pretrained=str(_hub_blip2(tmp_path)[1]))
+    method = build_method("context_cir", enc, {"layers": 1, "heads": 2})
+    items = _items(TEXTS)
+    for item in items:  # this encoder's image size
+        item["reference"] = torch.randn(1, 3, enc.image_size, enc.image_size)
+        item["target"] = torch.randn(1, 3, enc.image_size, enc.image_size)
+    out = method(method.collator()(items))
+    assert float(out["concept"]) > 0
+    sum(out.values()).backward()
+    assert method.fusion.blocks[0].attention.in_proj_weight.grad.abs().sum() > 0
+    _, image = enc.image_tokens(items[0]["reference"][None])
+    torch.testing.assert_close(image, enc.encode_image(items[0]["reference"][None]))
