@@ -9,6 +9,10 @@ Location phrases ("in the bottom"), pronouns and the implicit family's abstract 
 gold concepts, so chunks there count against precision. Reported per family with the parse time.
 
     .venv/bin/python benchmarks/context_cir.py concepts --data D [--split test]
+    .venv/bin/python benchmarks/context_cir.py triplets --data D --generated OUT   (after make-triplets)
+
+``triplets``: precision of ``composir make-triplets`` output against the generator's scenes: a
+generated triplet is correct when reference and target differ by the text's edit and nothing else.
 """
 
 from __future__ import annotations
@@ -101,6 +105,54 @@ def cmd_concepts(args) -> None:
         print(f"  {family}: {n_chunks[0] / n_chunks[1]:.2f} ({n_chunks[1]} texts)")
 
 
+def scenes_by_image(root: Path) -> dict[str, dict]:
+    """Every image's generator scene (kept with its captions in captions/mcot.jsonl)."""
+    from composir.data.captions import read_caption_records
+
+    records = read_caption_records(root / "captions" / "mcot.jsonl")
+    return {i: r["scene"] for i, r in records.items() if "scene" in r}
+
+
+def _objects(scene: dict) -> list[tuple[str, str, str, str]]:
+    return sorted((o["size"], o["colour"], o["shape"], o["cell"]) for o in scene["objects"])
+
+
+def triplet_is_correct(reference: dict, target: dict, text: str) -> bool:
+    """The text's edit and nothing else: objects the text does not name keep their place, size
+    and colour; the background changes only when the text names one."""
+    if "background" not in text and reference["background"] != target["background"]:
+        return False
+    named = lambda o: f"{o[1]} {o[2]}" in text  # noqa: E731 (colour shape, as captions say it)
+    kept_ref = [o for o in _objects(reference) if not named(o)]
+    kept_tgt = [o for o in _objects(target) if not named(o)]
+    changed = _objects(reference) != _objects(target) or reference["background"] != target["background"]
+    return kept_ref == kept_tgt and changed
+
+
+def cmd_triplets(args) -> None:
+    """Precision of `composir make-triplets` output against the generator's scenes."""
+    import json
+
+    scenes = scenes_by_image(Path(args.data))
+    out = Path(args.generated)
+    total = correct = unknown = 0
+    by_edit: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for split in ("train", "val"):
+        for entry in json.loads((out / "captions" / f"cap.rc2.{split}.json").read_text()):
+            ref, tgt = scenes.get(entry["reference"]), scenes.get(entry["target_hard"])
+            if ref is None or tgt is None:
+                unknown += 1
+                continue
+            ok = triplet_is_correct(ref, tgt, entry["caption"])
+            total += 1
+            correct += ok
+            by_edit[entry["edit"]][0] += ok
+            by_edit[entry["edit"]][1] += 1
+    print(f"{total} generated triplets checked ({unknown} without a known scene): precision {_pct(correct, total)}")
+    for kind, (ok, n) in sorted(by_edit.items()):
+        print(f"  {kind}: {_pct(ok, n)} of {n}")
+
+
 def _pct(a: int, b: int) -> str:
     return f"{100 * a / b:.1f}" if b else "–"
 
@@ -112,6 +164,10 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
     p.set_defaults(func=cmd_concepts)
+    p = sub.add_parser("triplets")
+    p.add_argument("--data", required=True, help="the synthetic benchmark the images came from")
+    p.add_argument("--generated", required=True, help="make-triplets output folder")
+    p.set_defaults(func=cmd_triplets)
     args = parser.parse_args()
     args.func(args)
 

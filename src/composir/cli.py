@@ -330,6 +330,27 @@ def cmd_caption(args: argparse.Namespace) -> int:
     return 0 if counts["failed"] == 0 else 1
 
 
+def cmd_make_triplets(args: argparse.Namespace) -> int:
+    from composir.triplets import TripletConfig, make_triplets
+
+    cfg = TripletConfig(
+        images=Path(args.images),
+        captions=Path(args.captions),
+        out=Path(args.out),
+        match=args.match,
+        run=Path(args.run) if args.run else None,
+        threshold=args.threshold if args.threshold is not None else (0.99 if args.match == "captions" else 0.3),
+        per_image=args.per_image,
+        seed=args.seed,
+    )
+    counts = make_triplets(cfg, progress=not args.quiet)
+    print(
+        f"{args.out}: {counts['train']} train + {counts['val']} val triplets kept of {counts['edits']} edits "
+        f"from {counts['images']} captioned images (train with --benchmark cirr --root {args.out})"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from composir.demo import run_demo
 
@@ -466,6 +487,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, default=None, help="caption at most this many images")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("make-triplets", help="training triplets from captioned images (edited captions -> images)")
+    p.add_argument("--images", required=True, help="folder of images whose file names (stems) are the caption ids")
+    p.add_argument("--captions", required=True, help="caption cache (composir caption) or a file in its format")
+    p.add_argument("--out", required=True, help="output folder, CIRR layout")
+    p.add_argument("--match", default="captions", choices=["captions", "model"])
+    p.add_argument("--run", default=None, help="trained run for --match model (text -> image similarity)")
+    p.add_argument("--threshold", type=float, default=None, help="keep a pair from this score (default 0.99 / 0.3)")
+    p.add_argument("--per-image", type=positive_int, default=2, help="edits tried per reference image")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_make_triplets)
 
     p = sub.add_parser("demo", help="synthetic benchmark -> train -> evaluate, end to end")
     p.add_argument("--out", default="demo-out")

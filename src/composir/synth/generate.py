@@ -245,14 +245,14 @@ def mcot_stages(levels: dict[str, str]) -> dict[str, str]:
     return {"objects": levels["global"], "attributes": a, "scene": levels["layout"], "final": a}
 
 
-def _run_task(args: tuple) -> tuple[dict[str, dict[str, str]], dict[str, str], list[dict[str, Any]]]:
+def _run_task(args: tuple) -> tuple[dict[str, tuple[dict[str, str], dict[str, Any]]], dict[str, str], list[dict]]:
     return _schema_task(args[1:]) if args[0] == "schema" else _family_task(args[1:])
 
 
 def _write_family(
     cfg: SynthConfig, split: str, prefix: str, plan: FamilyPlan, family: str, rng: np.random.Generator
-) -> tuple[dict[str, dict[str, str]], dict[str, str], list[dict[str, Any]]]:
-    """Render a family's scenes; their MCoT-stage captions, paths and annotation entries (CIRR layout + extras)."""
+) -> tuple[dict[str, tuple[dict[str, str], dict[str, Any]]], dict[str, str], list[dict[str, Any]]]:
+    """Render a family's scenes; per image its MCoT-stage captions and scene, paths, annotation entries."""
     folder = Path(cfg.out) / split
     suffix = ".mp4" if cfg.video else ".png"
     names = [f"{prefix}-{m}" for m in range(len(plan.members))]
@@ -266,7 +266,7 @@ def _write_family(
             Image.fromarray(frames[0]).save(path, compress_level=1)
         paths[name] = f"./{split}/{name}{suffix}"
     captions = [caption_levels(s, cfg.video) for s in plan.members]
-    mcot = {name: mcot_stages(levels) for name, levels in zip(names, captions)}
+    mcot = {name: (mcot_stages(levels), scene.to_json()) for name, levels, scene in zip(names, captions, plan.members)}
     entries = []
     for t in plan.triplets:
         ref_caption = captions[0]["layout"]
@@ -338,7 +338,7 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict[str, Any]:
     ]
     tasks += [(tag, cfg, *rest) for tag, *rest in schema_tasks(cfg)]
     results: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {s: ({}, []) for s in SPLITS}
-    mcot: dict[str, dict[str, str]] = {}
+    mcot: dict[str, tuple[dict[str, str], dict[str, Any]]] = {}
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     bar = tqdm(total=len(tasks), desc="synth families", unit="fam", disable=not progress)
     pool = ctx.Pool(cfg.workers) if cfg.workers > 1 else None
@@ -375,8 +375,9 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict[str, Any]:
             "schema": sum(e["family"].startswith("schema") for e in entries),
         }
     with atomic_open(out / "captions" / MCOT_FILE) as f:  # the caption cache `composir caption` would write
-        for image_id, stages in mcot.items():
-            f.write(json.dumps({"id": image_id, "stages": stages, "model": "synthetic generator"}) + "\n")
+        for image_id, (stages, scene) in mcot.items():  # the scene: ground truth for pipelines that read captions
+            record = {"id": image_id, "stages": stages, "model": "synthetic generator", "scene": scene}
+            f.write(json.dumps(record) + "\n")
     if cfg.schemas:
         summary["schemas"] = [
             {**s.to_json(), "shots": s.shots, "bucket": s.bucket} for s in schema_bench.make_schemas(cfg.seed)
