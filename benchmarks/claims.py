@@ -48,7 +48,7 @@ BUCKETS = (
     "explicit", "multi", "implicit",
 )  # fmt: skip
 SHOT_BUCKETS = BUCKETS[:4]
-TABLE_METRICS = ("R@1", "Rsubset@1")
+TABLE_METRICS = ("R@1", "R@10", "Rsubset@1")
 
 
 @dataclass(frozen=True)
@@ -332,7 +332,7 @@ def write_board(doc: Path, header: list[str], claims: dict[str, Claim], results:
         f.write("\n".join(lines))
 
 
-def header_lines(args, size: BoardSize, seconds: float, results: dict) -> list[str]:
+def header_lines(args, size: BoardSize, seconds: float | None, results: dict) -> list[str]:
     run_minutes = statistics.mean(r["seconds"] for r in results.values()) / 60 if results else 0.0
     command = "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/claims.py" + (" --quick" if args.quick else "")
     return [
@@ -347,9 +347,13 @@ def header_lines(args, size: BoardSize, seconds: float, results: dict) -> list[s
         f"{size.pretrain_size:,} triplets; every variant fine-tunes it {size.steps} steps × 32 at lr {args.lr:g};",
         "images, tiny encoder with 16 query tokens; each claim's seeds are given with its verdict).",
         f"This board: {len(results)} fine-tuning runs of {run_minutes:.1f} min each on average (training and",
-        f"test evaluation, one thread each, {args.jobs} at a time); the command's last invocation took",
-        f"{seconds / 60:.0f} min of wall time on this machine ({platform.machine()}, {os.cpu_count()} cores,",
-        f"{time.strftime('%Y-%m-%d')}; finished runs are reused, so that is the time of what it had left to do).",
+        f"test evaluation, one thread each, {args.jobs} at a time, {platform.machine()}, {os.cpu_count()} cores, "
+        f"{time.strftime('%Y-%m-%d')}).",
+        (
+            "Drawn from the cached runs (`--render`)."
+            if seconds is None
+            else f"This invocation took {seconds / 60:.0f} min of wall time (finished runs are reused)."
+        ),
         "The full board (no `--quick`) is 5 seeds; `--quick` (2 seeds, smaller sets and runs, written to",
         "docs/claims-quick.md) is sized to finish in under 30 minutes on 2 cores.",
         "",
@@ -373,6 +377,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: by size)")
     parser.add_argument("--pretrain-steps", type=int, default=None, help="backbone steps (default: by size)")
     parser.add_argument("--out", default=None, help="cache folder (default: runs/claims or runs/claims-quick)")
+    parser.add_argument("--render", action="store_true", help="only redraw the board from the finished runs")
     parser.add_argument("--doc", default=None, help="default: docs/claims.md (docs/claims-quick.md with --quick)")
     args = parser.parse_args()
     size = QUICK if args.quick else FULL
@@ -389,6 +394,12 @@ def main() -> None:
 
     _one_thread()
     start = time.time()
+    if args.render:
+        results = finished_runs(root)
+        seeds = tuple(sorted({seed for _, seed in results}))
+        write_board(doc, header_lines(args, size, None, results), claims, results, seeds)
+        print(f"wrote {doc} from {len(results)} finished runs")
+        return
     pretrain, data = make_data(root, size)
     backbone = train_backbone(root, pretrain, size.pretrain_steps)
     variants = {v.key: v for c in to_run.values() for v in (c.baseline, *c.variants.values())}
