@@ -269,29 +269,30 @@ def diagnostics_table(claim: Claim, results: dict, seeds: list[int]) -> list[str
 
 
 def plot_claim(claim: Claim, hits: dict, path: Path) -> None:
-    """R@1 by shot level (left) and on the other buckets (right), mean over seeds with the seeds' range."""
+    """R@1 and Rsubset@1 by shot level, R@1 on the other buckets: mean over seeds (error bars: the
+    seeds' range on the curves, their std on the bars)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.6]})
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1, 1, 1.6]})
     others = [b for b in BUCKETS[4:] if any((h["bucket"] == b).any() for h in hits[BASELINE])]
     width = 0.8 / len(hits)
     for i, (name, runs) in enumerate(hits.items()):
-        shots = np.array([[_rate(h, "R@1", b) for b in SHOT_BUCKETS] for h in runs])
-        left.errorbar(
-            [1, 4, 16, 64], shots.mean(0), yerr=[shots.mean(0) - shots.min(0), shots.max(0) - shots.mean(0)],
-            marker="o", capsize=3, label=name,
-        )  # fmt: skip
+        for ax, metric in zip(axes[:2], ("R@1", "Rsubset@1")):
+            shots = np.array([[_rate(h, metric, b) for b in SHOT_BUCKETS] for h in runs])
+            low, high = shots.mean(0) - shots.min(0), shots.max(0) - shots.mean(0)
+            ax.errorbar([1, 4, 16, 64], shots.mean(0), yerr=[low, high], marker="o", capsize=3, label=name)
         rest = np.array([[_rate(h, "R@1", b) for b in others] for h in runs])
-        right.bar(np.arange(len(others)) + i * width, rest.mean(0), width, yerr=rest.std(0), capsize=2, label=name)
-    left.set(xscale="log", xticks=[1, 4, 16, 64], xticklabels=["1", "4", "16", "64"])
-    left.set_xlabel("training shots per schema")
-    left.set(ylabel="R@1 (test)", title=f"{claim.paper}: implicit schema queries")
-    right.set(xticks=np.arange(len(others)) + 0.4 - width / 2, xticklabels=others, ylabel="R@1 (test)")
-    right.set_title("other buckets")
-    right.legend(fontsize=7)
+        axes[2].bar(np.arange(len(others)) + i * width, rest.mean(0), width, yerr=rest.std(0), capsize=2, label=name)
+    for ax, metric in zip(axes[:2], ("R@1", "Rsubset@1")):
+        ax.set(xscale="log", xticks=[1, 4, 16, 64], xticklabels=["1", "4", "16", "64"], ylabel=f"{metric} (test)")
+        ax.set_xlabel("training shots per schema")
+        ax.set_title(f"{claim.paper}: implicit schema queries", fontsize=9)
+    axes[2].set(xticks=np.arange(len(others)) + 0.4 - width / 2, xticklabels=others, ylabel="R@1 (test)")
+    axes[2].set_title("other buckets", fontsize=9)
+    axes[2].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
