@@ -312,7 +312,7 @@ def claim_section(claim: Claim, results: dict, seeds: tuple[int, ...], img: Path
         return [*lines, "No finished runs yet.", ""]
     verdict, checks = judge_claim(claim, hits)
     lines += [f"**Verdict: {verdict}** (seeds {', '.join(map(str, done))}).", "", *check_table(checks), ""]
-    for metric in TABLE_METRICS:
+    for metric in [m for m in TABLE_METRICS if m in hits[BASELINE][0]]:
         lines += [f"{metric} on the test split, mean ± std over seeds (difference to the baseline "
                   "[95% paired bootstrap interval]):", "", *metric_table(hits, metric), ""]  # fmt: skip
     diag = diagnostics_table(claim, results, done)
