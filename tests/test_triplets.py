@@ -27,7 +27,8 @@ def test_neighbour_edits_turn_the_reference_into_each_neighbour():
         frozenset(["x", "y"]),  # two or more changes: no one-phrase edit
     ]
     edits = neighbour_edits(caption, spans, neighbours)
-    assert [e.text for e in edits] == ["replace a red circle with a green circle", "add a small cross", "remove a blue square"]
+    texts = ["replace a red circle with a green circle", "add a small cross", "remove a blue square"]
+    assert [e.text for e in edits] == texts
     assert [e.phrases for e in edits] == neighbours[:3]
     assert edits[0].caption == "a green circle and a blue square on a pink background"
 
