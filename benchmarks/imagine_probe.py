@@ -21,17 +21,10 @@ import torch.nn.functional as F
 
 from composir.data import load_benchmark
 from composir.data.media import load_media
+from composir.methods.prototypes import mean_pairwise_cosine
 from composir.train import load_run
 
 FAMILIES = ("explicit", "multi", "implicit")
-
-
-def _library_spread(prototypes: torch.Tensor) -> float:
-    """Mean pairwise cosine between a library's prototypes (1.0: all the same)."""
-    p = F.normalize(prototypes.float(), dim=-1)
-    sims = p @ p.T
-    k = len(p)
-    return float((sims.sum() - k) / (k * (k - 1)))
 
 
 @torch.no_grad()
@@ -66,8 +59,8 @@ def probe(method, data: Path, frames: int) -> dict[str, dict[str, float]]:
             row["c_mean"], row["c_std"] = statistics.mean(c), statistics.pstdev(c)
         out[fam] = row
     out["libraries"] = {
-        "visual_spread": _library_spread(method.visual_library.prototypes),
-        "text_spread": _library_spread(method.text_library.prototypes),
+        "visual_spread": mean_pairwise_cosine(method.visual_library.prototypes),
+        "text_spread": mean_pairwise_cosine(method.text_library.prototypes),
         "fusion_weights": [round(w, 3) for w in torch.softmax(method.fusion_logits, 0).tolist()],
     }
     return out
@@ -100,7 +93,7 @@ def replay_text_library(
         for step in range(1, steps + 1):
             library.update(g[torch.randint(len(g), (batch,), generator=generator)])
             if step in marks:
-                spreads[step] = _library_spread(library.prototypes)
+                spreads[step] = mean_pairwise_cosine(library.prototypes)
         print(f"| {tau} | " + " | ".join(f"{spreads[m]:.3f}" for m in marks) + " |")
 
 

@@ -58,7 +58,7 @@ from composir.encoders.base import QFormerBackbone
 from composir.errors import ConfigError
 from composir.methods.base import MethodConfig, RetrievalMethod, all_gather_tensor, distributed
 from composir.methods.claims import Claim, Gain, LosesGain, Parity, Shrinks, Variant, register_claim
-from composir.methods.prototypes import ASSIGNMENTS, PrototypeLibrary
+from composir.methods.prototypes import ASSIGNMENTS, PrototypeLibrary, mean_pairwise_cosine
 from composir.methods.registry import register_method
 
 
@@ -343,8 +343,8 @@ class Imagine(RetrievalMethod):
         out = self.compose(frames, tokens)
         m, f, fc = out["m"], out["composed"], out["concrete"]
         stats = {
-            "visual prototype cos": _mean_pairwise_cosine(self.visual_library.prototypes),
-            "text prototype cos": _mean_pairwise_cosine(self.text_library.prototypes),
+            "visual prototype cos": mean_pairwise_cosine(self.visual_library.prototypes),
+            "text prototype cos": mean_pairwise_cosine(self.text_library.prototypes),
             "cos(m, mean m)": float(F.cosine_similarity(m, m.mean(0, keepdim=True), dim=-1).mean()),
             "relative change f vs f_c": float(((f - fc).norm(dim=-1) / fc.norm(dim=-1)).mean()),
         }
@@ -369,12 +369,6 @@ class Imagine(RetrievalMethod):
                 item["confidence"] = round(float(out["confidence"][i]), 4)
             explanations.append(item)
         return query, explanations
-
-
-def _mean_pairwise_cosine(prototypes: torch.Tensor) -> float:
-    p = F.normalize(prototypes.float(), dim=-1)
-    k = len(p)
-    return float(((p @ p.T).sum() - k) / (k * (k - 1)))
 
 
 # ------------------------------------------------------------------------------ the claim

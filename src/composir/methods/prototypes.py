@@ -141,3 +141,10 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None 
             chosen.append(int(torch.multinomial(dist.cpu(), 1, generator=generator)))
         dist = torch.minimum(dist, (x - x[chosen[-1]]).pow(2).sum(1))
     return x[chosen].clone()
+
+
+def mean_pairwise_cosine(prototypes: torch.Tensor) -> float:
+    """Mean cosine between distinct prototypes of a library (1.0: collapsed to one vector)."""
+    p = F.normalize(prototypes.float(), dim=-1)
+    k = len(p)
+    return float(((p @ p.T).sum() - k) / (k * (k - 1)))
