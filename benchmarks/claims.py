@@ -98,7 +98,7 @@ class RunSpec:
 
 
 # ------------------------------------------------------------------------------ the runs
-def _one_thread() -> None:
+def one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -152,7 +152,7 @@ def _diagnostics(method, bench, n: int = 256) -> dict[str, float]:
 
 def run_variant(spec: RunSpec) -> Path:
     """Fine-tune, evaluate on the test split and store per-query hits (``hits.json``) in the run folder."""
-    _one_thread()
+    one_thread()
     from composir.data import load_benchmark
     from composir.eval.evaluate import evaluate
     from composir.train import load_config, load_run, train
@@ -179,13 +179,14 @@ def run_variant(spec: RunSpec) -> Path:
     return result_file
 
 
-def run_all(specs: list[RunSpec], jobs: int) -> None:
+def run_all(specs: list, jobs: int, run=run_variant) -> None:
+    """``run`` each spec without a ``hits.json`` in its ``out`` folder, ``jobs`` processes at a time."""
     todo = [s for s in specs if not (Path(s.out) / "hits.json").is_file()]
     if not todo:
         return
     context = multiprocessing.get_context("spawn")  # no OpenMP state inherited by the workers
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(run_variant, s): s for s in todo}
+        futures = {pool.submit(run, s): s for s in todo}
         for future in tqdm(as_completed(futures), total=len(futures), desc="runs", unit="run"):
             spec = futures[future]
             try:
@@ -219,24 +220,25 @@ def claim_hits(claim: Claim, results: dict[tuple[str, int], dict], seeds: tuple[
     return {name: [results[(v.key, s)]["hits"] for s in done] for name, v in members.items()}, done
 
 
-def _mean_sd(values: list[float]) -> str:
+def mean_sd(values: list[float]) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.1f} ± {sd:.1f}"
 
 
-def _rate(hits: dict, metric: str, bucket: str) -> float:
+def rate(hits: dict, metric: str, bucket: str) -> float:
     rows = hits["bucket"] == bucket
     return 100 * float(hits[metric][rows].mean()) if rows.any() else float("nan")
 
 
-def metric_table(hits: dict, metric: str) -> list[str]:
-    """Mean ± std over seeds per bucket; variants also show the paired difference to the baseline."""
-    buckets = [b for b in BUCKETS if any((h["bucket"] == b).any() for h in hits[BASELINE])]
+def metric_table(hits: dict, metric: str, order: tuple[str, ...] = BUCKETS) -> list[str]:
+    """Mean ± std over seeds per bucket (those of ``order`` the runs have); variants also show the
+    paired difference to the baseline."""
+    buckets = [b for b in order if any((h["bucket"] == b).any() for h in hits[BASELINE])]
     lines = ["| variant | " + " | ".join(buckets) + " |", "|---|" + "---|" * len(buckets)]
     for name, runs in hits.items():
         cells = []
         for b in buckets:
-            cell = _mean_sd([_rate(h, metric, b) for h in runs])
+            cell = mean_sd([rate(h, metric, b) for h in runs])
             if name != BASELINE:
                 d = difference(hits, name, (b,), metric, draws=1000)
                 cell += f" ({d.estimate:+.1f} [{d.low:+.1f}, {d.high:+.1f}])"
@@ -281,10 +283,10 @@ def plot_claim(claim: Claim, hits: dict, path: Path) -> None:
     width = 0.8 / len(hits)
     for i, (name, runs) in enumerate(hits.items()):
         for ax, metric in zip(axes[:2], ("R@1", "Rsubset@1")):
-            shots = np.array([[_rate(h, metric, b) for b in SHOT_BUCKETS] for h in runs])
+            shots = np.array([[rate(h, metric, b) for b in SHOT_BUCKETS] for h in runs])
             low, high = shots.mean(0) - shots.min(0), shots.max(0) - shots.mean(0)
             ax.errorbar([1, 4, 16, 64], shots.mean(0), yerr=[low, high], marker="o", capsize=3, label=name)
-        rest = np.array([[_rate(h, "R@1", b) for b in others] for h in runs])
+        rest = np.array([[rate(h, "R@1", b) for b in others] for h in runs])
         axes[2].bar(np.arange(len(others)) + i * width, rest.mean(0), width, yerr=rest.std(0), capsize=2, label=name)
     for ax, metric in zip(axes[:2], ("R@1", "Rsubset@1")):
         ax.set(xscale="log", xticks=[1, 4, 16, 64], xticklabels=["1", "4", "16", "64"], ylabel=f"{metric} (test)")
@@ -299,7 +301,7 @@ def plot_claim(claim: Claim, hits: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
@@ -319,7 +321,7 @@ def claim_section(claim: Claim, results: dict, seeds: tuple[int, ...], img: Path
     if diag:
         lines += ["Mechanism diagnostics on 256 schema test queries (`method.diagnostics`), mean ± std over seeds:", ""]
         lines += [*diag, ""]
-    picture = img / f"claims-{_slug(claim.paper)}.png"
+    picture = img / f"claims-{slug(claim.paper)}.png"
     plot_claim(claim, hits, picture)
     lines += [f"![{claim.paper}]({picture.relative_to(doc.parent).as_posix()})", ""]
     return lines
@@ -393,7 +395,7 @@ def main() -> None:
     doc = Path(args.doc or REPO / "docs" / ("claims-quick.md" if args.quick else "claims.md"))
     root.mkdir(parents=True, exist_ok=True)
 
-    _one_thread()
+    one_thread()
     start = time.time()
     if args.render:
         results = finished_runs(root)
