@@ -189,7 +189,7 @@ def load_run_hits(path: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------ step time
-def step_seconds(claim: Claim, data: Path, steps: int) -> dict[str, float]:
+def step_seconds(members: dict[str, Variant], data: Path, steps: int) -> dict[str, float]:
     """Median seconds per training step of each variant (and the baseline), interleaved step by step
     on the same batches in this process, one thread; the first few steps are warm-up."""
     import torch
@@ -199,7 +199,6 @@ def step_seconds(claim: Claim, data: Path, steps: int) -> dict[str, float]:
     from composir.train.loop import build_from_config, load_data
 
     torch.set_num_threads(1)
-    members = {BASELINE: claim.baseline, **claim.variants}
     models, batches = {}, {}
     for name, variant in members.items():
         spec = CompareSpec(variant, 0, str(data), "/nonexistent", steps, 1, 5e-4)
@@ -370,6 +369,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--time-steps", type=int, default=20, help="interleaved steps per variant for s/step (0: skip)")
+    parser.add_argument("--also", nargs="*", default=[], help="more methods as rows (their default config)")
     parser.add_argument("--generated", action="store_true", help="add the method trained on make-triplets output")
     parser.add_argument("--out", default=str(REPO / "runs" / "compare"))
     parser.add_argument("--doc", default=None, help="default: docs/compare-<claim>.md")
@@ -384,7 +384,7 @@ def main() -> None:
     board.one_thread()
 
     data = make_data(root, tuple(args.seeds), args.size)
-    members = {BASELINE: claim.baseline, **claim.variants}
+    members = {BASELINE: claim.baseline, **claim.variants, **{m: Variant(m) for m in args.also}}
     specs = {
         (name, s): CompareSpec(v, s, str(data[s]), str(root / f"{v.key}-s{s}"), args.steps, args.points, args.lr)
         for s in args.seeds
@@ -403,7 +403,7 @@ def main() -> None:
     done = min(len(r) for r in runs.values())
     runs = {n: r[:done] for n, r in runs.items()}
     extra = generated_lines(runs, method_name, precision) if GENERATED in runs else []
-    seconds = step_seconds(claim, data[args.seeds[0]], args.time_steps) if args.time_steps else None
+    seconds = step_seconds(members, data[args.seeds[0]], args.time_steps) if args.time_steps else None
     lines = report(args, claim, runs, seconds, extra)
     with atomic_open(Path(args.doc)) as f:
         f.write("\n".join(lines))

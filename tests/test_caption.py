@@ -204,3 +204,46 @@ def test_synthetic_benchmark_ships_its_caption_cache(synth_root):
     assert q.extra["target_caption"] == bench.media_item(q.target_ids[0]).caption
     # The generator's levels stand in for the LLM's stages: final = the attributes level.
     assert q.extra["target_caption"] == q.extra["target_captions"]["attributes"]
+
+
+# ------------------------------------------------------------------------------ annotate-cot (CIR-CoT)
+def test_annotate_cot_writes_a_chain_per_query_resumes_and_skips_a_broken_image(server, tmp_path, capsys):
+    from composir.data import load_benchmark
+    from composir.data.chains import read_chain_records, read_chains
+
+    root = tmp_path / "bench"
+    _write_tiny_cirr_like_synthetic(root)
+    bench = load_benchmark("synthetic", root, "test")
+    broken = bench.media_item(bench.queries[1].target_ids[0]).path
+    Path(broken).write_bytes(b"not a png")
+    out = tmp_path / "chains.jsonl"
+    args = ["annotate-cot", "--benchmark", "synthetic", "--root", str(root), "--split", "test", "--out", str(out)]
+    code = main([*args, "--url", server, "--model", "fake-vl", "--limit", "3", "--quiet", "--retries", "0"])
+    assert code == 1  # one query failed
+    assert "2 chains written, 1 failed" in capsys.readouterr().out
+    records = read_chain_records(out)
+    assert "error" in records[bench.queries[1].query_id]
+    chain = records[bench.queries[0].query_id]["cot"]
+    assert set(chain) == {"caption", "reasoning", "conclusion"} and chain["conclusion"].startswith("stage 3")
+    # One conversation per query: the request is in the reasoning turn, the target image in the third.
+    assert len(FakeLLM.requests) == 6  # three turns for each good query; none for the broken one
+    last = [r for r in FakeLLM.requests if len(r["messages"]) == 5]
+    assert [m["role"] for m in last[0]["messages"]] == ["user", "assistant", "user", "assistant", "user"]
+    asked = {json.dumps(r["messages"][2]) for r in last}
+    assert any(json.dumps(bench.queries[0].text)[1:-1] in a for a in asked)  # the request, in the reasoning turn
+    assert all(r["messages"][4]["content"][0]["type"] == "image_url" for r in last)  # then the target image
+    FakeLLM.requests.clear()  # a re-run tries only the failed query, which fails before any request
+    assert main([*args, "--url", server, "--model", "fake-vl", "--limit", "3", "--quiet", "--retries", "0"]) == 1
+    assert FakeLLM.requests == []
+    # Training reads them: data.chains puts each chain in the query's extra["cot"].
+    annotated = load_benchmark("synthetic", root, "test", chains=out)
+    assert annotated.queries[0].extra["cot"] == read_chains(out)[bench.queries[0].query_id]
+
+
+def test_chain_records_are_checked(tmp_path):
+    from composir.data.chains import read_chain_records
+
+    bad = tmp_path / "chains.jsonl"
+    bad.write_text('{"id": "1", "cot": {"caption": "c", "reasoning": "r"}}\n')
+    with pytest.raises(AnnotationError, match=r'line 1: "cot" must be an object with strings caption, reasoning'):
+        read_chain_records(bad)

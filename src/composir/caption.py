@@ -21,7 +21,7 @@ import io
 import json
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,13 +115,14 @@ def caption_stages(client, cfg: CaptionerConfig, item: GalleryItem) -> dict[str,
 
 
 class CaptionCache:
-    """The JSONL cache, appended one whole line per write (after removing a cut-off last line)."""
+    """A JSONL cache (captions; reasoning chains with ``reader=read_chain_records``), appended one
+    whole line per write (after removing a cut-off last line)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, reader: Callable[[Path], dict[str, dict[str, Any]]] = read_caption_records):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._trim_partial_line()
-        self.records = read_caption_records(self.path) if self.path.is_file() else {}
+        self.records = reader(self.path) if self.path.is_file() else {}
         self._lock = threading.Lock()
 
     def _trim_partial_line(self) -> None:
@@ -155,6 +156,25 @@ def _caption_one(client, cfg: CaptionerConfig, item: GalleryItem) -> dict[str, A
         return {"id": item.id, "error": f"{type(exc).__name__}: {exc}"[:500]}
 
 
+def annotate(
+    todo: list, cache: CaptionCache, one: Callable, cfg: CaptionerConfig, desc: str, progress: bool, client=None
+) -> dict[str, int]:
+    """``one(client, cfg, x)`` for every ``x`` in ``todo``, ``cfg.concurrency`` at a time, each record
+    appended to ``cache`` as it comes (a record with ``error`` counts as failed)."""
+    counts = {"done": 0, "failed": 0}
+    if not todo:
+        return counts
+    client = client or _client(cfg)
+    check_reachable(client, cfg.url)
+    with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
+        futures = [pool.submit(one, client, cfg, x) for x in todo]
+        for future in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
+            record = future.result()
+            cache.append(record)
+            counts["failed" if "error" in record else "done"] += 1
+    return counts
+
+
 def caption_items(
     items: Iterable[GalleryItem], out: str | Path, cfg: CaptionerConfig, progress: bool = True, client=None
 ) -> dict[str, int]:
@@ -162,18 +182,13 @@ def caption_items(
     cache = CaptionCache(out)
     items = list({i.id: i for i in items}.values())
     todo = [i for i in items if not cache.done(i.id)]
-    counts = {"images": len(items), "already": len(items) - len(todo), "captioned": 0, "failed": 0}
-    if not todo:
-        return counts
-    client = client or _client(cfg)
-    check_reachable(client, cfg.url)
-    with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
-        futures = [pool.submit(_caption_one, client, cfg, item) for item in todo]
-        for future in tqdm(as_completed(futures), total=len(futures), desc="captions", disable=not progress):
-            record = future.result()
-            cache.append(record)
-            counts["failed" if "error" in record else "captioned"] += 1
-    return counts
+    counts = annotate(todo, cache, _caption_one, cfg, "captions", progress, client)
+    return {
+        "images": len(items),
+        "already": len(items) - len(todo),
+        "captioned": counts["done"],
+        "failed": counts["failed"],
+    }
 
 
 def target_items(bench) -> list[GalleryItem]:

@@ -307,14 +307,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    from composir.caption import CaptionerConfig, caption_items, target_items
+    from composir.caption import caption_items, target_items
     from composir.data import load_benchmark
 
     bench = load_benchmark(args.benchmark, args.root, args.split)
     items = target_items(bench)
     if args.limit:
         items = items[: args.limit]
-    cfg = CaptionerConfig(
+    counts = caption_items(items, args.out, _llm_config(args), progress=not args.quiet)
+    print(
+        f"{args.out}: {counts['captioned']} captioned, {counts['failed']} failed (recorded; re-run to retry), "
+        f"{counts['already']} already done, of {counts['images']} images"
+    )
+    return 0 if counts["failed"] == 0 else 1
+
+
+def _llm_config(args: argparse.Namespace):
+    from composir.caption import CaptionerConfig
+
+    return CaptionerConfig(
         url=args.url,
         model=args.model,
         api_key_env=args.api_key_env,
@@ -322,10 +333,35 @@ def cmd_caption(args: argparse.Namespace) -> int:
         retries=args.retries,
         concurrency=args.concurrency,
     )
-    counts = caption_items(items, args.out, cfg, progress=not args.quiet)
+
+
+def _llm_arguments(p: argparse.ArgumentParser, out_help: str, unit: str) -> None:
+    """The benchmark split and the OpenAI-compatible endpoint (caption, annotate-cot)."""
+    p.add_argument("--benchmark", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--url", required=True, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+    p.add_argument("--model", required=True, help="the served multimodal model's name")
+    p.add_argument("--api-key-env", default=None, help="environment variable that holds the API key")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    p.add_argument("--retries", type=non_negative_int, default=3, help="retries per request (exponential back-off)")
+    p.add_argument("--concurrency", type=positive_int, default=4, help=f"{unit} in flight at once")
+    p.add_argument("--limit", type=positive_int, default=None, help=f"at most this many {unit}")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_annotate_cot(args: argparse.Namespace) -> int:
+    from composir.annotate_cot import annotate_queries
+    from composir.data import load_benchmark
+
+    bench = load_benchmark(args.benchmark, args.root, args.split)
+    if args.limit:
+        bench.queries = bench.queries[: args.limit]
+    counts = annotate_queries(bench, args.out, _llm_config(args), progress=not args.quiet)
     print(
-        f"{args.out}: {counts['captioned']} captioned, {counts['failed']} failed (recorded; re-run to retry), "
-        f"{counts['already']} already done, of {counts['images']} images"
+        f"{args.out}: {counts['done']} chains written, {counts['failed']} failed (recorded; re-run to retry), "
+        f"{counts['already']} already done, of {counts['queries']} queries (train with --set data.chains={args.out})"
     )
     return 0 if counts["failed"] == 0 else 1
 
@@ -474,19 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("caption", help="multi-level CoT captions of a split's target images from a multimodal LLM")
-    p.add_argument("--benchmark", required=True)
-    p.add_argument("--root", required=True)
-    p.add_argument("--split", default="train")
-    p.add_argument("--out", required=True, help="the caption cache (JSON lines; resumed when it exists)")
-    p.add_argument("--url", required=True, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
-    p.add_argument("--model", required=True, help="the served multimodal model's name")
-    p.add_argument("--api-key-env", default=None, help="environment variable that holds the API key")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    p.add_argument("--retries", type=non_negative_int, default=3, help="retries per request (exponential back-off)")
-    p.add_argument("--concurrency", type=positive_int, default=4, help="images in flight at once")
-    p.add_argument("--limit", type=positive_int, default=None, help="caption at most this many images")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _llm_arguments(p, "the caption cache (JSON lines; resumed when it exists)", "images")
     p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("annotate-cot", help="a caption -> reasoning -> conclusion chain per triplet (CIR-CoT)")
+    _llm_arguments(p, "the chain annotations (JSON lines; resumed when it exists)", "queries")
+    p.set_defaults(func=cmd_annotate_cot)
 
     p = sub.add_parser("make-triplets", help="training triplets from captioned images (edited captions -> images)")
     p.add_argument("--images", required=True, help="folder of images whose file names (stems) are the caption ids")

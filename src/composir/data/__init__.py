@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 
 from composir.data.captions import attach_captions, read_captions
+from composir.data.chains import attach_chains, read_chains
 from composir.data.circo import load_circo
 from composir.data.cirr import load_cirr
 from composir.data.fashioniq import CATEGORIES, load_fashioniq
@@ -32,10 +33,17 @@ def protocol_of(name: str) -> Protocol:
 
 
 def load_benchmark(
-    name: str, root: str | Path, split: str, captions: str | Path | None = None, caption_stage: str = "final", **kwargs
+    name: str,
+    root: str | Path,
+    split: str,
+    captions: str | Path | None = None,
+    caption_stage: str = "final",
+    chains: str | Path | None = None,
+    **kwargs,
 ) -> Benchmark:
     """Read a benchmark's annotations (never its pixels) into queries and a gallery; ``captions``: a
-    caption cache (``data.captions``) whose ``caption_stage`` becomes the targets' captions."""
+    caption cache (``data.target_captions``) whose ``caption_stage`` becomes the targets' captions;
+    ``chains``: reasoning chains per query (``data.chains``, ``composir annotate-cot``)."""
     try:
         reader = READERS[name]
     except KeyError:
@@ -43,6 +51,8 @@ def load_benchmark(
     bench = reader(Path(root), split, **kwargs)
     if captions is not None:
         attach_captions(bench, read_captions(captions, caption_stage))
+    if chains is not None:
+        attach_chains(bench, read_chains(chains))
     return bench
 
 

@@ -26,12 +26,13 @@ from composir.errors import AnnotationError
 STAGES = ("objects", "attributes", "scene", "final")
 
 
-def read_caption_records(path: str | Path) -> dict[str, dict[str, Any]]:
-    """The last record of every id in the cache. A cut-off last line (a killed writer) is ignored;
-    any other malformed line is an error naming the file and line."""
+def read_records(path: str | Path, check, what: str) -> dict[str, dict[str, Any]]:
+    """The last record of every id in a JSON-lines cache (``what`` names it in errors). A cut-off
+    last line (a killed writer) is ignored; any other malformed line is an error naming the file
+    and line; ``check(record)`` returns what is wrong with a record that is not an error record."""
     path = Path(path)
     if not path.is_file():
-        raise AnnotationError(path, "caption cache not found")
+        raise AnnotationError(path, f"{what} not found")
     records: dict[str, dict[str, Any]] = {}
     lines = path.read_text(encoding="utf-8").split("\n")
     for number, line in enumerate(lines, start=1):
@@ -45,11 +46,23 @@ def read_caption_records(path: str | Path) -> dict[str, dict[str, Any]]:
             raise AnnotationError(path, f"line {number}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict) or not isinstance(record.get("id"), str):
             raise AnnotationError(path, f'line {number}: a record must be an object with a string "id"')
-        stages = record.get("stages")
-        if "error" not in record and not (isinstance(stages, dict) and isinstance(stages.get("final"), str)):
-            raise AnnotationError(path, f'line {number}: "stages" must be an object with a string "final"')
+        problem = None if "error" in record else check(record)
+        if problem:
+            raise AnnotationError(path, f"line {number}: {problem}")
         records[record["id"]] = record
     return records
+
+
+def _caption_problem(record: dict[str, Any]) -> str | None:
+    stages = record.get("stages")
+    if not (isinstance(stages, dict) and isinstance(stages.get("final"), str)):
+        return '"stages" must be an object with a string "final"'
+    return None
+
+
+def read_caption_records(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The last record of every id in the caption cache (see ``read_records``)."""
+    return read_records(path, _caption_problem, "caption cache")
 
 
 def read_captions(path: str | Path, stage: str = "final") -> dict[str, str]:

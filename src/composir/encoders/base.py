@@ -17,24 +17,32 @@ Span = tuple[int, int]
 class Tokens:
     """Tokenized texts: ``ids`` and ``mask`` (B, L), and for each text each token's character
     span in it (``offsets[b][i]`` = (start, end); (0, 0) for special and padding tokens), so that
-    a method can find which tokens a phrase of the text became (ConText-CIR's concept spans)."""
+    a method can find which tokens a phrase of the text became (ConText-CIR's concept spans).
+    ``texts``: the texts themselves, for methods that read them with a tokenizer of their own
+    (CIR-CoT's language model)."""
 
     ids: torch.Tensor
     mask: torch.Tensor
     offsets: list[list[Span]]
+    texts: list[str] | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Tokens:
-        return Tokens(self.ids.to(device, non_blocking=non_blocking), self.mask.to(device), self.offsets)
+        return Tokens(self.ids.to(device, non_blocking=non_blocking), self.mask.to(device), self.offsets, self.texts)
 
     def pin_memory(self) -> Tokens:
-        return Tokens(self.ids.pin_memory(), self.mask.pin_memory(), self.offsets)
+        return Tokens(self.ids.pin_memory(), self.mask.pin_memory(), self.offsets, self.texts)
 
     def __getitem__(self, index) -> Tokens:
         """Rows by slice, integer tensor or list (evaluation picks each query's text this way)."""
         if isinstance(index, slice):
-            return Tokens(self.ids[index], self.mask[index], self.offsets[index])
-        rows = torch.as_tensor(index, dtype=torch.long).reshape(-1)
-        return Tokens(self.ids[rows], self.mask[rows.to(self.mask.device)], [self.offsets[i] for i in rows.tolist()])
+            texts = None if self.texts is None else self.texts[index]
+            return Tokens(self.ids[index], self.mask[index], self.offsets[index], texts)
+        rows = torch.as_tensor(index, dtype=torch.long).reshape(-1).tolist()
+        texts = None if self.texts is None else [self.texts[i] for i in rows]
+        index_rows = torch.as_tensor(rows, dtype=torch.long)
+        return Tokens(
+            self.ids[index_rows], self.mask[index_rows.to(self.mask.device)], [self.offsets[i] for i in rows], texts
+        )
 
     def __len__(self) -> int:
         return len(self.ids)

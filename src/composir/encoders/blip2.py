@@ -97,7 +97,7 @@ class Blip2Encoder(Encoder):
             offsets = [[tuple(span) for span in row] for row in offsets]
         mask = (ids != self.pad_token_id).long()
         mask[:, 0] = 1  # the first token ([CLS]) always attends
-        return Tokens(ids, mask, offsets)
+        return Tokens(ids, mask, offsets, texts)
 
     # ---------------------------------------------------------------------------- feature cache
     def vision_tower(self) -> torch.nn.Module:

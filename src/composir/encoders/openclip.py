@@ -46,7 +46,7 @@ class OpenClipEncoder(Encoder):
         texts = list(texts)
         ids = self.tokenizer(texts)
         offsets = [_align(self.tokenizer, text, row) for text, row in zip(texts, ids.tolist())]
-        return Tokens(ids, (ids != 0).long(), offsets)
+        return Tokens(ids, (ids != 0).long(), offsets, texts)
 
     def encode_image(self, frames: torch.Tensor) -> torch.Tensor:
         b, t = frames.shape[:2]

@@ -202,14 +202,13 @@ def plan_implicit(rng: np.random.Generator, video: bool) -> FamilyPlan:
 PLANNERS = {"explicit": plan_explicit, "multi": plan_multi, "implicit": plan_implicit}
 
 
-def _reasoning(ref_caption: str, text: str, concrete: list[str], concept: str | None) -> str:
+def _reasoning(text: str, concrete: list[str], concept: str | None) -> str:
+    """What the request changes, in concrete steps (the chain's middle section; the reference's
+    caption is its first section, so it is not repeated here)."""
     steps = join_clauses(concrete)
     if concept:
-        return (
-            f'The reference shows {ref_caption}. The request "{text}" names the concept {concept!r}, '
-            f"which here means: {steps}. Everything else stays the same."
-        )
-    return f'The reference shows {ref_caption}. The request "{text}" asks to {steps}. Everything else stays the same.'
+        return f'"{text}" names the concept {concept}, which here means: {steps}. everything else stays.'
+    return f'"{text}" asks to {steps}. everything else stays.'
 
 
 def _family_task(args: tuple) -> tuple[list[str], dict[str, str], list[dict[str, Any]]]:
@@ -269,8 +268,6 @@ def _write_family(
     mcot = {name: (mcot_stages(levels), scene.to_json()) for name, levels, scene in zip(names, captions, plan.members)}
     entries = []
     for t in plan.triplets:
-        ref_caption = captions[0]["layout"]
-        target_caption = captions[t["target"]]["layout"]
         entry = {
             "reference": names[0],
             "target_hard": names[t["target"]],
@@ -283,10 +280,12 @@ def _write_family(
             "hard_negatives": [names[i] for i in t.get("hard_negatives", [])],
             "reference_captions": captions[0],
             "target_captions": captions[t["target"]],
+            # CIR-CoT's chain: attribute-level captions (every cue the benchmark edits, no layout)
+            # keep it short enough for a small language model to write at evaluation.
             "cot": {
-                "caption": ref_caption,
-                "reasoning": _reasoning(ref_caption, t["text"], t["concrete"], t.get("concept")),
-                "conclusion": target_caption,
+                "caption": captions[0]["attributes"],
+                "reasoning": _reasoning(t["text"], t["concrete"], t.get("concept")),
+                "conclusion": captions[t["target"]]["attributes"],
             },
             "target_scene": plan.members[t["target"]].to_json(),
             "reference_scene": plan.members[0].to_json(),

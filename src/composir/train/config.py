@@ -33,6 +33,8 @@ class DataConfig:
     # target's and gallery item's caption, for methods whose target side reads one (CSMCIR).
     target_captions: str | None = None
     caption_stage: str = "final"
+    # Reasoning chains per query (`composir annotate-cot`, data/chains.py) for CIR-CoT's training.
+    chains: str | None = None
 
 
 @dataclass

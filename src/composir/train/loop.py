@@ -53,9 +53,12 @@ def build_from_config(cfg: RunConfig) -> torch.nn.Module:
 
 
 def load_data(cfg: RunConfig, split: str) -> Benchmark:
-    """A split of the run's benchmark, with the run's target captions attached (``data.target_captions``)."""
+    """A split of the run's benchmark, with the run's target captions (``data.target_captions``) and
+    reasoning chains (``data.chains``) attached."""
     d = cfg.data
-    return load_benchmark(d.benchmark, d.root, split, captions=d.target_captions, caption_stage=d.caption_stage)
+    return load_benchmark(
+        d.benchmark, d.root, split, captions=d.target_captions, caption_stage=d.caption_stage, chains=d.chains
+    )
 
 
 def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu"):

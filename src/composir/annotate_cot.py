@@ -1,0 +1,76 @@
+"""``composir annotate-cot``: a reasoning chain per training triplet for CIR-CoT (caption of the
+reference -> reasoning about what the modification changes -> conclusion describing the target).
+
+CIR-CoT's authors annotate FashionIQ and CIRR in three stages with a multimodal LLM; here any
+OpenAI-compatible chat endpoint does it, through the same client, concurrency, reachability check
+and resumable JSONL cache as ``composir caption`` (``caption.py``). One conversation per triplet:
+the reference image and the request are shown first (caption, then reasoning: what must change,
+what stays), then the target image (conclusion: the target described so that it could be found,
+grounded in the true target as the paper's annotations are). Records go to ``data/chains.py``'s
+format, keyed by query id; ``data.chains`` points training at the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from composir.caption import CaptionCache, CaptionerConfig, annotate, image_data_url
+from composir.data.chains import read_chain_records
+from composir.data.records import Benchmark, GalleryItem, Triplet
+
+PROMPTS = {
+    "caption": "This is the reference image. Describe it in one sentence: the main objects and their attributes.",
+    "reasoning": (
+        'A user wants an image like the reference but changed as follows: "{text}". Reason in two or three '
+        "sentences: which attributes or objects must change, which must stay the same."
+    ),
+    "conclusion": (
+        "This is the image the user was looking for. Describe it in one sentence, at most 30 words, so that "
+        "it could be found among similar images. Answer with the description only."
+    ),
+}
+
+
+def _picture(item: GalleryItem, max_side: int) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": image_data_url(item, max_side)}}
+
+
+def chain_for(client, cfg: CaptionerConfig, query: Triplet, bench: Benchmark) -> dict[str, str]:
+    """The three sections, asked in one conversation (each answer is the context of the next)."""
+    reference = bench.media_item(query.reference_id)
+    target = bench.media_item(query.target_ids[0])
+    turns = [
+        [_picture(reference, cfg.max_side), {"type": "text", "text": PROMPTS["caption"]}],
+        [{"type": "text", "text": PROMPTS["reasoning"].format(text=query.text)}],
+        [_picture(target, cfg.max_side), {"type": "text", "text": PROMPTS["conclusion"]}],
+    ]
+    messages: list[dict[str, Any]] = []
+    chain = {}
+    for section, content in zip(PROMPTS, turns):
+        messages.append({"role": "user", "content": content})
+        reply = client.chat.completions.create(model=cfg.model, messages=messages, max_tokens=cfg.max_tokens)
+        text = (reply.choices[0].message.content or "").strip() if reply.choices else ""
+        if not text:
+            raise ValueError(f"empty answer for the {section}")
+        chain[section] = text
+        messages.append({"role": "assistant", "content": text})
+    return chain
+
+
+def annotate_queries(
+    bench: Benchmark, out: str | Path, cfg: CaptionerConfig, progress: bool = True, client=None
+) -> dict[str, int]:
+    """A chain for every query of ``bench`` with a target and none in the cache ``out`` yet."""
+    cache = CaptionCache(out, reader=read_chain_records)
+    queries = [q for q in bench.queries if q.target_ids]
+    todo = [q for q in queries if not cache.done(q.query_id)]
+
+    def one(client, cfg: CaptionerConfig, query: Triplet) -> dict[str, Any]:
+        try:
+            return {"id": query.query_id, "cot": chain_for(client, cfg, query, bench), "model": cfg.model}
+        except Exception as exc:  # one unreadable image or bad answer is recorded and skipped
+            return {"id": query.query_id, "error": f"{type(exc).__name__}: {exc}"[:500]}
+
+    counts = annotate(todo, cache, one, cfg, "chains", progress, client)
+    return {"queries": len(queries), "already": len(queries) - len(todo), **counts}
