@@ -3,6 +3,8 @@ the chain cache, bad texts, the explanation in search results."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -207,3 +209,90 @@ def test_bad_tokenizer_file_is_named(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match=r"cir_cot\.tokenizer"):
         _method(tokenizer=str(bad))
+
+
+# ------------------------------------------------------------------------------ explanation in results
+CHAIN = {"caption": "a large red circle", "reasoning": "make it blue", "conclusion": "a large blue circle"}
+
+
+@pytest.fixture(scope="module")
+def cot_index(synth_root, tmp_path_factory):
+    """A 2-step CIR-CoT run and an index of 12 synthetic val images."""
+    import shutil
+
+    from composir.cli import main
+    from composir.train import load_config, train
+    from helpers import CONFIG, SMALL
+
+    run = tmp_path_factory.mktemp("cot-run")
+    overrides = [o for o in SMALL if not o.startswith("method.")]
+    config = json.dumps({"lm_config": LM, "max_chain_tokens": 8})
+    cfg = load_config(CONFIG, [f"data.root={synth_root}", f"output_dir={run}", *overrides, "method.name=cir_cot",
+                               "method.config=null", f"method.config={config}", "train.max_steps=2",
+                               "train.eval_every=2", "train.save_every=2", "train.num_workers=0"])  # fmt: skip
+    train(cfg, resume=False, progress=False)
+    media = tmp_path_factory.mktemp("cot-media")
+    for p in sorted((synth_root / "val").glob("*.png"))[:12]:
+        shutil.copy(p, media / p.name)
+    index = tmp_path_factory.mktemp("cot-index")
+    assert main(["index", "--run", str(run), "--media", str(media), "--out", str(index)]) == 0
+    return index, media
+
+
+@pytest.fixture
+def written_chain(monkeypatch):
+    """Every generated chain is CHAIN (an untrained model writes nothing readable)."""
+    from composir.methods.cir_cot import CIRCoT
+
+    def fixed(self, prefix, texts):
+        return [self.chain_ids(CHAIN) for _ in texts]
+
+    monkeypatch.setattr(CIRCoT, "generate_chains", fixed)
+
+
+def test_the_chain_reaches_search_json_and_the_service(cot_index, written_chain, capsys):
+    from fastapi.testclient import TestClient
+
+    from composir.cli import main
+    from composir.search import Searcher
+    from composir.service import create_app
+
+    index, media = cot_index
+    reference = sorted(media.glob("*.png"))[0]
+    assert main(["search", "--index", str(index), "--image", str(reference), "--text", "make it blue", "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["explanation"]["chain"] == CHAIN and body["explanation"]["mode"] == "reason"
+    assert main(["search", "--index", str(index), "--image", str(reference), "--text", "make it blue"]) == 0
+    assert "conclusion: a large blue circle" in capsys.readouterr().out
+    client = TestClient(create_app(Searcher(index)))
+    with open(reference, "rb") as f:
+        response = client.post("/search", data={"text": "make it blue", "k": "3"}, files={"file": f})
+    assert response.status_code == 200 and response.json()["explanation"]["chain"] == CHAIN
+
+
+def test_the_page_shows_the_chain_under_the_query(cot_index, written_chain):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from composir.search import Searcher
+    from composir.service import create_app
+    from helpers import browser, serving
+
+    index, media = cot_index
+    with serving(create_app(Searcher(index))) as url:
+        driver = browser()
+        try:
+            driver.get(url + "/")
+            file_input = driver.find_element(By.ID, "file")
+            driver.execute_script("arguments[0].hidden = false", file_input)
+            file_input.send_keys(str(sorted(media.glob("*.png"))[0]))
+            driver.find_element(By.ID, "text").send_keys("make it blue")
+            driver.find_element(By.ID, "go").click()
+            WebDriverWait(driver, 30).until(
+                lambda d: d.find_elements(By.CSS_SELECTOR, "#explanation .chain-conclusion")
+            )
+            shown = driver.find_element(By.ID, "explanation").text
+        finally:
+            driver.quit()
+    assert "make it blue" in shown  # under the query it explains
+    assert "sees: a large red circle" in shown and "looks for: a large blue circle" in shown

@@ -3,61 +3,20 @@ result grid, click a result to refine (multi-turn). Saves a screenshot to test-a
 
 from __future__ import annotations
 
-import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from composir.service import create_app
+from helpers import browser, serving
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(searcher):
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(searcher), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
-
-
-def _browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,900",
-    ):
-        opts.add_argument(flag)
-    return webdriver.Chrome(service=Service(driver_path), options=opts)
+    with serving(create_app(searcher)) as url:
+        yield url
 
 
 def test_page_search_and_refine(server, synth_root):
@@ -66,7 +25,7 @@ def test_page_search_and_refine(server, synth_root):
     from selenium.webdriver.support.ui import WebDriverWait
 
     reference = sorted((synth_root / "val").glob("*.png"))[0]
-    driver = _browser()
+    driver = browser()
     try:
         driver.get(server + "/")
         file_input = driver.find_element(By.ID, "file")

@@ -278,12 +278,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     from composir.search import Searcher
 
     searcher = Searcher(args.index, run=args.run, device=args.device)
-    results = searcher.search(args.image or args.id, args.text, args.k)
+    reference = args.image or args.id
+    loaded = searcher.load_reference(reference) if reference is not None else None
+    results, explanation = searcher.search_explained(loaded, args.text, args.k)
     if args.json:
-        print(json.dumps({"results": [r.to_json() for r in results]}))
-    else:
-        for rank, r in enumerate(results, 1):
-            print(f"{rank:3d}. {r.score:.4f}  {r.id}")
+        print(json.dumps({"results": [r.to_json() for r in results], "explanation": explanation}))
+        return 0
+    for rank, r in enumerate(results, 1):
+        print(f"{rank:3d}. {r.score:.4f}  {r.id}")
+    chain = (explanation or {}).get("chain") if isinstance(explanation, dict) else None
+    for section, text in (chain or {}).items():  # a reasoning method's chain, after the results
+        if text:
+            print(f"{section}: {text}")
     return 0
 
 
