@@ -82,19 +82,22 @@ def test_bad_config_is_named(config, field):
 
 def test_generation_is_deterministic_stops_at_ret_and_parses():
     method = _method().eval()
-    script = [CAPTION, "red", "circle", REASON, "make", "blue", CONCLUSION, "blue", "circle", RET, "red", "red"]
+    script = ["red", "circle", REASON, "make", "blue", CONCLUSION, "blue", "circle", RET, "red", "red"]
     batch = _batch(method, ["make it blue"])
     handle = _force(method, lambda step: script[min(step, len(script) - 1)])
     with torch.no_grad():
         prefix = method.visual_prefix(batch["reference"])
         chains = method.generate_chains(prefix, ["make it blue"])
     handle.remove()
-    assert method.tokenizer.convert_ids_to_tokens(chains[0]) == script[:9]  # nothing after <ret>
+    assert method.tokenizer.convert_ids_to_tokens(chains[0]) == [
+        CAPTION,
+        *script[:8],
+    ]  # the opener; nothing after <ret>
     assert method.parse_chain(chains[0]) == Chain("red circle", "make blue", "blue circle")
     with torch.no_grad():  # unforced greedy decoding: the same chain twice, within the length limit
         a = method.generate_chains(prefix, ["make it blue"])
         b = method.generate_chains(prefix, ["make it blue"])
-    assert a == b and len(a[0]) <= 12
+    assert a == b and len(a[0]) <= 1 + 12
 
 
 def test_length_limit_still_gives_an_embedding():
@@ -104,9 +107,9 @@ def test_length_limit_still_gives_an_embedding():
     with torch.no_grad():
         query, explanation = method.encode_query_explained(batch["reference"], batch["tokens"])
     handle.remove()
-    assert explanation[0]["chain"]["caption"] == ""  # no section was opened
+    assert explanation[0]["chain"]["caption"].split() == ["red"] * 12  # inside the <caption> the prompt opened
     assert query.shape == (1, 16) and torch.allclose(query.norm(dim=-1), torch.ones(1))
-    assert len(next(iter(method._chains.values()))) == 12  # cut at max_chain_tokens; <ret> appended
+    assert len(next(iter(method._chains.values()))) == 1 + 12  # opener + max_chain_tokens; then <ret> appended
 
 
 def test_ret_embedding_reads_the_chain():
@@ -127,9 +130,9 @@ def test_lm_loss_is_on_the_chain_only():
     batch = _batch(method, ["make it blue", "add a small green cross"])
     rows, labels = method.training_rows(batch, method.visual_prefix(batch["reference"]).shape[1])
     for row, label in zip(rows, labels):
-        prompt_len = row.index(method.ids[CAPTION])
-        assert all(x == -100 for x in label[:prompt_len])  # visual prefix and text: no loss
-        assert label[prompt_len:] == row[prompt_len:] and row[-1] == method.ids[RET]
+        given = row.index(method.ids[CAPTION]) + 1
+        assert all(x == -100 for x in label[:given])  # visual prefix, text and the <caption> opener: no loss
+        assert label[given:] == row[given:] and row[-1] == method.ids[RET]
         assert row[:4] == [method.ids[IMAGE]] * 4
     # The model's own loss equals cross-entropy over the chain positions computed by hand.
     prefix = method.visual_prefix(batch["reference"])

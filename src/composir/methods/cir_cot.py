@@ -173,6 +173,13 @@ class CIRCoT(RetrievalMethod):
     def prompt_ids(self, text: str, prefix_len: int) -> list[int]:
         return [self.ids[IMAGE]] * prefix_len + self._words(text, self.config.max_text_tokens)
 
+    @property
+    def opener(self) -> list[int]:
+        """The chain's first section token: it ends the prompt (the text alone cannot say where it
+        ends), given in training and generation alike, never predicted."""
+        sections = SECTIONS[self.config.chain]
+        return [self.ids[sections[0]]] if sections else []
+
     def chain_ids(self, chain: dict[str, str] | Chain | None) -> list[int]:
         """The configured sections of an annotated chain (``extra["cot"]``), each opened by its token."""
         if isinstance(chain, Chain):
@@ -223,8 +230,8 @@ class CIRCoT(RetrievalMethod):
     # ------------------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate_chains(self, prefix: torch.Tensor, texts: list[str]) -> list[list[int]]:
-        """Greedy chains (token ids, without ``<ret>``) for each (visual prefix, text)."""
-        rows = [self.prompt_ids(t, prefix.shape[1]) for t in texts]
+        """Greedy chains (token ids from the opener on, without ``<ret>``) for each (visual prefix, text)."""
+        rows = [self.prompt_ids(t, prefix.shape[1]) + self.opener for t in texts]
         ids, mask, _, _ = (t.to(prefix.device) for t in self.pad_left(rows))
         new = self.lm.generate(
             inputs_embeds=self.embed(ids, prefix),
@@ -236,7 +243,7 @@ class CIRCoT(RetrievalMethod):
         )
         chains = []
         for row in new.tolist():
-            chain = []
+            chain = list(self.opener)
             for token in row:
                 if token in (self.ids[RET], self.ids[PAD]):
                     break
@@ -313,13 +320,14 @@ class CIRCoT(RetrievalMethod):
     # ------------------------------------------------------------------------------ training
     def training_rows(self, batch: dict[str, Any], prefix_len: int) -> tuple[list[list[int]], list[list[int]]]:
         """Teacher-forced sequences (prompt + annotated chain + ``<ret>``) and their LM labels: -100
-        on the visual prefix and the text (nothing to predict there), the tokens themselves after."""
+        on the visual prefix, the text and the opener (given, not predicted), the tokens themselves after."""
         rows, labels = [], []
         for text, extra in zip(batch["text"], batch["extra"]):
             prompt = self.prompt_ids(text, prefix_len)
             chain = [*self.chain_ids((extra or {}).get("cot")), self.ids[RET]]
+            given = len(prompt) + len(self.opener)
             rows.append(prompt + chain)
-            labels.append([-100] * len(prompt) + chain)
+            labels.append([-100] * given + chain[len(self.opener) :])
         return rows, labels
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
