@@ -182,3 +182,19 @@ def test_csmcir_evaluates_with_gallery_captions(synth_root, tmp_path, monkeypatc
     assert seen and all(t is not None for t in seen)
     first = bench.gallery[0].caption
     assert seen[0].ids[0].tolist() == method.encoder.tokenize([first]).ids[0].tolist()
+
+
+@pytest.mark.parametrize("loss", ["infonce", "hnnce"])
+def test_a_masked_bank_entry_leaves_every_gradient_finite(loss):
+    """A bank entry that is a query's own positive is left out; the learned temperature's gradient
+    must stay finite (masking with -inf before scaling gave NaN, and one NaN step ruins a run)."""
+    method = _method(bank="fifo", bank_size=8, loss=loss, hn_beta=0.5)
+    b = _batch(method)
+    keys = torch.tensor([target_key(t) for t in b["target_id"]])
+    with torch.no_grad():
+        method.bank.update(method.encode_target(b["target"], b["target_caption"]), keys, step=1)
+    losses = method(b)
+    sum(losses.values()).backward()
+    assert torch.isfinite(losses["contrastive"])
+    assert torch.isfinite(method.logit_scale.grad) and method.logit_scale.grad != 0
+    assert all(torch.isfinite(p.grad).all() for p in method.parameters() if p.grad is not None)

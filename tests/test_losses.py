@@ -34,3 +34,17 @@ def test_hnnce_beta_weighs_hard_negatives_more():
     # Row 0 has one hard negative (0.85) and one easy one: beta > 0 raises the loss.
     sim = torch.tensor([[0.9, 0.85, -0.5], [0.0, 0.9, 0.0], [0.0, 0.0, 0.9]])
     assert hn_nce(sim, 10.0, 1.0, 1.0) > hn_nce(sim, 10.0, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("loss", ["infonce", "hnnce"])
+def test_excluded_entries_are_left_out_exactly(loss):
+    """An excluded column contributes nothing: the loss equals the loss without that column."""
+    torch.manual_seed(0)
+    sim = torch.rand(3, 6) * 2 - 1
+    exclude = torch.zeros(3, 6, dtype=torch.bool)
+    exclude[0, 4] = exclude[2, 5] = True
+    fn = info_nce if loss == "infonce" else lambda s, sc, **kw: hn_nce(s, sc, 1.0, 0.5, **kw)
+    full = fn(sim, 10.0, exclude=exclude)
+    rows = [fn(sim[i : i + 1, [j for j in range(6) if not exclude[i, j]]], 10.0, labels=torch.tensor([i]))
+            for i in range(3)]  # fmt: skip
+    torch.testing.assert_close(full, torch.stack(rows).mean())

@@ -218,3 +218,29 @@ def test_leftovers_of_killed_checkpoint_writes_are_removed_on_resume(synth_root,
     assert summary["step"] == 12
     assert [p for p in leftovers if p.exists()] == []
     assert keep.read_text() == "the user's own file"
+
+
+def test_a_non_finite_loss_stops_the_run_with_one_clear_error(synth_root, tmp_path, monkeypatch, capsys):
+    """A loss that turns NaN stops training at that step, naming the terms and the last checkpoint;
+    the checkpoints written before it stay."""
+    from composir.cli import main
+    from composir.methods.combiner import Combiner
+
+    real = Combiner.losses
+    calls = {"n": 0}
+
+    def losses(self, batch):
+        calls["n"] += 1
+        out = real(self, batch)
+        return {k: v * float("nan") for k, v in out.items()} if calls["n"] > 4 else out
+
+    monkeypatch.setattr(Combiner, "losses", losses)
+    out = tmp_path / "run"
+    sets = [f"data.root={synth_root}", f"output_dir={out}", *SMALL, "train.num_workers=0"]
+    code = main(["train", "--config", str(CONFIG), "--set", *sets])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: step 5: the loss is not a finite number (contrastive=nan")
+    assert "step-0000004" in err[-1]
+    assert (out / "checkpoints" / "step-0000004" / "model.safetensors").is_file()
+    assert not (out / "checkpoints" / "step-0000006").exists()

@@ -39,3 +39,7 @@ class ConfigError(ComposirError, ValueError):
 
 class WorkInterrupted(ComposirError):
     """Ctrl-C during a long job; the message says where it stopped and how to resume."""
+
+
+class TrainingDiverged(ComposirError):
+    """The loss stopped being a finite number; the message names the step, the terms and the last checkpoint."""

@@ -95,22 +95,25 @@ class RetrievalMethod(nn.Module):
             offset = dist.get_rank() * len(query)
         labels = torch.arange(len(query), device=query.device) + offset
         sim = query @ all_target.T
+        exclude = None
         if extra_negatives is not None and len(extra_negatives):
             bank = query @ extra_negatives.to(query).T
-            if extra_mask is not None:
-                bank = bank.masked_fill(extra_mask, float("-inf"))
+            if extra_mask is not None:  # left out on the logits (losses.py), never as -inf here
+                exclude = torch.cat([torch.zeros_like(sim, dtype=torch.bool), extra_mask.to(sim.device)], dim=1)
             sim = torch.cat([sim, bank], dim=1)
-        loss = self._contrast(sim, scale, labels)
+        loss = self._contrast(sim, scale, labels, exclude)
         if self.config.symmetric:
             loss = (loss + self._contrast(target @ all_query.T, scale, labels)) / 2
         return loss
 
-    def _contrast(self, sim: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _contrast(
+        self, sim: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor, exclude: torch.Tensor | None = None
+    ) -> torch.Tensor:
         c = self.config
         if c.loss == "infonce":
-            return info_nce(sim, scale, labels)
+            return info_nce(sim, scale, labels, exclude)
         if c.loss == "hnnce":
-            return hn_nce(sim, scale, c.hn_alpha, c.hn_beta, labels)
+            return hn_nce(sim, scale, c.hn_alpha, c.hn_beta, labels, exclude)
         raise ValueError(f"unknown loss {c.loss!r}; expected 'infonce' or 'hnnce'")
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

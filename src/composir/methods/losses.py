@@ -2,6 +2,9 @@
 
 Row i's positive is column ``labels[i]`` (the diagonal when not given): a matrix may have more
 columns than rows, e.g. every rank's targets under DDP or a memory bank of extra negatives.
+``exclude`` (same shape, bool) leaves entries out of a row entirely (a bank entry that is the
+row's own positive). They are masked on the *logits*, after scaling, so no -inf ever meets the
+temperature: ``-inf * scale`` has a NaN gradient with respect to a learned scale.
 """
 
 from __future__ import annotations
@@ -14,9 +17,18 @@ def _labels(sim: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     return torch.arange(sim.shape[0], device=sim.device) if labels is None else labels
 
 
-def info_nce(sim: torch.Tensor, scale: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
+def _masked(logits: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
+    return logits if exclude is None else logits.masked_fill(exclude, float("-inf"))
+
+
+def info_nce(
+    sim: torch.Tensor,
+    scale: torch.Tensor | float,
+    labels: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Cross-entropy of each query against all targets (columns); ``sim`` is cosine similarity."""
-    return F.cross_entropy(sim * scale, _labels(sim, labels))
+    return F.cross_entropy(_masked(sim * scale, exclude), _labels(sim, labels))
 
 
 def hn_nce(
@@ -25,6 +37,7 @@ def hn_nce(
     alpha: float = 1.0,
     beta: float = 0.0,
     labels: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hard-negative NCE (Radenovic et al. 2023, arXiv 2301.02280), as CoVR uses it.
 
@@ -34,16 +47,17 @@ def hn_nce(
     """
     logits = sim * scale
     labels = _labels(sim, labels)
-    n = logits.shape[1]  # columns: N - 1 negatives per row
     eye = torch.zeros_like(logits, dtype=torch.bool)
     eye[torch.arange(len(labels), device=logits.device), labels] = True
-    negatives = logits.masked_fill(eye, float("-inf"))
+    left_out = eye if exclude is None else eye | exclude
+    n_negatives = (~left_out).sum(1, keepdim=True).clamp_min(1)  # per row: the N - 1 negatives it has
+    negatives = logits.masked_fill(left_out, float("-inf"))
     # log w_ij, computed in log space; the (N - 1) keeps the weights' mean at 1.
-    log_w = torch.log_softmax((beta * logits).masked_fill(eye, float("-inf")), dim=1) + torch.log(
-        torch.tensor(float(n - 1), device=logits.device)
+    log_w = torch.log_softmax((beta * logits).masked_fill(left_out, float("-inf")), dim=1) + torch.log(
+        n_negatives.to(logits.dtype)
     )
     log_w = log_w.detach()  # the weights re-weight negatives; gradients flow through e^{s_ij} only
     positive = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
-    weighted_negatives = torch.logsumexp((negatives + log_w).masked_fill(eye, float("-inf")), dim=1)
+    weighted_negatives = torch.logsumexp((negatives + log_w).masked_fill(left_out, float("-inf")), dim=1)
     denominator = torch.logaddexp(positive + torch.log(torch.tensor(alpha, device=logits.device)), weighted_negatives)
     return (denominator - positive).mean()

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from composir.data import Benchmark, load_benchmark
 from composir.encoders import build_encoder
-from composir.errors import ComposirError, ConfigError, WorkInterrupted
+from composir.errors import ComposirError, ConfigError, TrainingDiverged, WorkInterrupted
 from composir.methods import build_method
 from composir.train import checkpoint as ckpt
 from composir.train.config import RunConfig, config_from_dict, save_config, validate_config
@@ -335,6 +335,9 @@ class Trainer:
         try:
             while not finished:
                 finished = self._epoch(stop_after)
+        except TrainingDiverged:
+            self.bar.close()  # the error line starts on a line of its own
+            raise
         except KeyboardInterrupt:
             self.bar.close()
             last = ckpt.latest_checkpoint(self.checkpoints)
@@ -396,10 +399,27 @@ class Trainer:
         no_sync = self.model.no_sync() if distributed and not last_micro else contextlib.nullcontext()
         with no_sync:
             losses, loss = _forward_backward(self.model, batch, self.device, self.amp_dtype, self.scaler, accum)
+        self._check_finite(losses, loss)
         self.window["loss"] += loss
         self.window["n"] += 1
         self.window["triplets"] += batch["size"] * self.info.world_size
         return losses
+
+    def _check_finite(self, losses: dict[str, torch.Tensor], loss: float) -> None:
+        """Stop at the first non-finite loss (on every rank together): training on from NaN weights
+        only wastes the rest of the run and overwrites good checkpoints with broken ones."""
+        bad = not math.isfinite(loss)
+        if self.info.world_size > 1:
+            flag = torch.tensor([1.0 if bad else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            bad = bool(flag.item())
+        if bad:
+            terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+            latest = ckpt.latest_checkpoint(self.checkpoints)
+            raise TrainingDiverged(
+                f"step {self.state['step'] + 1}: the loss is not a finite number ({terms}) on some rank; "
+                f"training stopped, the last checkpoint is {latest or 'none'} (lower train.lr or check the method)"
+            )
 
     def _optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)
