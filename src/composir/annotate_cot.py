@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from composir.caption import CaptionCache, CaptionerConfig, annotate, image_data_url
+from composir.caption import CaptionCache, CaptionerConfig, annotate, converse, picture
 from composir.data.chains import read_chain_records
-from composir.data.records import Benchmark, GalleryItem, Triplet
+from composir.data.records import Benchmark, Triplet
 
 PROMPTS = {
     "caption": "This is the reference image. Describe it in one sentence: the main objects and their attributes.",
@@ -32,30 +32,16 @@ PROMPTS = {
 }
 
 
-def _picture(item: GalleryItem, max_side: int) -> dict[str, Any]:
-    return {"type": "image_url", "image_url": {"url": image_data_url(item, max_side)}}
-
-
 def chain_for(client, cfg: CaptionerConfig, query: Triplet, bench: Benchmark) -> dict[str, str]:
     """The three sections, asked in one conversation (each answer is the context of the next)."""
-    reference = bench.media_item(query.reference_id)
-    target = bench.media_item(query.target_ids[0])
-    turns = [
-        [_picture(reference, cfg.max_side), {"type": "text", "text": PROMPTS["caption"]}],
-        [{"type": "text", "text": PROMPTS["reasoning"].format(text=query.text)}],
-        [_picture(target, cfg.max_side), {"type": "text", "text": PROMPTS["conclusion"]}],
-    ]
-    messages: list[dict[str, Any]] = []
-    chain = {}
-    for section, content in zip(PROMPTS, turns):
-        messages.append({"role": "user", "content": content})
-        reply = client.chat.completions.create(model=cfg.model, messages=messages, max_tokens=cfg.max_tokens)
-        text = (reply.choices[0].message.content or "").strip() if reply.choices else ""
-        if not text:
-            raise ValueError(f"empty answer for the {section}")
-        chain[section] = text
-        messages.append({"role": "assistant", "content": text})
-    return chain
+    reference = picture(bench.media_item(query.reference_id), cfg.max_side)
+    target = picture(bench.media_item(query.target_ids[0]), cfg.max_side)
+    turns = {
+        "caption": [reference, {"type": "text", "text": PROMPTS["caption"]}],
+        "reasoning": [{"type": "text", "text": PROMPTS["reasoning"].format(text=query.text)}],
+        "conclusion": [target, {"type": "text", "text": PROMPTS["conclusion"]}],
+    }
+    return converse(client, cfg, turns)
 
 
 def annotate_queries(

@@ -97,21 +97,32 @@ def image_data_url(item: GalleryItem, max_side: int) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def caption_stages(client, cfg: CaptionerConfig, item: GalleryItem) -> dict[str, str]:
-    """One conversation: each stage's question is asked after the previous answers."""
-    picture = {"type": "image_url", "image_url": {"url": image_data_url(item, cfg.max_side)}}
+def converse(client, cfg: CaptionerConfig, turns: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+    """One conversation: each turn's content (name -> message parts) is sent after the previous
+    answers; returns each turn's answer. An empty answer is an error naming the turn."""
     messages: list[dict[str, Any]] = []
-    stages = {}
-    for i, stage in enumerate(STAGES):
-        question = {"type": "text", "text": PROMPTS[stage]}
-        messages.append({"role": "user", "content": [picture, question] if i == 0 else [question]})
+    answers = {}
+    for name, content in turns.items():
+        messages.append({"role": "user", "content": content})
         reply = client.chat.completions.create(model=cfg.model, messages=messages, max_tokens=cfg.max_tokens)
         text = (reply.choices[0].message.content or "").strip() if reply.choices else ""
         if not text:
-            raise ValueError(f"empty answer at stage {stage!r}")
-        stages[stage] = text
+            raise ValueError(f"empty answer at stage {name!r}")
+        answers[name] = text
         messages.append({"role": "assistant", "content": text})
-    return stages
+    return answers
+
+
+def picture(item: GalleryItem, max_side: int) -> dict[str, Any]:
+    """A message part carrying the item's image."""
+    return {"type": "image_url", "image_url": {"url": image_data_url(item, max_side)}}
+
+
+def caption_stages(client, cfg: CaptionerConfig, item: GalleryItem) -> dict[str, str]:
+    """One conversation: the image with the first question, then each stage's question."""
+    turns = {stage: [{"type": "text", "text": PROMPTS[stage]}] for stage in STAGES}
+    turns[STAGES[0]].insert(0, picture(item, cfg.max_side))
+    return converse(client, cfg, turns)
 
 
 class CaptionCache:
