@@ -369,6 +369,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--time-steps", type=int, default=20, help="interleaved steps per variant for s/step (0: skip)")
+    parser.add_argument("--only", nargs="*", default=None, help="these variants of the claim (default: all)")
     parser.add_argument("--also", nargs="*", default=[], help="more methods as rows (their default config)")
     parser.add_argument("--generated", action="store_true", help="add the method trained on make-triplets output")
     parser.add_argument("--out", default=str(REPO / "runs" / "compare"))
@@ -384,13 +385,17 @@ def main() -> None:
     board.one_thread()
 
     data = make_data(root, tuple(args.seeds), args.size)
-    members = {BASELINE: claim.baseline, **claim.variants, **{m: Variant(m) for m in args.also}}
+    unknown = sorted(set(args.only or []) - set(claim.variants))
+    if unknown:
+        parser.error(f"--only: {unknown} are not variants of {claim.paper}; it has {sorted(claim.variants)}")
+    chosen = {n: v for n, v in claim.variants.items() if not args.only or n in args.only}
+    members = {BASELINE: claim.baseline, **chosen, **{m: Variant(m) for m in args.also}}
     specs = {
         (name, s): CompareSpec(v, s, str(data[s]), str(root / f"{v.key}-s{s}"), args.steps, args.points, args.lr)
         for s in args.seeds
         for name, v in members.items()
     }
-    method_name = next(iter(claim.variants))
+    method_name = next(iter(chosen))
     precision = add_generated_runs(specs, method_name, data, root) if args.generated else {}
     board.run_all(list(specs.values()), args.jobs, run=run_compare)
     runs: dict[str, list[dict]] = {}
