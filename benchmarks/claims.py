@@ -327,10 +327,10 @@ def claim_section(claim: Claim, results: dict, seeds: tuple[int, ...], img: Path
     return lines
 
 
-def write_board(doc: Path, header: list[str], claims: dict[str, Claim], results: dict, seeds) -> None:
+def write_board(doc: Path, header: list[str], claims: dict[str, Claim], results: dict, seeds, img: Path) -> None:
     lines = list(header)
     for claim in claims.values():
-        lines += claim_section(claim, results, seeds, doc.parent / "img", doc)
+        lines += claim_section(claim, results, seeds, img, doc)
     with atomic_open(doc) as f:
         f.write("\n".join(lines))
 
@@ -394,13 +394,14 @@ def main() -> None:
     root = Path(args.out or REPO / "runs" / ("claims-quick" if args.quick else "claims"))
     doc = Path(args.doc or REPO / "docs" / ("claims-quick.md" if args.quick else "claims.md"))
     root.mkdir(parents=True, exist_ok=True)
+    img = doc.parent / "img" / ("quick" if args.quick else "")  # the quick board's plots apart from the full one's
 
     one_thread()
     start = time.time()
     if args.render:
         results = finished_runs(root)
         seeds = tuple(sorted({seed for _, seed in results}))
-        write_board(doc, header_lines(args, size, None, results), claims, results, seeds)
+        write_board(doc, header_lines(args, size, None, results), claims, results, seeds, img)
         print(f"wrote {doc} from {len(results)} finished runs")
         return
     pretrain, data = make_data(root, size)
@@ -417,7 +418,7 @@ def main() -> None:
     # --seeds only choose what to train now).
     results = finished_runs(root)
     seeds = tuple(sorted({seed for _, seed in results}))
-    write_board(doc, header_lines(args, size, seconds, results), claims, results, seeds)
+    write_board(doc, header_lines(args, size, seconds, results), claims, results, seeds, img)
     done = sum((Path(spec.out) / "hits.json").is_file() for spec in specs)
     print(f"wrote {doc} ({done}/{len(specs)} runs of this invocation, {seconds / 60:.1f} min)")
 

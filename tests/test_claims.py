@@ -193,7 +193,7 @@ def test_board_renders_a_claim(tmp_path):
             run = {**run, "bucket": np.asarray([rename[b] for b in run["bucket"]], dtype=object)}
             results[(variant.key, seed)] = {"hits": run, "diagnostics": {}, "seconds": 1.0}
     doc = tmp_path / "claims.md"
-    board.write_board(doc, ["# board", ""], {"Paper X": claim}, results, (0, 1, 2))
+    board.write_board(doc, ["# board", ""], {"Paper X": claim}, results, (0, 1, 2), tmp_path / "img")
     text = doc.read_text()
     assert "**Verdict: reproduced** (seeds 0, 1, 2)." in text
     assert "| v | 40.0 ± 0.0 (+10.0 [" in text  # R@1 on schema-1shot: 30% + 10 points
