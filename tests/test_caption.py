@@ -61,10 +61,18 @@ class FakeLLM(BaseHTTPRequestHandler):
         self._send(200, json.dumps(reply).encode())
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A client that gave up (the slow mode's timeouts) makes a handler thread fail later; that
+    traceback must not land on stderr during another test."""
+
+    def handle_error(self, request, client_address):
+        pass
+
+
 @pytest.fixture
 def server():
     FakeLLM.mode, FakeLLM.requests = "ok", []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeLLM)
+    httpd = QuietServer(("127.0.0.1", 0), FakeLLM)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
