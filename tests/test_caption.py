@@ -162,7 +162,9 @@ def test_unreachable_server_is_one_clear_error(tmp_path, capsys):
     assert code == 2, err
     ours = [line for line in err.splitlines() if line.startswith("error:")]
     assert "Traceback" not in err, err  # (a library's warning on stderr is not ours to count)
-    assert len(ours) == 1 and ours[0].startswith(f"error: cannot reach the caption server at http://127.0.0.1:{port}/v1")
+    assert len(ours) == 1 and ours[0].startswith(
+        f"error: cannot reach the caption server at http://127.0.0.1:{port}/v1"
+    )
     assert not (tmp_path / "c.jsonl").exists() or (tmp_path / "c.jsonl").read_text() == ""
 
 
