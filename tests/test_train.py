@@ -60,14 +60,18 @@ def test_sigkill_and_resume_matches_uninterrupted_run(synth_root, tmp_path):
 
     killed = tmp_path / "killed"
     # The interrupted run loads data with 2 worker processes: the order must not depend on it.
-    proc = subprocess.Popen(
-        _cmd(synth_root, killed, "train.num_workers=2"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    proc = subprocess.Popen(  # its own process group: the kill takes its data-loader workers too
+        _cmd(synth_root, killed, "train.num_workers=2"),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     pointer = killed / "checkpoints" / "latest"
     deadline = time.time() + 120
     while time.time() < deadline and not (pointer.is_file() and pointer.read_text().strip() >= "step-0000006"):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     at_kill = pointer.read_text().strip()
     assert "step-0000006" <= at_kill < "step-0000012", f"kill landed at {at_kill}"
