@@ -67,8 +67,10 @@ def test_the_caption_changes_the_target():
     assert (a - c).abs().max() > 1e-3
 
 
-def test_bank_never_returns_a_query_positive():
-    method = _method(bank="fifo", bank_size=8)
+@pytest.mark.parametrize("bank_keys", ["momentum", "online"])
+def test_bank_never_returns_a_query_positive(bank_keys):
+    method = _method(bank="fifo", bank_size=8, bank_keys=bank_keys)
+    term = "bank" if bank_keys == "momentum" else "contrastive"  # where the bank's columns are
     b = _batch(method)
     keys = torch.tensor([target_key(t) for t in b["target_id"]])
     with torch.no_grad():
@@ -82,13 +84,69 @@ def test_bank_never_returns_a_query_positive():
 
     def loss() -> float:
         with torch.no_grad():
-            return float(method(one)["contrastive"])
+            return float(method(one)[term])
 
     method.bank.count.fill_(0)
     method.bank.update(q[:1], keys[:1], step=1)
     assert loss() == pytest.approx(0.0, abs=1e-6)
     one["target_id"] = ["another"]  # the same entry, now another target's: a real negative
     assert loss() > 0.1
+
+
+def test_momentum_keys_take_no_gradient_and_follow_the_moving_average():
+    method = _method(bank="fifo", bank_size=8, momentum=0.75)
+    with torch.no_grad():  # weights changed after construction (a loaded backbone, init_from)
+        for p in method.encoder.parameters():
+            p.add_(0.01)
+    b = _batch(method)
+    losses = method(b)
+    assert set(losses) == {"contrastive", "bank"} and float(losses["bank"].detach()) == 0.0  # empty bank yet
+    # The first training step copied the (changed) target encoder into the key encoder.
+    for (name, key), online in zip(method.key_encoder.named_parameters(), method.encoder.parameters()):
+        torch.testing.assert_close(key, online, msg=name)
+    sum(losses.values()).backward()
+    before = [p.detach().clone() for p in method.key_encoder.parameters()]
+    with torch.no_grad():
+        for p in method.encoder.parameters():  # an optimizer step
+            if p.grad is not None:
+                p.sub_(0.1 * p.grad)
+    method.after_step(1)
+    assert all(p.grad is None for p in method.key_encoder.parameters())
+    moved = 0
+    for old, key, online in zip(before, method.key_encoder.parameters(), method.encoder.parameters()):
+        torch.testing.assert_close(key, 0.75 * old + 0.25 * online)
+        moved += int(not torch.equal(key, old))
+    assert moved > 10
+    # The bank holds the key encoder's features of the step's targets, not the trained ones.
+    b2 = _batch(method, ids=[f"u{i}" for i in range(4)])
+    b2["target"] = b2["target"].flip(0)
+    with torch.no_grad():
+        keyed = method._embed_target(method.key_encoder, b2["target"], b2["target_caption"])
+        trained = method.encode_target(b2["target"], b2["target_caption"])
+    method(b2)
+    method.after_step(2)
+    assert len(method.bank) == 8
+    torch.testing.assert_close(method.bank.features[4:8], keyed)
+    assert not torch.allclose(method.bank.features[4:8], trained, atol=1e-4)
+
+
+def test_the_bank_term_pushes_the_query_from_the_entries():
+    """Its gradient reaches the query side only: moving a query toward a bank entry raises it."""
+    method = _method(bank="fifo", bank_size=8)
+    b = _batch(method, n=2)
+    method(b)  # readies the key encoder
+    method._pending.clear()
+    keys = torch.tensor([target_key("elsewhere"), target_key("elsewhere-2")])
+    entries = torch.nn.functional.normalize(torch.randn(2, method.encoder.embed_dim), dim=-1)
+    method.bank.update(entries, keys, step=1)
+    query = method.encode_query(b["reference"], b["tokens"]).detach()
+    key = torch.nn.functional.normalize(query + 0.3 * torch.randn_like(query), dim=-1)
+    bank, mask = method.bank.negatives(torch.tensor([target_key(t) for t in b["target_id"]]))
+    toward = torch.nn.functional.normalize(query + 0.5 * entries[0], dim=-1)
+    assert method.bank_loss(toward, key, bank, mask) > method.bank_loss(query, key, bank, mask)
+    q = query.clone().requires_grad_(True)
+    method.bank_loss(q, key, bank, mask).backward()
+    assert q.grad.abs().sum() > 0
 
 
 def test_entropy_eviction_keeps_the_confusable_entries():
@@ -161,6 +219,11 @@ def test_bank_survives_kill_and_resume(synth_root, tmp_path):
     assert len(whole.bank) > 4
     for name in ("features", "keys", "written", "scores", "count"):
         torch.testing.assert_close(getattr(resumed.bank, name), getattr(whole.bank, name), msg=name)
+    key_whole = dict(whole.key_encoder.named_parameters())
+    for name, param in resumed.key_encoder.named_parameters():  # the moving average resumes exactly
+        torch.testing.assert_close(param, key_whole[name], msg=name)
+    online = dict(whole.encoder.named_parameters())
+    assert any(not torch.equal(p, online[n]) for n, p in key_whole.items())  # it is not the online copy
 
 
 def test_csmcir_evaluates_with_gallery_captions(synth_root, tmp_path, monkeypatch):

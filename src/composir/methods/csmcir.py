@@ -20,15 +20,30 @@ negatives. Every part is a switch (``CSMCIRConfig``):
   multimodal LLM, data/captions.py). The synthetic benchmark ships its own cache (the generator's
   caption levels). A missing caption is the empty text.
 - **Memory bank** (``methods/memory_bank.py``): ``bank: none | fifo | entropy``, ``bank_size``
-  entries of recent target features as extra negatives for the query -> target loss, never a
-  query's own positive; ``max_age`` steps before an entry is dropped. Filled after each optimizer
-  step (``after_step``) with the step's targets, gathered across ranks; saved in checkpoints.
+  entries of recent target features as extra negatives for the query, never a query's own
+  positive; ``max_age`` steps before an entry is dropped. Filled after each optimizer step
+  (``after_step``) with the step's targets, gathered across ranks; saved in checkpoints.
+  ``bank_keys`` says what makes the entries and how they enter the loss:
+
+  - ``momentum`` (default; MoCo, He et al. 2020): a *key encoder*, an exponential moving average
+    (``momentum``) of the target side's encoder that receives no gradient, embeds each step's
+    targets; they fill the bank, and the bank term is a separate InfoNCE of each query against
+    its key-encoded positive and the bank (gradient through the query only): the loss term
+    ``bank`` beside the ordinary in-batch ``contrastive`` (weigh it with ``loss_weights``; it is
+    0 while the bank is empty). Entries from the last ``max_age`` steps
+    then come from nearly the same function -- the "model-consistent" bank. Costs a copy of the
+    encoder and one gradient-free target pass per step (docs/benchmarks.md).
+  - ``online``: the trained target features themselves enter the bank and the bank's columns are
+    appended to the in-batch loss. Measured to collapse training on the synthetic benchmark (all
+    features reach cosine 0.99 within 15 steps): the bank's columns take no gradient, so each
+    target is pulled to its query with nearly no push back. Kept to reproduce that finding.
 
 Choices where the abstract is silent: the target caption's text tokens are fused exactly like the
 modification text (no separate caption prompt); the bank holds targets only (the paper speaks of
 negatives for the query); entropy is that of the model's distribution over {positive, entry}
-(memory_bank.py); the bank's negatives are used in the query -> target direction only; stale
-entries are dropped rather than re-encoded.
+(memory_bank.py); the bank's negatives are used in the query -> target direction only; entries
+are kept consistent by a momentum key encoder (the abstract names no mechanism) and entries
+older than ``max_age`` are dropped rather than re-encoded (the bank keeps no pixels).
 """
 
 from __future__ import annotations
@@ -57,6 +72,8 @@ class CSMCIRConfig(MethodConfig):
     bank_size: int = 1024
     max_age: int = 200  # optimizer steps an entry may stay in the bank (0: no limit)
     bank_smoothing: float = 0.5  # exponential average of an entry's entropy score over steps
+    bank_keys: str = "momentum"  # momentum | online (see the module docstring)
+    momentum: float = 0.99  # the key encoder's moving-average coefficient
 
     def validate(self) -> None:
         if self.target_side not in ("image_caption", "image"):
@@ -65,6 +82,10 @@ class CSMCIRConfig(MethodConfig):
             raise ConfigError(f"csmcir.bank must be none, fifo or entropy, got {self.bank!r}")
         if self.bank_size < 1 or self.max_age < 0:
             raise ConfigError("csmcir.bank_size must be >= 1 and csmcir.max_age >= 0")
+        if self.bank_keys not in ("momentum", "online"):
+            raise ConfigError(f"csmcir.bank_keys must be momentum or online, got {self.bank_keys!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"csmcir.momentum must be in [0, 1), got {self.momentum}")
         if not 0.0 <= self.bank_smoothing < 1.0:
             raise ConfigError(f"csmcir.bank_smoothing must be in [0, 1), got {self.bank_smoothing}")
 
@@ -81,10 +102,20 @@ class CSMCIR(RetrievalMethod):
             raise ConfigError(f"csmcir needs an encoder with a Q-Former fusion; {encoder.name!r} has none")
         self.target_tower = None if cfg.shared else copy.deepcopy(encoder)
         self.bank = None
+        self.key_encoder = None
         if cfg.bank != "none":
             dim = encoder.embed_dim
             self.bank = MemoryBank(cfg.bank_size, dim, cfg.bank, cfg.max_age, cfg.bank_smoothing)
+            if cfg.bank_keys == "momentum":
+                self.key_encoder = copy.deepcopy(self._target_encoder).requires_grad_(False)
+                # 0 until the first training step copies the target encoder's weights in: weights
+                # loaded after construction (init_from, a backbone) must reach the key encoder too.
+                self.register_buffer("key_encoder_ready", torch.zeros((), dtype=torch.bool))
         self._pending: list[tuple[torch.Tensor, ...]] = []
+
+    @property
+    def _target_encoder(self):
+        return self.target_tower if self.target_tower is not None else self.encoder
 
     @property
     def target_text(self) -> bool:  # evaluation and indexing hand captions to encode_target
@@ -111,7 +142,9 @@ class CSMCIR(RetrievalMethod):
         return self._fused(self.encoder, None, tokens, memory)
 
     def encode_target(self, frames: torch.Tensor, tokens=None) -> torch.Tensor:
-        tower = self.target_tower if self.target_tower is not None else self.encoder
+        return self._embed_target(self._target_encoder, frames, tokens)
+
+    def _embed_target(self, tower, frames: torch.Tensor, tokens=None) -> torch.Tensor:
         if not self.target_text:
             return F.normalize(tower.project_image(tower.image_query_outputs(frames)).mean(1), dim=-1)
         if tokens is None:
@@ -122,22 +155,49 @@ class CSMCIR(RetrievalMethod):
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         query = self.encode_query(batch["reference"], batch["tokens"])
         target = self.encode_target(batch["target"], batch.get("target_caption"))
-        bank, mask = None, None
-        if self.bank is not None:
-            keys = torch.tensor([target_key(str(t)) for t in batch["target_id"]], device=query.device)
-            if self.training and len(self.bank):
-                bank, mask = self.bank.negatives(keys)
-            if self.training:
-                positive = (query * target).sum(-1)
-                self._pending.append(tuple(t.detach() for t in (target, keys, query, positive)))
-        return {"contrastive": self.contrastive(query, target, bank, mask)}
+        if self.bank is None or not self.training:
+            return {"contrastive": self.contrastive(query, target)}
+        keys = torch.tensor([target_key(str(t)) for t in batch["target_id"]], device=query.device)
+        bank, mask = self.bank.negatives(keys) if len(self.bank) else (None, None)
+        if self.key_encoder is None:  # online: the trained targets enter the bank and the loss
+            self._pending.append(tuple(t.detach() for t in (target, keys, query, (query * target).sum(-1))))
+            return {"contrastive": self.contrastive(query, target, bank, mask)}
+        key = self._key_features(batch["target"], batch.get("target_caption"))
+        self._pending.append((key, keys, query.detach(), (query.detach() * key).sum(-1)))
+        no_bank = query.sum() * 0.0  # the term exists from the first step: logs and weights see it
+        bank_term = self.bank_loss(query, key, bank, mask) if bank is not None else no_bank
+        return {"contrastive": self.contrastive(query, target), "bank": bank_term}
+
+    @torch.no_grad()
+    def _key_features(self, frames: torch.Tensor, tokens) -> torch.Tensor:
+        if not bool(self.key_encoder_ready):
+            self.key_encoder.load_state_dict(self._target_encoder.state_dict())
+            self.key_encoder_ready.fill_(True)
+        self.key_encoder.eval()  # no dropout noise in the keys
+        return self._embed_target(self.key_encoder, frames, tokens)
+
+    def bank_loss(self, query: torch.Tensor, key: torch.Tensor, bank: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Each query against its key-encoded positive (column 0) and the bank's entries, leaving
+        out entries that are its own target; ``key`` and ``bank`` carry no gradient."""
+        scale = self.logit_scale.exp().clamp(max=100.0)
+        sim = torch.cat([(query * key).sum(-1, keepdim=True), query @ bank.to(query).T], dim=1)
+        exclude = torch.cat([torch.zeros_like(mask[:, :1]), mask.to(sim.device)], dim=1)
+        return self._contrast(sim, scale, torch.zeros(len(query), dtype=torch.long, device=query.device), exclude)
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
-        """The step's targets enter the bank (every rank's, so all ranks keep the same bank)."""
+        """The key encoder takes its moving-average step; then the step's targets enter the bank
+        (every rank's, so all ranks keep the same bank)."""
         pending, self._pending = self._pending, []
         if self.bank is None:
             return
+        if self.key_encoder is not None and bool(self.key_encoder_ready):
+            online = dict(self._target_encoder.named_parameters())
+            for name, param in self.key_encoder.named_parameters():
+                param.lerp_(online[name].detach(), 1.0 - self.config.momentum)
+            buffers = dict(self._target_encoder.named_buffers())
+            for name, buffer in self.key_encoder.named_buffers():
+                buffer.copy_(buffers[name])
         scale = float(self.logit_scale.exp().clamp(max=100.0))
         for target, keys, query, positive in pending:
             if distributed():
