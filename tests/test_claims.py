@@ -150,7 +150,13 @@ def test_claims_are_registered_by_method_files():
     assert "assignment" not in imagine.variants["IMAGINE"].config
     keys = [v.key for c in (imagine, first) for v in c.variants.values()]
     assert len(set(keys)) == len(keys)
-    assert Variant("imagine", {"a": 1, "b": 2}).key == Variant("imagine", {"b": 2, "a": 1}).key
+    assert (
+        Variant("csmcir", {"bank": "fifo", "max_age": 3}).key == Variant("csmcir", {"max_age": 3, "bank": "fifo"}).key
+    )
+    # The whole config counts, defaults filled in: a default spelled out is the same run, and a
+    # run made under another default is not reused (it would be a stale result).
+    assert Variant("csmcir", {}).key == Variant("csmcir", {"bank_keys": "momentum"}).key
+    assert Variant("csmcir", {}).key != Variant("csmcir", {"bank_keys": "online"}).key
 
 
 def test_claim_rejects_checks_on_unknown_variants():

@@ -34,8 +34,14 @@ class Variant:
 
     @property
     def key(self) -> str:
-        """Identity of the run: variants with the same method and settings share their runs."""
-        text = json.dumps([self.method, self.config, self.train], sort_keys=True)
+        """Identity of the run: variants with the same method and settings share their runs. The
+        method's whole config (defaults filled in) counts: a changed default is a new run, never a
+        stale cached result."""
+        from composir.methods.registry import available_methods, resolved_config
+
+        known = self.method in available_methods()  # an unknown one fails when its run is built
+        config = resolved_config(self.method, self.config) if known else self.config
+        text = json.dumps([self.method, config, self.train], sort_keys=True, default=str)
         return f"{self.method}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
 

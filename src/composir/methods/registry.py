@@ -28,6 +28,16 @@ def build_method(name: str, encoder: Encoder, config: dict[str, Any] | None = No
     return cls(encoder, build_dataclass(cls.config_class, config or {}, "method.config"))
 
 
+def resolved_config(name: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The method's whole config, defaults filled in (what a run with ``config`` really used)."""
+    from dataclasses import asdict
+
+    _import_all()
+    if name not in _METHODS:
+        raise ConfigError(f"unknown method {name!r}; known: {sorted(_METHODS)}")
+    return asdict(build_dataclass(_METHODS[name].config_class, config or {}, "method.config"))
+
+
 def available_methods() -> list[str]:
     _import_all()
     return sorted(_METHODS)
