@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from composir.encoders import build_encoder
 from composir.errors import ConfigError
 from composir.methods import available_methods, build_method
-from composir.methods.cir_cot import CAPTION, CONCLUSION, IMAGE, REASON, RET, Chain
+from composir.methods.cir_cot import CAPTION, CONCLUSION, REASON, RET, Chain
 from composir.methods.claims import registered_claims
 
 ENC = {"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4, "vision_layers": 1, "qformer_layers": 1}
@@ -25,10 +25,16 @@ COT = {
 }
 
 
-def _method(**config):
+MROPE = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
+QWEN = {"text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                        "num_key_value_heads": 2, "rope_parameters": MROPE}}  # fmt: skip
+BACKENDS = {"decoder": {"lm_config": LM}, "qwen2_vl": {"backend": "qwen2_vl", "lm_config": QWEN}}
+
+
+def _method(backend: str = "decoder", **config):
     torch.manual_seed(0)
     enc = build_encoder("tiny", config=ENC)
-    return build_method("cir_cot", enc, {"lm_config": LM, "max_chain_tokens": 12, **config})
+    return build_method("cir_cot", enc, {**BACKENDS[backend], "max_chain_tokens": 12, **config})
 
 
 def _batch(method, texts, cots=None):
@@ -61,7 +67,7 @@ def _force(method, script):
         forced[..., token] = 1e4
         return forced
 
-    return method.lm.lm_head.register_forward_hook(hook)
+    return method.lm.lm.lm_head.register_forward_hook(hook)
 
 
 def test_registered_with_its_claim():
@@ -80,8 +86,9 @@ def test_bad_config_is_named(config, field):
         _method(**config)
 
 
-def test_generation_is_deterministic_stops_at_ret_and_parses():
-    method = _method().eval()
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_generation_is_deterministic_stops_at_ret_and_parses(backend):
+    method = _method(backend).eval()
     script = ["red", "circle", REASON, "make", "blue", CONCLUSION, "blue", "circle", RET, "red", "red"]
     batch = _batch(method, ["make it blue"])
     handle = _force(method, lambda step: script[min(step, len(script) - 1)])
@@ -100,8 +107,9 @@ def test_generation_is_deterministic_stops_at_ret_and_parses():
     assert a == b and len(a[0]) <= 1 + 12
 
 
-def test_length_limit_still_gives_an_embedding():
-    method = _method().eval()
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_length_limit_still_gives_an_embedding(backend):
+    method = _method(backend).eval()
     batch = _batch(method, ["make it blue"])
     handle = _force(method, lambda step: "red")  # never writes <ret>
     with torch.no_grad():
@@ -112,11 +120,12 @@ def test_length_limit_still_gives_an_embedding():
     assert len(next(iter(method._chains.values()))) == 1 + 12  # opener + max_chain_tokens; then <ret> appended
 
 
-def test_ret_embedding_reads_the_chain():
-    method = _method().eval()
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ret_embedding_reads_the_chain(backend):
+    method = _method(backend).eval()
     batch = _batch(method, ["make it blue", "make it blue"])
-    prefix = method.visual_prefix(batch["reference"][:1]).repeat(2, 1, 1)
-    prompt = method.prompt_ids("make it blue", prefix.shape[1])
+    prefix = method.visual_prefix(batch["reference"][:1])[[0, 0]]
+    prompt = method.prompt_ids("make it blue", prefix.length)
     blue = method.chain_ids(COT)
     green = method.chain_ids({**COT, "conclusion": "a large green circle on a gray background"})
     ret = method.ids[RET]
@@ -125,20 +134,27 @@ def test_ret_embedding_reads_the_chain():
     assert not torch.allclose(emb[0], emb[1], atol=1e-4)
 
 
-def test_lm_loss_is_on_the_chain_only():
-    method = _method()
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lm_loss_is_on_the_chain_only(backend):
+    method = _method(backend)
     batch = _batch(method, ["make it blue", "add a small green cross"])
-    rows, labels = method.training_rows(batch, method.visual_prefix(batch["reference"]).shape[1])
+    prefix = method.visual_prefix(batch["reference"])
+    rows, labels = method.training_rows(batch, prefix.length)
+    image = method.tokenizer.convert_tokens_to_ids(method.lm.image_token)
     for row, label in zip(rows, labels):
         given = row.index(method.ids[CAPTION]) + 1
         assert all(x == -100 for x in label[:given])  # visual prefix, text and the <caption> opener: no loss
         assert label[given:] == row[given:] and row[-1] == method.ids[RET]
-        assert row[:4] == [method.ids[IMAGE]] * 4
+        assert row.count(image) == prefix.length > 0
     # The model's own loss equals cross-entropy over the chain positions computed by hand.
-    prefix = method.visual_prefix(batch["reference"])
     _, lm_loss = method._ret_embedding(rows, prefix, labels)
-    ids, mask, positions, lab = method.pad_left(rows, labels)
-    logits = method.lm(inputs_embeds=method.embed(ids, prefix), attention_mask=mask, position_ids=positions).logits
+    ids, mask, lab = method.pad_left(rows, labels)
+    if backend == "decoder":
+        positions = (mask.cumsum(1) - 1).clamp_min(0)
+        logits = method.lm.lm(inputs_embeds=method.lm.embed(ids, prefix), attention_mask=mask, position_ids=positions)
+    else:
+        logits = method.lm.lm(**method.lm._inputs(ids, mask, prefix))
+    logits = logits.logits
     by_hand = F.cross_entropy(logits[:, :-1].flatten(0, 1), lab[:, 1:].flatten(), ignore_index=-100)
     torch.testing.assert_close(lm_loss, by_hand)
     losses = method.losses(batch)
@@ -187,6 +203,87 @@ def test_direct_and_zero_shot_modes():
     torch.testing.assert_close(query, expected)  # the conclusion, through the encoder's text tower
     target = zero.encode_target(batch["target"])
     torch.testing.assert_close(target, F.normalize(zero.encoder.encode_image(batch["target"]), dim=-1))
+
+
+def test_a_qwen2_vl_checkpoint_folder_loads_and_gives_the_same_embedding(tmp_path):
+    """The real-checkpoint path (``lm_path``: from_pretrained of model and tokenizer), exercised on a
+    random model of the same class saved to a folder."""
+    method = _method("qwen2_vl").eval()
+    method.lm.lm.save_pretrained(tmp_path)
+    method.tokenizer.save_pretrained(tmp_path)
+    loaded = _method("qwen2_vl", lm_path=str(tmp_path), lm_config={}).eval()
+    assert type(loaded.lm.lm) is type(method.lm.lm) and len(loaded.tokenizer) == len(method.tokenizer)
+    assert not any(p.requires_grad for p in loaded.lm.lm.model.visual.parameters())  # frozen by default
+    batch = _batch(method, ["make it blue"])
+    prefix = method.visual_prefix(batch["reference"])
+    rows = [method.prompt_ids("make it blue", prefix.length) + method.chain_ids(COT) + [method.ids[RET]]]
+    assert rows == [loaded.prompt_ids("make it blue", prefix.length) + loaded.chain_ids(COT) + [loaded.ids[RET]]]
+    ids, mask, _ = method.pad_left(rows)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.lm.hidden(ids, mask, prefix)[0], method.lm.hidden(ids, mask, prefix)[0])
+
+
+def test_qwen2_vl_inputs_match_its_own_processor():
+    """Prompt ids, M-RoPE token types and pixel patches as Qwen2VLProcessor makes them from the same
+    image and text (our frames come normalised by the composir encoder and are turned back)."""
+    from transformers import Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    method = _method("qwen2_vl").eval()
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(3))
+    frames = ((image - method.lm.mean) / method.lm.std)[None, None]
+    prefix = method.visual_prefix(frames)
+    processor = Qwen2VLProcessor(method.lm.processor, method.tokenizer, Qwen2VLVideoProcessor())
+    out = processor(text=["<|vision_start|><|image_pad|><|vision_end|>make it blue"], images=[image],
+                    do_rescale=False, return_tensors="pt")  # fmt: skip
+    ours = method.prompt_ids("make it blue", prefix.length)
+    assert out["input_ids"][0].tolist() == ours
+    inputs = method.lm._inputs(torch.tensor([ours]), torch.ones(1, len(ours), dtype=torch.long), prefix)
+    assert inputs["mm_token_type_ids"].tolist() == out["mm_token_type_ids"].tolist()
+    torch.testing.assert_close(inputs["pixel_values"], out["pixel_values"], atol=1e-4, rtol=1e-4)
+    assert inputs["image_grid_thw"].tolist() == out["image_grid_thw"].tolist()
+
+
+def test_a_checkpoint_tokenizer_gets_the_chain_tokens(tmp_path):
+    from composir.encoders.causal_lm import QWEN_VISION_TOKENS, word_level_tokenizer
+
+    method = _method("qwen2_vl")
+    method.lm.lm.save_pretrained(tmp_path)
+    word_level_tokenizer(None, QWEN_VISION_TOKENS).save_pretrained(tmp_path)  # a tokenizer that lacks them
+    loaded = _method("qwen2_vl", lm_path=str(tmp_path), lm_config={})
+    unk = loaded.tokenizer.unk_token_id
+    chain = [loaded.ids[t] for t in (CAPTION, REASON, CONCLUSION, RET)]
+    assert unk not in chain and len(set(chain)) == 4
+    assert loaded.tokenizer.convert_ids_to_tokens(chain) == [CAPTION, REASON, CONCLUSION, RET]
+
+
+def test_a_missing_checkpoint_names_what_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"cir_cot.lm_path: nothing loadable at .*no-such-model.*save_pretrained"):
+        _method("qwen2_vl", lm_path=str(tmp_path / "no-such-model"))
+    with pytest.raises(ConfigError, match="backend=qwen2_vl"):
+        _method(lm_path=str(tmp_path))
+
+
+def test_qwen2_vl_back_end_learns_a_chain():
+    """A few steps on one batch: the LM loss falls, and the image reaches the model (M-RoPE inputs)."""
+    method = _method("qwen2_vl")
+    batch = _batch(method, ["make it blue", "add a small green cross"])
+    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(15):
+        losses = method.losses(batch)
+        loss = losses["lm"] + losses["contrastive"]
+        first = first if first is not None else float(losses["lm"].detach())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(losses["lm"].detach()) < 0.7 * first
+    method.eval()
+    other = dict(batch, reference=batch["reference"].flip(-1))
+    with torch.no_grad():
+        a = method.encode_query(batch["reference"], batch["tokens"])
+        b = method.encode_query(other["reference"], other["tokens"])
+    assert not torch.allclose(a, b, atol=1e-5)  # another reference, another query
 
 
 @pytest.mark.parametrize("text", ["", "   ", "☃☃☃ ###", "word " * 500])

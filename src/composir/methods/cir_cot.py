@@ -1,12 +1,13 @@
 """CIR-CoT: a multimodal language model writes caption -> reasoning -> conclusion, then a ``<ret>``
 token's last hidden state is the query embedding.
 
-Sequence (left-padded): ``<image>`` x P (the reference's visual tokens, projected, spliced in at
-these placeholders) + the modification text + ``<caption>`` c + ``<reason>`` r + ``<conclusion>`` o
-+ ``<ret>``. Training is teacher-forced on the annotated chain (``extra["cot"]``: the synthetic
-benchmark's own, or ``composir annotate-cot`` output): the contrastive loss between the ``<ret>``
-embedding and the target's, plus ``lm_weight`` x the next-token loss on the chain and ``<ret>``
-(prompt and visual-prefix positions are ignored). At inference (``mode``):
+Sequence (left-padded): the reference's image placeholders (``<image>`` x P, filled with its
+visual tokens; Qwen2-VL's ``<|vision_start|><|image_pad|>...<|vision_end|>``) + the modification
+text + ``<caption>`` c + ``<reason>`` r + ``<conclusion>`` o + ``<ret>``. Training is
+teacher-forced on the annotated chain (``extra["cot"]``: the synthetic benchmark's own, or
+``composir annotate-cot`` output): the contrastive loss between the ``<ret>`` embedding and the
+target's, plus ``lm_weight`` x the next-token loss on the chain and ``<ret>`` (prompt and
+visual-prefix positions are ignored). At inference (``mode``):
 
 * ``reason``: the model writes the chain greedily (``transformers``' ``generate``, at most
   ``max_chain_tokens``, stopping at ``<ret>``; ``<ret>`` is appended when the limit cuts it off),
@@ -18,11 +19,15 @@ embedding and the target's, plus ``lm_weight`` x the next-token loss on the chai
 
 Choices where the paper summary is silent (docs/methods.md):
 
-* Back-end ``decoder``: the visual prefix is the encoder's Q-Former query outputs (BLIP-2's way of
-  feeding an LLM; encoders without a Q-Former give their patch tokens), projected to a small
-  ``Qwen2ForCausalLM`` trained from scratch (``lm_config``). Its tokenizer is word-level
-  (``tokenizers``' ``WordLevel``) over every word the synthetic generator writes
-  (``synth/vocabulary.py``), or any ``tokenizer.json`` given as ``tokenizer``: nothing is downloaded.
+* Back-ends (``backend``, encoders/causal_lm.py): ``decoder``, a small ``Qwen2ForCausalLM``
+  trained from scratch over the encoder's Q-Former query outputs (BLIP-2's way of feeding an LLM;
+  patch tokens for encoders without a Q-Former), projected and spliced in at ``<image>``
+  placeholders, with a word-level tokenizer over the synthetic generator's vocabulary or any
+  ``tokenizer.json`` (``tokenizer``): nothing is downloaded. ``qwen2_vl``: a
+  ``Qwen2VLForConditionalGeneration`` with its own vision tower, M-RoPE and tokenizer -- a real
+  checkpoint from ``lm_path`` (folder or cached hub id; vision tower frozen unless
+  ``lm_freeze_vision: false``) or a random one of the same class from ``lm_config``; the chain's
+  tokens are added to its tokenizer (embeddings resized when needed).
 * Targets: ``target_side = lm`` embeds them by the same model's image path (visual prefix +
   ``<ret>``, the same projection), ``encoder`` by the shared image encoder.
 * Chain ablations (``chain``): ``full``, ``no_reason``, ``no_caption``, ``none`` (trained to put
@@ -42,21 +47,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from composir.encoders.base import QFormerBackbone, TokenFeatures, Tokens
+from composir.encoders.base import Tokens
+from composir.encoders.causal_lm import BACKENDS, PAD, VisualPrefix, build_causal_lm
 from composir.errors import ConfigError
 from composir.methods.base import MethodConfig, RetrievalMethod
 from composir.methods.claims import Claim, Gain, LosesGain, Shrinks, Variant, register_claim
 from composir.methods.registry import register_method
 
-IMAGE, CAPTION, REASON, CONCLUSION, RET = "<image>", "<caption>", "<reason>", "<conclusion>", "<ret>"
-PAD, UNK = "<pad>", "<unk>"
-SPECIALS = (PAD, UNK, IMAGE, CAPTION, REASON, CONCLUSION, RET)
+CAPTION, REASON, CONCLUSION, RET = "<caption>", "<reason>", "<conclusion>", "<ret>"
+CHAIN_TOKENS = (CAPTION, REASON, CONCLUSION, RET)
 SECTIONS = {"full": (CAPTION, REASON, CONCLUSION), "no_reason": (CAPTION, CONCLUSION),
             "no_caption": (REASON, CONCLUSION), "none": ()}  # fmt: skip
 SECTION_KEYS = {CAPTION: "caption", REASON: "reasoning", CONCLUSION: "conclusion"}
 MODES = ("reason", "direct", "zero_shot")
-SMALL_LM = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 4, "max_position_embeddings": 512}  # fmt: skip
 
 
 @dataclass
@@ -65,7 +68,10 @@ class CIRCoTConfig(MethodConfig):
     mode: str = "reason"  # reason | direct | zero_shot (inference)
     lm_weight: float = 1.0
     target_side: str = "lm"  # lm | encoder
-    lm_config: dict[str, Any] = field(default_factory=dict)  # Qwen2Config fields over SMALL_LM
+    backend: str = "decoder"  # decoder (trained from scratch) | qwen2_vl (encoders/causal_lm.py)
+    lm_path: str | None = None  # qwen2_vl: a checkpoint folder or cached hub id; None: random, from lm_config
+    lm_config: dict[str, Any] = field(default_factory=dict)  # decoder: Qwen2Config fields; qwen2_vl: text/vision_config
+    lm_freeze_vision: bool = True  # qwen2_vl: keep its vision tower frozen
     tokenizer: str | None = None  # a tokenizer.json; None: word-level over the synthetic vocabulary
     max_text_tokens: int = 32
     max_section_tokens: int = 48
@@ -77,6 +83,10 @@ class CIRCoTConfig(MethodConfig):
             raise ConfigError(f"cir_cot.chain must be one of {sorted(SECTIONS)}, got {self.chain!r}")
         if self.mode not in MODES:
             raise ConfigError(f"cir_cot.mode must be one of {list(MODES)}, got {self.mode!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"cir_cot.backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        if self.lm_path is not None and self.backend != "qwen2_vl":
+            raise ConfigError("cir_cot.lm_path loads a Qwen2-VL checkpoint: set cir_cot.backend=qwen2_vl")
         if self.target_side not in ("lm", "encoder"):
             raise ConfigError(f"cir_cot.target_side must be lm or encoder, got {self.target_side!r}")
         if self.lm_weight < 0:
@@ -85,29 +95,6 @@ class CIRCoTConfig(MethodConfig):
             raise ConfigError("cir_cot.max_text_tokens, .max_section_tokens and .max_chain_tokens must be >= 1")
         if self.mode == "reason" and self.chain == "none":
             raise ConfigError("cir_cot.mode=reason needs a chain to generate (chain=none is trained for mode=direct)")
-
-
-def build_tokenizer(path: str | None):
-    """A fast tokenizer with the chain's special tokens: ``path`` (a tokenizer.json) or word-level
-    over the synthetic generator's vocabulary."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    if path is None:
-        from composir.synth.vocabulary import vocabulary
-
-        vocab = {token: i for i, token in enumerate((*SPECIALS, *vocabulary()))}
-        core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-        core.normalizer = normalizers.Lowercase()
-        core.pre_tokenizer = pre_tokenizers.Whitespace()
-    else:
-        try:
-            core = Tokenizer.from_file(path)
-        except Exception as exc:  # tokenizers raises plain Exceptions for a missing or bad file
-            raise ConfigError(f"cir_cot.tokenizer: cannot read {path!r} ({exc})") from exc
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, unk_token=UNK)
-    tok.add_special_tokens({"additional_special_tokens": [t for t in SPECIALS if t not in (PAD, UNK)]})
-    return tok
 
 
 @dataclass
@@ -128,24 +115,14 @@ class CIRCoT(RetrievalMethod):
 
     def __init__(self, encoder, config: CIRCoTConfig | None = None):
         super().__init__(encoder, config)
-        from transformers import Qwen2Config, Qwen2ForCausalLM
-
         cfg: CIRCoTConfig = self.config
         cfg.validate()
-        if not isinstance(encoder, (QFormerBackbone, TokenFeatures)):
-            raise ConfigError(f"cir_cot needs visual tokens from the encoder; {encoder.name!r} gives none")
-        self.tokenizer = build_tokenizer(cfg.tokenizer)
-        self.ids = {t: self.tokenizer.convert_tokens_to_ids(t) for t in SPECIALS}
-        options = {**SMALL_LM, **cfg.lm_config}
-        fixed = {"vocab_size": len(self.tokenizer), "pad_token_id": self.ids[PAD], "tie_word_embeddings": True}
-        lm_cfg = Qwen2Config(**{**fixed, **options})
-        self.lm = Qwen2ForCausalLM(lm_cfg)
-        width = lm_cfg.hidden_size
-        with torch.no_grad():
-            size = encoder.image_size
-            visual_width = self._visual_tokens(torch.zeros(1, 1, 3, size, size)).shape[-1]
-        self.visual_proj = nn.Sequential(nn.LayerNorm(visual_width), nn.Linear(visual_width, width))
-        self.ret_proj = nn.Linear(width, encoder.embed_dim)
+        self.lm = build_causal_lm(cfg.backend, encoder, CHAIN_TOKENS, cfg.tokenizer, cfg.lm_path, cfg.lm_config,
+                                  cfg.lm_freeze_vision)  # fmt: skip
+        self.tokenizer = self.lm.tokenizer
+        self.ids = {t: self.tokenizer.convert_tokens_to_ids(t) for t in CHAIN_TOKENS}
+        self.ids[PAD] = self.tokenizer.pad_token_id
+        self.ret_proj = nn.Linear(self.lm.width, encoder.embed_dim)
         self._chains: OrderedDict[tuple, list[int]] = OrderedDict()
 
     @property
@@ -158,20 +135,15 @@ class CIRCoT(RetrievalMethod):
         return super().train(mode)
 
     # ------------------------------------------------------------------------------ sequences
-    def _visual_tokens(self, frames: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.encoder, QFormerBackbone):
-            return self.encoder.image_query_outputs(frames)
-        return self.encoder.image_tokens(frames)[0]
-
-    def visual_prefix(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, P, width): the reference's visual tokens in the language model's input space."""
-        return self.visual_proj(self._visual_tokens(frames))
+    def visual_prefix(self, frames: torch.Tensor) -> VisualPrefix:
+        """What stands for the reference in the language model's input (the back-end's own form)."""
+        return self.lm.prefix(frames)
 
     def _words(self, text: str, limit: int) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"][:limit]
 
     def prompt_ids(self, text: str, prefix_len: int) -> list[int]:
-        return [self.ids[IMAGE]] * prefix_len + self._words(text, self.config.max_text_tokens)
+        return self.lm.image_slots(prefix_len) + self._words(text, self.config.max_text_tokens)
 
     @property
     def opener(self) -> list[int]:
@@ -194,7 +166,7 @@ class CIRCoT(RetrievalMethod):
         return out
 
     def pad_left(self, rows: list[list[int]], labels: list[list[int]] | None = None):
-        """(ids, attention mask, position ids[, labels]) with every row ending at the last column."""
+        """(ids, attention mask, labels) with every row ending at the last column."""
         length = max(len(r) for r in rows)
         ids = torch.full((len(rows), length), self.ids[PAD], dtype=torch.long)
         mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -204,45 +176,24 @@ class CIRCoT(RetrievalMethod):
             mask[i, length - len(row) :] = 1
             if labels is not None:
                 lab[i, length - len(row) :] = torch.tensor(labels[i])
-        positions = (mask.cumsum(1) - 1).clamp_min(0)
-        return ids, mask, positions, lab
+        return ids, mask, lab
 
-    def embed(self, ids: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with the visual prefix spliced in at the ``<image>`` placeholders."""
-        x = self.lm.get_input_embeddings()(ids)
-        slots = (ids == self.ids[IMAGE]).unsqueeze(-1)
-        return x.masked_scatter(slots, prefix.to(x.dtype))
-
-    def _ret_embedding(self, rows: list[list[int]], prefix: torch.Tensor, labels=None):
+    def _ret_embedding(self, rows: list[list[int]], prefix: VisualPrefix, labels=None):
         """(normalised <ret> embedding (B, D), LM loss or None) of sequences that end with ``<ret>``."""
-        device = prefix.device
-        ids, mask, positions, lab = (t.to(device) for t in self.pad_left(rows, labels))
-        out = self.lm(
-            inputs_embeds=self.embed(ids, prefix),
-            attention_mask=mask,
-            position_ids=positions,
-            labels=lab if labels is not None else None,
-            output_hidden_states=True,
-        )
-        hidden = out.hidden_states[-1][:, -1]
-        return F.normalize(self.ret_proj(hidden), dim=-1), out.loss
+        device = self.ret_proj.weight.device
+        ids, mask, lab = (t.to(device) for t in self.pad_left(rows, labels))
+        hidden, loss = self.lm.hidden(ids, mask, prefix, lab if labels is not None else None)
+        return F.normalize(self.ret_proj(hidden), dim=-1), loss
 
     # ------------------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate_chains(self, prefix: torch.Tensor, texts: list[str]) -> list[list[int]]:
+    def generate_chains(self, prefix: VisualPrefix, texts: list[str]) -> list[list[int]]:
         """Greedy chains (token ids from the opener on, without ``<ret>``) for each (visual prefix, text)."""
-        rows = [self.prompt_ids(t, prefix.shape[1]) + self.opener for t in texts]
-        ids, mask, _, _ = (t.to(prefix.device) for t in self.pad_left(rows))
-        new = self.lm.generate(
-            inputs_embeds=self.embed(ids, prefix),
-            attention_mask=mask,
-            max_new_tokens=self.config.max_chain_tokens,
-            do_sample=False,
-            eos_token_id=self.ids[RET],
-            pad_token_id=self.ids[PAD],
-        )
+        rows = [self.prompt_ids(t, prefix.length) + self.opener for t in texts]
+        ids, mask, _ = (t.to(self.ret_proj.weight.device) for t in self.pad_left(rows))
+        new = self.lm.generate(ids, mask, prefix, self.config.max_chain_tokens, self.ids[RET])
         chains = []
-        for row in new.tolist():
+        for row in new:
             chain = list(self.opener)
             for token in row:
                 if token in (self.ids[RET], self.ids[PAD]):
@@ -264,7 +215,7 @@ class CIRCoT(RetrievalMethod):
                 parts[current].append(token)
         return Chain(**{k: self.tokenizer.decode(v, skip_special_tokens=True) for k, v in parts.items()})
 
-    def _cached_chains(self, frames: torch.Tensor, prefix: torch.Tensor, texts: list[str], index) -> list[list[int]]:
+    def _cached_chains(self, frames: torch.Tensor, prefix: VisualPrefix, texts: list[str], index) -> list[list[int]]:
         """Chains for query i = (frames[index[i]], texts[i]), generating only those not seen before."""
         keys = [(_pixels_key(frames[r]), t, self.config.mode) for r, t in zip(index.tolist(), texts)]
         todo = [i for i, k in enumerate(keys) if k not in self._chains]
@@ -298,7 +249,7 @@ class CIRCoT(RetrievalMethod):
         if cfg.mode == "zero_shot":
             conclusion = self.encoder.tokenize([p.conclusion for p in parsed]).to(frames.device)
             return F.normalize(self.encoder.encode_text(conclusion), dim=-1), explanations
-        rows = [self.prompt_ids(t, prefix.shape[1]) + c + [self.ids[RET]] for t, c in zip(texts, chains)]
+        rows = [self.prompt_ids(t, prefix.length) + c + [self.ids[RET]] for t, c in zip(texts, chains)]
         return self._ret_embedding(rows, prefix[index])[0], explanations
 
     def encode_queries(self, frames: torch.Tensor, tokens: Tokens, reference_index: torch.Tensor) -> torch.Tensor:
@@ -314,7 +265,7 @@ class CIRCoT(RetrievalMethod):
         if self.config.target_side == "encoder" or self.config.mode == "zero_shot":
             return F.normalize(self.encoder.encode_image(frames), dim=-1)
         prefix = self.visual_prefix(frames)
-        rows = [[self.ids[IMAGE]] * prefix.shape[1] + [self.ids[RET]]] * len(frames)
+        rows = [[*self.lm.image_slots(prefix.length), self.ids[RET]]] * len(frames)
         return self._ret_embedding(rows, prefix)[0]
 
     # ------------------------------------------------------------------------------ training
@@ -333,7 +284,7 @@ class CIRCoT(RetrievalMethod):
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         cfg: CIRCoTConfig = self.config
         prefix = self.visual_prefix(batch["reference"])
-        rows, labels = self.training_rows(batch, prefix.shape[1])
+        rows, labels = self.training_rows(batch, prefix.length)
         query, lm_loss = self._ret_embedding(rows, prefix, labels)
         out = {"contrastive": self.contrastive(query, self.encode_target(batch["target"]))}
         if cfg.lm_weight > 0:
