@@ -144,7 +144,7 @@ def test_ivfpq_index_kind(tmp_path):
     for extra in sorted(media.glob("*.png"))[200:]:
         extra.unlink()
     calls = []
-    with pytest.raises(ComposirError, match="200 files, but IVF-PQ with nlist=4 needs at least 256"):
+    with pytest.raises(ComposirError, match="200 files, but ivfpq with nlist=4 needs at least 256"):
         GalleryIndex(tmp_path / "small").update(
             media, lambda items: calls.append(items), {"fingerprint": "x"}, kind="ivfpq", nlist=4, pq_m=4
         )

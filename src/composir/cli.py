@@ -31,6 +31,30 @@ positive_int = _int_at_least(1)  # k, batch sizes, frames
 non_negative_int = _int_at_least(0)  # worker counts
 
 
+def memory_size(text: str) -> int:
+    """An argparse type: a size such as 300MiB or 2GiB, in bytes."""
+    from composir.index_plan import parse_bytes
+
+    try:
+        value = parse_bytes(text)
+    except ComposirError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 300MiB or 2GiB, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 bytes, got {text!r}")
+    return value
+
+
+def unit_fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", default="tiny", help="encoder name (tiny, openclip, blip2)")
     p.add_argument("--pretrained", default=None, help="encoder weights: a tag or a local path")
@@ -229,12 +253,23 @@ def cmd_index(args: argparse.Namespace) -> int:
         pq_m=args.pq_m,
         refine=args.refine,
         rebuild=args.rebuild,
+        max_memory=args.max_memory,
+        target_recall=args.target_recall,
     )
     print(
         f"index {args.out}: {report['total']} items ({report['added']} added, {report['updated']} updated, "
         f"{report['removed']} removed, {len(report['skipped'])} skipped; see {args.out}/report.json)"
     )
+    _print_plan(index)
     return 0
+
+
+def _print_plan(index) -> None:
+    from composir.index_plan import IndexPlan
+
+    plan = IndexPlan.from_info(index.info)
+    if plan is not None:
+        print(f"index plan: {plan.describe()}")
 
 
 def _index_sharded(args: argparse.Namespace, encode, info: dict, world: int) -> int:
@@ -260,10 +295,12 @@ def _index_sharded(args: argparse.Namespace, encode, info: dict, world: int) -> 
         merged = merge_parts(
             parts,
             args.out,
-            kind=args.kind or "flat",
+            kind=args.kind or "auto",
             nlist=args.nlist,
             pq_m=args.pq_m,
             refine=10 if args.refine is None else args.refine,
+            max_memory=args.max_memory,
+            target_recall=args.target_recall,
         )
         print(
             f"index {args.out}: {merged['total']} items merged from {world} shards "
@@ -469,10 +506,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kind",
         default=None,
-        choices=["flat", "ivfpq"],
-        help="exact (flat) or IVF-PQ for big collections (default: the index's own, else flat)",
+        choices=["auto", "flat", "ivfsq8", "ivfpq"],
+        help="auto: chosen and tuned from the collection (measured recall@10 >= --target-recall within "
+        "--max-memory); or exact (flat), IVF-SQ8, IVF-PQ (default: the index's own, else auto)",
     )
-    p.add_argument("--nlist", type=int, default=256)
+    p.add_argument(
+        "--max-memory",
+        type=memory_size,
+        default=None,
+        help="auto: memory the index may hold, e.g. 300MiB or 2GiB (default: a quarter of this machine's RAM)",
+    )
+    p.add_argument("--target-recall", type=unit_fraction, default=0.95, help="auto: recall@10 to reach (default 0.95)")
+    p.add_argument("--nlist", type=int, default=256, help="ivfsq8/ivfpq given by --kind: the number of lists")
     p.add_argument("--pq-m", type=int, default=32, help="IVF-PQ bytes per vector (must divide the dimension)")
     p.add_argument(
         "--refine",

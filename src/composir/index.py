@@ -16,9 +16,15 @@ changed files are re-encoded, deleted files are removed. A long run commits a ge
 ``commit_every`` files, so an interrupted run, re-run, continues from its last commit; a new
 generation's metadata is the previous one's copied and changed, not rewritten.
 
-IVF-PQ answers from 32-byte codes, which lose neighbours (recall@10 ~0.4-0.7, docs/benchmarks.md);
-with ``refine`` (default 10) it fetches ``refine * k`` candidates and re-ranks them by their exact
-vectors, kept on disk in the metadata, not in memory.
+Kinds: ``flat`` (exact), ``ivfsq8`` (8-bit codes), ``ivfpq`` (``pq_m``-byte codes; ``refine`` x k
+candidates re-ranked by their exact vectors, kept on disk in the metadata, not in memory), and
+``auto`` (the default for a new index): ``index_plan.plan_index`` picks one of the three from the
+collection's size and a memory budget and *measures* recall@10 against exact search on the
+collection's own vectors, raising nprobe/refine until the target (0.95) is met; the plan, its
+measured recall and query time go into info.json. An auto index is encoded into flat generations
+(resumable as ever), then planned once at the end, and planned again whenever the collection has
+doubled or halved since. IVF kinds keep every exact vector (float16) in the metadata, for
+re-ranking and for re-planning.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from tqdm import tqdm
 from composir.data.media import load_media, media_type_of
 from composir.data.records import GalleryItem
 from composir.errors import ComposirError, MediaError
+from composir.index_plan import PLAN_KEYS, IndexPlan, default_memory_budget, first_choice, plan_index
 from composir.utils.io import atomic_open, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -113,12 +120,15 @@ def _ivfpq_min_vectors(nlist: int) -> int:
     return max(nlist * 4, 256)  # 256: one 8-bit product-quantizer codebook
 
 
+KINDS = ("flat", "ivfsq8", "ivfpq", "auto")
+
+
 def _new_faiss(dim: int, kind: str, train_vectors: np.ndarray | None, nlist: int, pq_m: int):
     import faiss
 
     if kind == "flat":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    if kind == "ivfpq":
+    if kind in ("ivfpq", "ivfsq8"):
         needed = _ivfpq_min_vectors(nlist)
         if train_vectors is None or len(train_vectors) < needed:
             have = 0 if train_vectors is None else len(train_vectors)
@@ -126,14 +136,19 @@ def _new_faiss(dim: int, kind: str, train_vectors: np.ndarray | None, nlist: int
                 f"IVF-PQ with nlist={nlist} needs at least {needed} vectors to train its quantizer, got {have}; "
                 "use the flat index for a collection this small"
             )
-        if dim % pq_m:
+        if kind == "ivfpq" and dim % pq_m:
             raise ComposirError(f"IVF-PQ: --pq-m {pq_m} must divide the embedding dimension {dim}")
         quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+        if kind == "ivfpq":
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFScalarQuantizer(
+                quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+            )
         index.train(train_vectors)
         index.nprobe = max(1, nlist // 16)
         return index  # IVF indexes take explicit ids themselves
-    raise ComposirError(f"unknown index kind {kind!r}; use flat or ivfpq")
+    raise ComposirError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
 
 
 class IndexDamagedError(ComposirError):
@@ -200,6 +215,8 @@ class GalleryIndex:
             raise IndexDamagedError(self.root, f"{gen.name}: {vectors.ntotal} vectors but {rows} metadata rows")
         if info.get("nprobe") and hasattr(vectors, "nprobe"):
             vectors.nprobe = info["nprobe"]
+        if info.get("threads"):  # measured when the index was planned: the faster for one query
+            faiss.omp_set_num_threads(int(info["threads"]))
         if self.db is not None:
             self.db.close()
         self.info, self.vectors, self.db, self.generation = info, vectors, db, gen
@@ -253,23 +270,32 @@ class GalleryIndex:
         refine: int = 10,
         files: list[FileEntry] | None = None,
         faiss_index=None,
+        max_memory: int | None = None,
+        target_recall: float = 0.95,
     ) -> GalleryIndex:
         """An index at ``root`` of embeddings computed elsewhere (ids 0..n-1 in ``keys`` order),
         replacing what was there. ``files``: each key's file (path, media type, size, mtime), else
-        the key is the path; ``faiss_index``: one already built over ``vectors`` in that order."""
+        the key is the path; ``faiss_index``: one already built over ``vectors`` in that order;
+        ``kind="auto"``: planned and tuned (``index_plan``) within ``max_memory``."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if len(keys) != len(vectors) or len(set(keys)) != len(keys):
             raise ComposirError(f"from_vectors: {len(keys)} keys (distinct ones needed) for {len(vectors)} vectors")
-        if faiss_index is None:
-            faiss_index = _new_faiss(vectors.shape[1], kind, vectors if kind == "ivfpq" else None, nlist, pq_m)
+        plan_info: dict = {}
+        if faiss_index is None and kind == "auto":
+            plan, faiss_index = plan_index(vectors, max_memory or default_memory_budget(), target_recall)
+            kind, refine = plan.kind, plan.refine
+            plan_info = {**plan.info(), "auto": True, "tuned_count": len(keys)}
+        elif faiss_index is None:
+            faiss_index = _new_faiss(vectors.shape[1], kind, vectors if kind != "flat" else None, nlist, pq_m)
             faiss_index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
         if files is None:
             files = [FileEntry(k, Path(k), media_type_of(k) or "image", 0, 0.0) for k in keys]
+        exact = kind != "flat"  # IVF kinds keep the exact vectors for re-ranking and re-planning
         rows = {
-            key: (i, str(f.path), f.media_type, f.size, f.mtime, _vector_blob(vectors[i]) if kind == "ivfpq" else None)
+            key: (i, str(f.path), f.media_type, f.size, f.mtime, _vector_blob(vectors[i]) if exact else None)
             for i, (key, f) in enumerate(zip(keys, files))
         }
-        info = {**info, "kind": kind, "refine": refine if kind == "ivfpq" else 0, "next_id": len(keys)}
+        info = {**info, **plan_info, "kind": kind, "refine": refine if kind == "ivfpq" else 0, "next_id": len(keys)}
         info["dim"] = int(vectors.shape[1])
         if hasattr(faiss_index, "nprobe"):
             info["nprobe"] = faiss_index.nprobe
@@ -280,6 +306,43 @@ class GalleryIndex:
         with index.writing(rebuild=damaged):
             index._commit(faiss_index, info, rows, fresh=True)
         return index
+
+    def exact_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, float32 vectors) of every item: the flat index's own, or the metadata's float16 copies."""
+        import faiss
+
+        if self.vectors is None or self.vectors.ntotal == 0:
+            return np.zeros(0, np.int64), np.zeros((0, int(self.info.get("dim", 0))), np.float32)
+        if self.info.get("kind") == "flat":
+            ids = faiss.vector_to_array(self.vectors.id_map).astype(np.int64)
+            return ids, self.vectors.index.reconstruct_n(0, self.vectors.ntotal)
+        ids, rows = [], []
+        for i, blob in self.db.execute("SELECT id, vector FROM items ORDER BY id"):
+            if blob is None:  # an index from before exact vectors were kept: decode its codes
+                self.vectors.make_direct_map()
+                rows.append(self.vectors.reconstruct(int(i)))
+            else:
+                rows.append(np.frombuffer(blob, dtype=np.float16).astype(np.float32))
+            ids.append(int(i))
+        return np.array(ids, dtype=np.int64), np.stack(rows)
+
+    def replan(self, max_memory: int | None = None, target_recall: float = 0.95) -> IndexPlan:
+        """Choose and tune the index afresh for the vectors it holds now (``index_plan``), and
+        commit it as a new generation. Call inside ``writing()``."""
+        ids, vectors = self.exact_vectors()
+        if len(ids) < 2:
+            plan = IndexPlan("flat", reason="fewer than 2 items")
+            index = _new_faiss(vectors.shape[1], "flat", None, 0, 0)
+            index.add_with_ids(vectors, ids)
+        else:
+            plan, index = plan_index(vectors, max_memory or default_memory_budget(), target_recall, ids=ids)
+        blobs = None
+        if plan.kind != "flat" and self.info.get("kind") == "flat":  # the exact vectors move to the metadata
+            blobs = [(_vector_blob(v), int(i)) for i, v in zip(ids, vectors)]
+        info = {**self.info, **plan.info(), "auto": True, "tuned_count": len(ids)}
+        info["refine"] = plan.refine if plan.kind == "ivfpq" else 0
+        self._commit(index, info, set_vectors=blobs)
+        return plan
 
     def _rerank(self, queries: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int):
         """Exact inner products for the IVF-PQ candidates (their stored vectors), best ``k`` kept."""
@@ -314,10 +377,11 @@ class GalleryIndex:
         added: dict[str, tuple] | None = None,
         removed: list[str] | None = None,
         fresh: bool = False,
+        set_vectors: list[tuple[bytes, int]] | None = None,
     ) -> None:
         """Write the next generation: ``vectors``, and the metadata of the current one (none if
         ``fresh``) less the ``removed`` keys plus ``added`` rows: key -> (id, path, media type, size,
-        mtime, vector blob or None)."""
+        mtime, vector blob or None); ``set_vectors``: (blob, id) exact vectors to store."""
         import faiss
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -339,6 +403,7 @@ class GalleryIndex:
             "INSERT INTO items (id, key, path, media_type, size, mtime, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(v[0], k, *v[1:]) for k, v in (added or {}).items()],
         )
+        db.executemany("UPDATE items SET vector = ? WHERE id = ?", set_vectors or [])
         db.commit()
         db.close()
         info = {**info, "count": int(vectors.ntotal), "written_at": time.time()}
@@ -404,16 +469,20 @@ class GalleryIndex:
         keep: Callable[[str], bool] | None = None,
         refine: int | None = None,
         rebuild: bool = False,
+        max_memory: int | None = None,
+        target_recall: float = 0.95,
     ) -> dict:
         """Add new/changed files, drop deleted ones; returns a report. ``keep(key)`` selects a shard's files.
 
-        ``kind`` (flat | ivfpq) and ``refine`` default to the index's own, else flat and 10.
+        ``kind`` (flat | ivfsq8 | ivfpq | auto) and ``refine`` default to the index's own, else auto
+        and 10. An auto index is re-planned (within ``max_memory``, to ``target_recall``) after a
+        first build and whenever the collection has doubled or halved since it was last planned.
         """
         media_root = Path(media_root).resolve()
         if not media_root.is_dir():
             raise ComposirError(f"{media_root}: media folder not found")
         with self.writing(rebuild):
-            kind, refine = self._check_settings(kind, refine, model_info)
+            kind, refine, auto = self._check_settings(kind, refine, model_info)
             files, skipped = scan_media(media_root)
             files = [f for f in files if keep is None or keep(f.key)]
             skipped = [s for s in skipped if keep is None or keep(s["file"])]
@@ -424,19 +493,26 @@ class GalleryIndex:
             if not self.exists and not todo:
                 raise ComposirError(f"{media_root}: no images or videos found")
             first_batch = commit_every
-            if kind == "ivfpq" and not self.exists:
+            if kind != "flat" and not self.exists:
                 needed = _ivfpq_min_vectors(nlist)
                 if len(todo) < needed:  # before any encoding: the quantizer could never be trained
                     raise ComposirError(
-                        f"{media_root}: {len(todo)} files, but IVF-PQ with nlist={nlist} needs at least {needed} "
-                        "to train its quantizer; use --kind flat for a collection this small (or a smaller --nlist)"
+                        f"{media_root}: {len(todo)} files, but {kind} with nlist={nlist} needs at least {needed} "
+                        "to train its quantizer; use --kind auto or flat for a collection this small "
+                        "(or a smaller --nlist)"
                     )
                 first_batch = max(commit_every, needed)
-            info = {"media_root": str(media_root), "kind": kind, "refine": refine if kind == "ivfpq" else 0}
-            info.update(model_info)
+            planned = {k: v for k, v in self.info.items() if k in PLAN_KEYS} if self.exists else {}
+            info = {**planned, "media_root": str(media_root), "kind": kind, "refine": refine if kind == "ivfpq" else 0}
+            info.update(model_info, auto=auto)
+            budget = (max_memory or default_memory_budget()) if auto else None
+            expected = len(known) - len(deleted) + sum(1 for f in todo if f.key not in known)
             failed = self._encode_and_commit(
-                todo, known, deleted, encode, info, batch_size, commit_every, first_batch, nlist, pq_m, progress
-            )
+                todo, known, deleted, encode, info, batch_size, commit_every, first_batch, nlist, pq_m, progress,
+                (budget, expected) if auto and kind == "flat" else None,
+            )  # fmt: skip
+            if auto and self._replan_due(budget):
+                self.replan(budget, target_recall)
         skipped += [{"file": k, "error": e} for k, e in failed]
         failed_keys = {k for k, _ in failed}
         changed = {f.key for f in todo if f.key in known}
@@ -451,20 +527,33 @@ class GalleryIndex:
         atomic_write_json(self.root / "report.json", report, indent=1)
         return report
 
-    def _check_settings(self, kind: str | None, refine: int | None, model_info: dict) -> tuple[str, int]:
+    def _replan_due(self, budget: int) -> bool:
+        """Never planned, doubled or halved since, or the written rule now picks another kind."""
+        tuned, n = self.info.get("tuned_count"), len(self)
+        if n == 0:
+            return False
+        if not tuned or n >= 2 * tuned or n * 2 <= tuned:
+            return True
+        return first_choice(n, int(self.info["dim"]), budget).kind != self.info.get("kind")
+
+    def _check_settings(self, kind: str | None, refine: int | None, model_info: dict) -> tuple[str, int, bool]:
+        """(the kind to encode into, refine, whether the index plans itself)."""
         built = self.info.get("kind") if self.exists else None
-        if kind is not None and built is not None and kind != built:
+        if kind is not None and kind not in KINDS:
+            raise ComposirError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
+        if kind not in (None, "auto") and built is not None and kind != built:
             raise ComposirError(f"{self.root}: the index is {built}, not {kind}; build a {kind} index in a new folder")
-        kind = kind or built or "flat"
-        if kind not in ("flat", "ivfpq"):
-            raise ComposirError(f"unknown index kind {kind!r}; use flat or ivfpq")
+        if kind == "auto" or (kind is None and built is None):
+            auto, kind = True, built or "flat"  # encoded flat, then planned
+        else:
+            auto, kind = bool(self.info.get("auto")) and kind is None, kind or built
         refine = refine if refine is not None else int(self.info.get("refine", 10) if self.exists else 10)
         if self.exists and self.info.get("fingerprint") != model_info.get("fingerprint"):
             raise ComposirError(
                 f"{self.root}: index was built with another model (fingerprint {self.info.get('fingerprint')}); "
                 "use a new index folder for this model"
             )
-        return kind, refine
+        return kind, refine, auto
 
     def _encode_and_commit(
         self,
@@ -479,10 +568,13 @@ class GalleryIndex:
         nlist: int,
         pq_m: int,
         progress: bool,
+        flat_plan: tuple[int, int] | None = None,
     ) -> list[tuple[str, str]]:
         """Encode ``todo`` in batches, committing a generation every ``commit_every`` vectors (the
         first commit of a new IVF-PQ index waits for ``first_batch``, its training set); returns
-        the files that failed to encode. ``known``: the index's items before this update."""
+        the files that failed to encode. ``known``: the index's items before this update.
+        ``flat_plan``: (memory budget, expected count) of a flat auto index: where the written rule
+        keeps it flat, the plan (exact, nothing to tune) goes into the commits' info."""
         removed = deleted + [f.key for f in todo if f.key in known]  # applied by the next commit
         vectors = self.vectors
         if vectors is not None and removed:
@@ -499,7 +591,7 @@ class GalleryIndex:
             bad = dict(errors)
             failed += errors
             for f, vec in zip([f for f in chunk if f.key not in bad], feats):
-                blob = _vector_blob(vec) if kind == "ivfpq" else None  # flat keeps exact vectors itself
+                blob = _vector_blob(vec) if kind != "flat" else None  # flat keeps exact vectors itself
                 pending_rows[f.key] = (next_id, str(f.path), f.media_type, f.size, f.mtime, blob)
                 pending_vectors.append((next_id, vec))
                 next_id += 1
@@ -511,10 +603,12 @@ class GalleryIndex:
                 ids = np.array([i for i, _ in pending_vectors], dtype=np.int64)
                 if vectors is None:
                     # IVF-PQ trains its quantizer on the first committed batch.
-                    vectors = _new_faiss(mat.shape[1], kind, mat if kind == "ivfpq" else None, nlist, pq_m)
-                    if kind == "ivfpq":
+                    vectors = _new_faiss(mat.shape[1], kind, mat if kind != "flat" else None, nlist, pq_m)
+                    if kind != "flat":
                         info["nprobe"] = vectors.nprobe
                 vectors.add_with_ids(mat, ids)
+                if flat_plan is not None:
+                    info.update(_flat_plan_info(*flat_plan, int(mat.shape[1])))
                 self._commit(vectors, {**info, "dim": int(mat.shape[1]), "next_id": next_id}, pending_rows, removed)
                 pending_vectors, pending_rows, removed = [], {}, []
                 vectors = self.vectors
@@ -524,13 +618,28 @@ class GalleryIndex:
         return failed
 
 
+def _flat_plan_info(budget: int, expected: int, dim: int) -> dict:
+    """The plan's info for a collection the written rule keeps flat (exact: recall 1), else nothing."""
+    plan = first_choice(expected, dim, budget)
+    if plan.kind != "flat":
+        return {}
+    return {**plan.info(), "recall_at_10": 1.0, "tuned_count": expected}
+
+
 def shard_of(key: str, num_shards: int) -> int:
     """A file's shard: stable across runs and machines (crc32 of its relative path)."""
     return zlib.crc32(key.encode()) % num_shards
 
 
 def merge_parts(
-    parts: list[Path], out: str | Path, kind: str = "flat", nlist: int = 256, pq_m: int = 32, refine: int = 10
+    parts: list[Path],
+    out: str | Path,
+    kind: str = "auto",
+    nlist: int = 256,
+    pq_m: int = 32,
+    refine: int = 10,
+    max_memory: int | None = None,
+    target_recall: float = 0.95,
 ) -> dict:
     """Merge shard indexes (flat, built by ``composir index`` under torchrun) into one index at ``out``.
 
@@ -564,6 +673,8 @@ def merge_parts(
         pq_m,
         refine,
         files=list(rows.values()),
+        max_memory=max_memory,
+        target_recall=target_recall,
     )
     return {"total": len(rows), "shards": len(parts)}
 
