@@ -1,15 +1,16 @@
-"""Search latency and throughput: exact (flat inner product) vs IVF-PQ, on 10k / 100k / 1M items.
+"""Search at scale: exact flat search beside the index ``--kind auto`` builds, 10k / 100k / 1M items.
 
-Gallery vectors (dimension 256, BLIP-2's ITC width) are unit vectors drawn around 2,000 random
-centres, and queries are noisy copies of gallery items, so that neighbourhoods exist as in real
-embeddings (`--data uniform` draws structureless vectors: the worst case for any quantizer). One
-query's latency includes encoding it with the tiny model (reference image + text) and searching.
-IVF-PQ's recall@10 is measured against the exact top 10 of the same queries. The third row of
-each size is the same IVF-PQ served by `GalleryIndex` with re-ranking (`--refine` x 10
-candidates rescored by exact float16 vectors read from its SQLite metadata; memory column: RAM,
-the vectors add 2·d bytes per item on disk).
+Gallery vectors (dimension 256, BLIP-2's ITC width): ``clustered`` -- unit vectors around 2,000
+random centres, queries noisy copies of gallery items, so that neighbourhoods exist as in real
+embeddings; ``uniform`` -- structureless vectors, the worst case for any quantizer. Per size and
+data: flat (one FAISS thread) and what ``GalleryIndex.from_vectors(kind="auto")`` chose within
+``--max-memory`` (its plan: kind, nlist, nprobe, refine, the recall@10 it measured on the
+collection's own vectors, threads), build time (planning and tuning included), resident memory
+(codes, ids, centroids: computed), single-query search latency (encoding excluded: the tiny
+model's cost is printed once), batch-64 throughput, and recall@10 against the exact top 10 of
+the benchmark's own queries. Run with ``OMP_WAIT_POLICY=PASSIVE``.
 
-    .venv/bin/python benchmarks/search_speed.py [--sizes 10000 100000 1000000]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/search_speed.py [--sizes ...] [--max-memory 300MiB]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 from composir.encoders import build_encoder
 from composir.index import GalleryIndex
+from composir.index_plan import IndexPlan, parse_bytes
 from composir.methods import build_method
 
 
@@ -42,19 +44,48 @@ def make_data(n: int, d: int, queries: int, kind: str, rng: np.random.Generator)
     return gallery, unit(picks + 0.03 * rng.standard_normal((queries, d), dtype=np.float32))
 
 
-def build(kind: str, gallery: np.ndarray) -> tuple[faiss.Index, float]:
-    d = gallery.shape[1]
+def timed_searches(index, queries: np.ndarray) -> tuple[float, float, float]:
+    """(p50 ms, p99 ms) of one query at a time, and batch-64 throughput in queries/s: search only."""
+    index.search(queries[:1], 10)  # warm
+    lat = []
+    for q in queries:
+        t0 = time.perf_counter()
+        index.search(q[None], 10)
+        lat.append((time.perf_counter() - t0) * 1000)
+    lat.sort()
+    t0 = time.perf_counter()
+    for s in range(0, len(queries), 64):
+        index.search(queries[s : s + 64], 10)
+    return lat[len(lat) // 2], lat[int(len(lat) * 0.99)], len(queries) / (time.perf_counter() - t0)
+
+
+def auto_rows(n: int, dim: int, data: str, queries: int, max_memory: int, tmp: Path, rng) -> list[str]:
+    """Exact flat search (one FAISS thread) beside what ``--kind auto`` builds and serves."""
+    gallery, qs = make_data(n, dim, queries, data, rng)
+    faiss.omp_set_num_threads(1)
     start = time.perf_counter()
-    if kind == "flat":
-        index = faiss.IndexFlatIP(d)
-    else:
-        nlist = int(4 * np.sqrt(len(gallery)))
-        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, 32, 8, faiss.METRIC_INNER_PRODUCT)
-        sample = gallery[np.random.default_rng(0).choice(len(gallery), min(len(gallery), 64 * nlist), replace=False)]
-        index.train(sample)
-        index.nprobe = max(16, nlist // 16)
-    index.add(gallery)
-    return index, time.perf_counter() - start
+    flat = faiss.IndexFlatIP(dim)
+    flat.add(gallery)
+    flat_build = time.perf_counter() - start
+    p50, p99, qps = timed_searches(flat, qs)
+    _, exact = flat.search(qs, 10)
+    rows = [f"| {n:,} | {data} | flat (1 thread) | {flat_build:.1f} | {n * dim * 4 / 2**20:.0f} | {p50:.2f} | "
+            f"{p99:.2f} | {qps:.0f} | 1.000 |"]  # fmt: skip
+    del flat
+    start = time.perf_counter()
+    keys = [f"{i:07d}.png" for i in range(n)]
+    index = GalleryIndex.from_vectors(tmp / f"auto-{data}-{n}", keys, gallery, {}, "auto", max_memory=max_memory)
+    build_s = time.perf_counter() - start
+    plan = IndexPlan.from_info(index.info)
+    p50, p99, qps = timed_searches(index, qs)
+    _, ids = index.search(qs, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])
+    rows.append(
+        f"| {n:,} | {data} | auto: {plan.describe()} | {build_s:.1f} | {plan.memory_bytes / 2**20:.0f} | "
+        f"{p50:.2f} | {p99:.2f} | {qps:.0f} | {recall:.3f} |"
+    )
+    shutil.rmtree(tmp / f"auto-{data}-{n}", ignore_errors=True)
+    return rows
 
 
 def main() -> None:
@@ -62,10 +93,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--data", choices=["clustered", "uniform"], default="clustered")
-    parser.add_argument("--refine", type=int, default=10)
+    parser.add_argument("--data", nargs="+", choices=["clustered", "uniform"], default=["clustered", "uniform"])
+    parser.add_argument("--max-memory", default="300MiB", help="the auto index's memory budget")
     args = parser.parse_args()
-    tmp = tempfile.mkdtemp(prefix="composir-search-speed-")
+    tmp = Path(tempfile.mkdtemp(prefix="composir-search-speed-"))
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     method = build_method("combiner", build_encoder("tiny")).eval()
@@ -78,55 +109,16 @@ def main() -> None:
         for _ in range(20):
             method.encode_query(frames, tokens)
     encode_ms = (time.perf_counter() - t0) / 20 * 1000
-    print(f"{faiss.omp_get_max_threads()} FAISS threads; encoding one query (tiny model): {encode_ms:.1f} ms")
+    print(f"encoding one query (tiny model), not included below: {encode_ms:.1f} ms; auto budget {args.max_memory}")
     print(
-        "| items | index | build (s) | memory (MiB) | p50 one query (ms) | p99 one query (ms) "
+        "| items | data | index | build (s) | memory (MiB) | p50 one query (ms) | p99 one query (ms) "
         "| batch-64 throughput (queries/s) | recall@10 vs exact |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
-        gallery, queries = make_data(n, args.dim, args.queries, args.data, rng)
-        exact_ids = None
-        ivf, build_s = None, 0.0
-        for kind in ("flat", "ivfpq", f"ivfpq + refine {args.refine}"):
-            if kind.startswith("ivfpq + refine"):
-                # The same IVF-PQ, served by GalleryIndex: refine*k candidates re-ranked by the exact
-                # float16 vectors it keeps on disk (SQLite), not in memory.
-                start = time.perf_counter()
-                keys = [f"{i:07d}.png" for i in range(n)]
-                index = GalleryIndex.from_vectors(
-                    Path(tmp) / f"index-{n}", keys, gallery, {}, "ivfpq", refine=args.refine, faiss_index=ivf
-                )
-                build_s += time.perf_counter() - start
-            else:
-                index, build_s = build(kind, gallery)
-                if kind == "ivfpq":
-                    ivf = index
-            mem = (n * args.dim * 4 if kind == "flat" else n * (32 + 8)) / 2**20
-            lat = []
-            for q in queries:
-                t0 = time.perf_counter()
-                index.search(q[None], 10)
-                lat.append((time.perf_counter() - t0) * 1000 + encode_ms)
-            lat.sort()
-            t0 = time.perf_counter()
-            for s in range(0, len(queries), 64):
-                index.search(queries[s : s + 64], 10)
-            qps = len(queries) / (time.perf_counter() - t0)
-            _, ids = index.search(queries, 10)
-            if kind == "flat":
-                exact_ids = ids
-                recall = "1.000 (exact)"
-            else:
-                recall = f"{np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact_ids)]):.3f}"
-            print(
-                f"| {n:,} | {kind} | {build_s:.1f} | {mem:.0f} | {lat[len(lat) // 2]:.2f} | "
-                f"{lat[int(len(lat) * 0.99)]:.2f} | {qps:.0f} | {recall} |",
-                flush=True,
-            )
-            if kind == "flat":
-                del index
-        del ivf, index
+        for data in args.data:
+            for row in auto_rows(n, args.dim, data, args.queries, parse_bytes(args.max_memory), tmp, rng):
+                print(row, flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
