@@ -169,3 +169,34 @@ def test_build_faiss_kinds_hold_every_vector():
                         ("ivfpq", {"nlist": 16, "nprobe": 16, "pq_m": 4})):  # fmt: skip
         index = build_faiss(IndexPlan(kind, **extra), vectors, np.arange(2_000))
         assert index.ntotal == 2_000
+
+
+def test_reranking_reads_memory_mapped_vectors_not_sqlite(tmp_path):
+    vectors = clustered(3_000, 16)
+    keys = [f"k{i}" for i in range(3_000)]
+    index = GalleryIndex.from_vectors(tmp_path / "pq", keys, vectors, {"fingerprint": "x"}, kind="ivfpq", nlist=16,
+                                      pq_m=4, refine=20)  # fmt: skip
+    gen = index.generation
+    assert (gen / "exact.npy").is_file() and index.exact is not None
+    queries = vectors[::300] + 0.01
+    mapped = index.search(queries, 10)
+
+    class NoVectorReads:  # the metadata may be asked for names, never for vectors
+        def __init__(self, db):
+            self.db = db
+
+        def execute(self, sql, *args):
+            assert "vector" not in sql, sql
+            return self.db.execute(sql, *args)
+
+    index.db = NoVectorReads(index.db)
+    np.testing.assert_array_equal(index.search(queries, 10)[1], mapped[1])
+    index.db = index.db.db
+    index.exact = None  # without the arrays: the same answers from SQLite
+    stored = index.search(queries, 10)
+    np.testing.assert_array_equal(stored[1], mapped[1])
+    np.testing.assert_allclose(stored[0], mapped[0], rtol=1e-5)
+    exact_top = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(mapped[1], exact_top)]) >= 0.9
+    flat = GalleryIndex.from_vectors(tmp_path / "flat", keys, vectors, {"fingerprint": "x"}, kind="flat")
+    assert not (flat.generation / "exact.npy").exists() and flat.exact is None

@@ -168,6 +168,8 @@ class GalleryIndex:
         self.root = Path(root)
         self.info: dict = {}
         self.vectors = None
+        self.exact: np.ndarray | None = None  # memory-mapped float16 exact vectors (IVF kinds), rows by id
+        self.exact_ids: np.ndarray | None = None
         self.db: sqlite3.Connection | None = None
         self.current_name: str | None = None
         pointer = self.root / "CURRENT"
@@ -220,6 +222,7 @@ class GalleryIndex:
         if self.db is not None:
             self.db.close()
         self.info, self.vectors, self.db, self.generation = info, vectors, db, gen
+        self.exact, self.exact_ids = _open_exact(gen)
         self.current_name = gen.name
 
     def __len__(self) -> int:
@@ -347,13 +350,7 @@ class GalleryIndex:
     def _rerank(self, queries: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int):
         """Exact inner products for the IVF-PQ candidates (their stored vectors), best ``k`` kept."""
         wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
-        exact: dict[int, np.ndarray] = {}
-        for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit, with room
-            chunk = wanted[start : start + 900]
-            marks = ",".join("?" * len(chunk))
-            for i, blob in self.db.execute(f"SELECT id, vector FROM items WHERE id IN ({marks})", chunk):
-                if blob is not None:
-                    exact[int(i)] = np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+        exact = self._mapped_vectors(wanted) if self.exact is not None else self._stored_vectors(wanted)
         zero = np.zeros(queries.shape[1], dtype=np.float32)
         out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         out_ids = np.full((len(queries), k), -1, dtype=np.int64)
@@ -369,6 +366,26 @@ class GalleryIndex:
             out_ids[row, : len(order)] = cand[order]
         return out_scores, out_ids
 
+    def _mapped_vectors(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        if not wanted or not len(self.exact_ids):
+            return {}
+        at = np.searchsorted(self.exact_ids, wanted)
+        at = np.clip(at, 0, max(len(self.exact_ids) - 1, 0))
+        found = self.exact_ids[at] == np.asarray(wanted, dtype=np.int64)
+        rows = np.asarray(self.exact[np.sort(at[found])], dtype=np.float32)  # sorted: sequential page reads
+        order = {int(self.exact_ids[a]): r for r, a in enumerate(np.sort(at[found]))}
+        return {i: rows[order[i]] for i in order}
+
+    def _stored_vectors(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        exact: dict[int, np.ndarray] = {}
+        for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit, with room
+            chunk = wanted[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            for i, blob in self.db.execute(f"SELECT id, vector FROM items WHERE id IN ({marks})", chunk):
+                if blob is not None:
+                    exact[int(i)] = np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+        return exact
+
     # ---------------------------------------------------------------------------- writing
     def _commit(
         self,
@@ -378,10 +395,13 @@ class GalleryIndex:
         removed: list[str] | None = None,
         fresh: bool = False,
         set_vectors: list[tuple[bytes, int]] | None = None,
+        final: bool = True,
     ) -> None:
         """Write the next generation: ``vectors``, and the metadata of the current one (none if
         ``fresh``) less the ``removed`` keys plus ``added`` rows: key -> (id, path, media type, size,
-        mtime, vector blob or None); ``set_vectors``: (blob, id) exact vectors to store."""
+        mtime, vector blob or None); ``set_vectors``: (blob, id) exact vectors to store. A ``final``
+        commit of an IVF index also writes the exact vectors as memory-mappable arrays (re-ranking
+        reads them without a SQLite round trip; intermediate commits of a long run skip it)."""
         import faiss
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -405,6 +425,8 @@ class GalleryIndex:
         )
         db.executemany("UPDATE items SET vector = ? WHERE id = ?", set_vectors or [])
         db.commit()
+        if final and info.get("kind", "flat") != "flat":
+            _write_exact(db, tmp, int(vectors.d))
         db.close()
         info = {**info, "count": int(vectors.ntotal), "written_at": time.time()}
         (tmp / "info.json").write_text(json.dumps(info, indent=1))
@@ -609,13 +631,33 @@ class GalleryIndex:
                 vectors.add_with_ids(mat, ids)
                 if flat_plan is not None:
                     info.update(_flat_plan_info(*flat_plan, int(mat.shape[1])))
-                self._commit(vectors, {**info, "dim": int(mat.shape[1]), "next_id": next_id}, pending_rows, removed)
+                self._commit(vectors, {**info, "dim": int(mat.shape[1]), "next_id": next_id}, pending_rows, removed,
+                             final=done)  # fmt: skip
                 pending_vectors, pending_rows, removed = [], {}, []
                 vectors = self.vectors
         bar.close()
         if vectors is not None and removed:  # only removals (or every changed file failed to encode)
             self._commit(vectors, {**self.info, **info, "next_id": next_id}, removed=removed)
         return failed
+
+
+def _write_exact(db: sqlite3.Connection, folder: Path, dim: int) -> None:
+    """``exact.npy`` (float16, one row per item in id order) and ``exact_ids.npy`` from the metadata."""
+    rows = db.execute("SELECT id, vector FROM items WHERE vector IS NOT NULL ORDER BY id").fetchall()
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    mat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float16).reshape(len(rows), dim)
+    np.save(folder / "exact_ids.npy", ids)
+    np.save(folder / "exact.npy", mat)
+
+
+def _open_exact(gen: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The generation's memory-mapped exact vectors, or (None, None): re-ranking then reads SQLite."""
+    try:
+        ids = np.load(gen / "exact_ids.npy")
+        mat = np.load(gen / "exact.npy", mmap_mode="r")
+    except (OSError, ValueError):
+        return None, None
+    return (mat, ids) if len(mat) == len(ids) else (None, None)
 
 
 def _flat_plan_info(budget: int, expected: int, dim: int) -> dict:
