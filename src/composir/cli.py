@@ -230,7 +230,14 @@ def cmd_index(args: argparse.Namespace) -> int:
     from composir.index import GalleryIndex, model_encoder
     from composir.train import load_run
 
-    index = GalleryIndex(args.out, load=not args.rebuild)  # a damaged index is named before any encoding
+    if args.store == "milvus":
+        from composir.index_milvus import MilvusIndex
+
+        if args.uri is None:
+            raise ComposirError("--store milvus needs --uri (a .db file for Milvus Lite, or http://host:19530)")
+        index = MilvusIndex(args.out, args.uri, args.collection)  # an unreachable server is named now
+    else:
+        index = GalleryIndex(args.out, load=not args.rebuild)  # a damaged index is named before any encoding
     method, cfg = load_run(args.run, "best", args.device)
     frames = args.frames or cfg.data.num_frames
     info = {
@@ -241,6 +248,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     }
     encode = model_encoder(method, frames, args.device, args.batch_size)
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and args.store == "milvus":
+        return _index_sharded_milvus(index, args, encode, info, world)
     if world > 1:
         return _index_sharded(args, encode, info, world)
     report = index.update(
@@ -261,6 +270,28 @@ def cmd_index(args: argparse.Namespace) -> int:
         f"{report['removed']} removed, {len(report['skipped'])} skipped; see {args.out}/report.json)"
     )
     _print_plan(index)
+    return 0
+
+
+def _index_sharded_milvus(index, args: argparse.Namespace, encode, info: dict, world: int) -> int:
+    """Under torchrun with Milvus: every rank writes its shard straight into the one collection
+    (a Milvus server; Milvus Lite is one process's file)."""
+    import torch.distributed as dist
+
+    from composir.index import shard_of
+
+    dist.init_process_group(backend="gloo")
+    rank = dist.get_rank()
+    report = index.update(args.media, encode, info, batch_size=args.batch_size, progress=rank == 0,
+                          keep=lambda key: shard_of(key, world) == rank, write_info=False)  # fmt: skip
+    dist.barrier()
+    if rank == 0:
+        index.write_info(info, args.media)
+        print(
+            f"index {args.out}: {len(index)} items in {args.uri} from {world} ranks (rank 0: {report['added']} added)"
+        )
+    dist.barrier()
+    dist.destroy_process_group()
     return 0
 
 
@@ -518,6 +549,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target-recall", type=unit_fraction, default=0.95, help="auto: recall@10 to reach (default 0.95)")
     p.add_argument("--nlist", type=int, default=256, help="ivfsq8/ivfpq given by --kind: the number of lists")
+    p.add_argument(
+        "--store",
+        choices=["faiss", "milvus"],
+        default="faiss",
+        help="faiss: files in --out; milvus: a Milvus collection at --uri (--out keeps a pointer)",
+    )
+    p.add_argument("--uri", default=None, help="milvus: a .db file (Milvus Lite) or http://host:19530")
+    p.add_argument("--collection", default=None, help="milvus: collection name (default: from --out)")
     p.add_argument("--pq-m", type=int, default=32, help="IVF-PQ bytes per vector (must divide the dimension)")
     p.add_argument(
         "--refine",

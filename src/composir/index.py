@@ -509,9 +509,7 @@ class GalleryIndex:
             files = [f for f in files if keep is None or keep(f.key)]
             skipped = [s for s in skipped if keep is None or keep(s["file"])]
             known = self.items()  # key -> (faiss id, size, mtime)
-            current = {f.key for f in files}
-            deleted = [k for k in known if k not in current]
-            todo = [f for f in files if f.key not in known or known[f.key][1:] != (f.size, f.mtime)]
+            todo, deleted = plan_changes(files, known)
             if not self.exists and not todo:
                 raise ComposirError(f"{media_root}: no images or videos found")
             first_batch = commit_every
@@ -535,19 +533,7 @@ class GalleryIndex:
             )  # fmt: skip
             if auto and self._replan_due(budget):
                 self.replan(budget, target_recall)
-        skipped += [{"file": k, "error": e} for k, e in failed]
-        failed_keys = {k for k, _ in failed}
-        changed = {f.key for f in todo if f.key in known}
-        report = {
-            "added": sum(1 for f in todo if f.key not in known and f.key not in failed_keys),
-            "updated": len(changed - failed_keys),
-            # A changed file that no longer decodes leaves the index, like a deleted one.
-            "removed": len(deleted) + len(changed & failed_keys),
-            "skipped": skipped,
-            "total": len(self),
-        }
-        atomic_write_json(self.root / "report.json", report, indent=1)
-        return report
+        return write_report(self.root, todo, known, deleted, failed, skipped, len(self))
 
     def _replan_due(self, budget: int) -> bool:
         """Never planned, doubled or halved since, or the written rule now picks another kind."""
@@ -639,6 +625,41 @@ class GalleryIndex:
         if vectors is not None and removed:  # only removals (or every changed file failed to encode)
             self._commit(vectors, {**self.info, **info, "next_id": next_id}, removed=removed)
         return failed
+
+
+def plan_changes(files: list[FileEntry], known: dict[str, tuple]) -> tuple[list[FileEntry], list[str]]:
+    """(files to encode: new or changed (size, mtime); keys to remove: gone from the media folder)."""
+    current = {f.key for f in files}
+    deleted = [k for k in known if k not in current]
+    todo = [f for f in files if f.key not in known or tuple(known[f.key][1:]) != (f.size, f.mtime)]
+    return todo, deleted
+
+
+def write_report(
+    root: Path,
+    todo: list[FileEntry],
+    known: dict[str, tuple],
+    deleted: list[str],
+    failed: list[tuple[str, str]],
+    skipped: list[dict],
+    total: int,
+    write: bool = True,
+) -> dict:
+    """The update's report (also ``root/report.json``): added, updated, removed, skipped, total."""
+    skipped = skipped + [{"file": k, "error": e} for k, e in failed]
+    failed_keys = {k for k, _ in failed}
+    changed = {f.key for f in todo if f.key in known}
+    report = {
+        "added": sum(1 for f in todo if f.key not in known and f.key not in failed_keys),
+        "updated": len(changed - failed_keys),
+        # A changed file that no longer decodes leaves the index, like a deleted one.
+        "removed": len(deleted) + len(changed & failed_keys),
+        "skipped": skipped,
+        "total": total,
+    }
+    if write:
+        atomic_write_json(root / "report.json", report, indent=1)
+    return report
 
 
 def _write_exact(db: sqlite3.Connection, folder: Path, dim: int) -> None:

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from composir.errors import ComposirError
-from composir.index import GalleryIndex, IndexDamagedError, inside, load_query_frames
+from composir.index import IndexDamagedError, inside, load_query_frames
+from composir.index_milvus import open_index
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Searcher:
     def __init__(self, index: str | Path, run: str | Path | None = None, device: str = "cpu"):
         from composir.train import load_run
 
-        self.index = GalleryIndex(index)
+        self.index = open_index(index)
         if not self.index.exists:
             raise ComposirError(f"{index}: no index here (run `composir index` first)")
         run = run or self.index.info.get("run")
@@ -65,7 +66,7 @@ class Searcher:
         self.device = device
         self.num_frames = int(self.index.info.get("num_frames", self.config.data.num_frames))
 
-    def _check(self, index: GalleryIndex) -> None:
+    def _check(self, index) -> None:
         if self.fingerprint != index.info.get("fingerprint"):
             raise ComposirError(f"{index.root}: built with another model than this run (fingerprint mismatch)")
 
@@ -75,7 +76,7 @@ class Searcher:
         if name is None or name == self.index.current_name:
             return False
         try:
-            fresh = GalleryIndex(self.index.root)
+            fresh = open_index(self.index.root)
         except IndexDamagedError:
             # A writer switched generations again between our reading CURRENT and loading it (and
             # removed the one we read): keep answering from the loaded one; the next request retries.

@@ -1,0 +1,141 @@
+"""The same index operations on both stores: FAISS files and Milvus (Milvus Lite: a real engine,
+in-process, on a local file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from composir.cli import main
+from composir.index import GalleryIndex, shard_of
+from composir.index_milvus import MilvusIndex, open_index
+from composir.search import Searcher
+from test_index_recovery import INFO, _encoder, _images
+
+STORES = ["faiss", "milvus"]
+
+
+def _open(store: str, tmp_path, name: str = "index"):
+    if store == "faiss":
+        return GalleryIndex(tmp_path / name)
+    return MilvusIndex(tmp_path / name, uri=str(tmp_path / "milvus.db"))
+
+
+def _vector(encode, path) -> np.ndarray:
+    from composir.data.records import GalleryItem
+
+    return encode([GalleryItem(path.name, path, "image")])[0][0]
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_index_search_lookup(store, tmp_path):
+    media = tmp_path / "media"
+    paths = _images(media, 30)
+    index = _open(store, tmp_path)
+    report = index.update(media, _encoder(), INFO, progress=False, batch_size=8)
+    assert (report["added"], report["total"], len(index)) == (30, 30, 30)
+    scores, ids = index.search(_vector(_encoder(), paths[5])[None], 3)
+    assert ids.shape == (1, 3) and scores[0, 0] >= scores[0, 1] >= scores[0, 2]
+    key, path, media_type = index.lookup([int(ids[0, 0])])[int(ids[0, 0])]
+    assert (key, media_type) == ("005.png", "image") and path.endswith("005.png")
+    assert index.key_to_id("005.png") == int(ids[0, 0]) and index.key_to_id("nope.png") is None
+    assert set(index.items()) == {p.name for p in paths}
+    reopened = open_index(tmp_path / "index")  # what search and serve open
+    assert type(reopened) is type(index) and len(reopened) == 30 and reopened.info["fingerprint"] == "test"
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_incremental_update_and_a_deleted_file(store, tmp_path):
+    media = tmp_path / "media"
+    paths = _images(media, 20)
+    _open(store, tmp_path).update(media, _encoder(), INFO, progress=False)
+    before = _open(store, tmp_path).items()
+    paths[3].unlink()  # deleted
+    shutil.copy(paths[10], paths[4])  # changed
+    os.utime(paths[4], (1, 1))
+    _images(media, 1, start=50)  # added
+    (media / "broken.png").write_bytes(b"\x89PNG broken")  # reported and skipped
+    encoded = []
+    encode = _encoder()
+
+    def counting(items):
+        encoded.extend(it.id for it in items)
+        return encode(items)
+
+    index = _open(store, tmp_path)
+    report = index.update(media, counting, INFO, progress=False)
+    assert (report["added"], report["updated"], report["removed"], report["total"]) == (1, 1, 1, 20)
+    assert [s["file"] for s in report["skipped"]] == ["broken.png"]
+    assert sorted(encoded) == ["004.png", "050.png", "broken.png"]  # nothing else re-encoded
+    after = index.items()
+    assert "003.png" not in after and after["007.png"][0] == before["007.png"][0]
+    _, ids = index.search(_vector(encode, paths[10])[None], 20)
+    keys = {v[0] for v in index.lookup([int(i) for i in ids[0] if i >= 0]).values()}
+    assert "003.png" not in keys and {"004.png", "010.png"} <= keys  # 004 is now 010's pixels
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_an_interrupted_run_goes_on_from_its_last_commit(store, tmp_path):
+    media = tmp_path / "media"
+    _images(media, 24)
+    encode, calls = _encoder(), []
+
+    def dies_on_the_fourth_batch(items):
+        calls.append(len(items))
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return encode(items)
+
+    with pytest.raises(KeyboardInterrupt):
+        _open(store, tmp_path).update(media, dies_on_the_fourth_batch, INFO, progress=False, batch_size=4,
+                                      commit_every=4)  # fmt: skip
+    encoded = []
+
+    def counting(items):
+        encoded.extend(it.id for it in items)
+        return encode(items)
+
+    index = _open(store, tmp_path)
+    report = index.update(media, counting, INFO, progress=False, batch_size=4, commit_every=4)
+    assert len(encoded) == 24 - 12 and report["total"] == 24  # the 3 committed batches were kept
+    assert len(index) == 24 and len(set(index.items())) == 24
+
+
+def test_milvus_shards_never_remove_each_others_items(tmp_path):
+    media = tmp_path / "media"
+    paths = _images(media, 16)
+    for rank in (0, 1):  # as two torchrun ranks would, one after the other (Milvus Lite: one process)
+        _open("milvus", tmp_path).update(media, _encoder(), INFO, progress=False,
+                                         keep=lambda key, r=rank: shard_of(key, 2) == r)  # fmt: skip
+    index = _open("milvus", tmp_path)
+    assert len(index) == 16
+    gone = next(p for p in paths if shard_of(p.name, 2) == 1)
+    gone.unlink()
+    index.update(media, _encoder(), INFO, progress=False, keep=lambda key: shard_of(key, 2) == 0)
+    assert len(index) == 16  # rank 0 leaves rank 1's files alone, even the deleted one
+    index.update(media, _encoder(), INFO, progress=False, keep=lambda key: shard_of(key, 2) == 1)
+    assert len(index) == 15 and gone.name not in index.items()
+
+
+def test_milvus_index_searched_from_the_cli(synth_root, tiny_run, tmp_path, capsys):
+    media = tmp_path / "photos"
+    shutil.copytree(synth_root / "val", media)
+    for extra in sorted(media.glob("*.png"))[20:]:
+        extra.unlink()
+    out, uri = tmp_path / "index", str(tmp_path / "store" / "gallery.db")
+    argv = ["index", "--run", str(tiny_run), "--media", str(media), "--out", str(out), "--store", "milvus"]
+    assert main([*argv, "--uri", uri]) == 0
+    assert json.loads((out / "milvus.json").read_text())["uri"] == uri
+    assert main([*argv, "--uri", str(tmp_path / "other.db")]) == 2  # one folder, one store
+    assert "lives in" in capsys.readouterr().err
+    first = sorted(media.glob("*.png"))[0].name
+    results = Searcher(out).search(first, "make the red circle blue", k=5)
+    assert len(results) == 5 and first not in [r.id for r in results]  # the reference is left out
+    capsys.readouterr()
+    assert main(["search", "--index", str(out), "--id", first, "--text", "add a cat", "--k", "3", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 3
+    assert main([*argv[:-2], "--store", "milvus"]) == 2  # --uri is required
