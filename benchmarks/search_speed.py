@@ -59,7 +59,7 @@ def timed_searches(index, queries: np.ndarray) -> tuple[float, float, float]:
     return lat[len(lat) // 2], lat[int(len(lat) * 0.99)], len(queries) / (time.perf_counter() - t0)
 
 
-def auto_rows(n: int, dim: int, data: str, queries: int, max_memory: int, tmp: Path, rng) -> list[str]:
+def auto_rows(n: int, dim: int, data: str, queries: int, max_memory: int, tmp: Path, rng, milvus: bool) -> list[str]:
     """Exact flat search (one FAISS thread) beside what ``--kind auto`` builds and serves."""
     gallery, qs = make_data(n, dim, queries, data, rng)
     faiss.omp_set_num_threads(1)
@@ -69,6 +69,7 @@ def auto_rows(n: int, dim: int, data: str, queries: int, max_memory: int, tmp: P
     flat_build = time.perf_counter() - start
     p50, p99, qps = timed_searches(flat, qs)
     _, exact = flat.search(qs, 10)
+    exact_ids = exact
     rows = [f"| {n:,} | {data} | flat (1 thread) | {flat_build:.1f} | {n * dim * 4 / 2**20:.0f} | {p50:.2f} | "
             f"{p99:.2f} | {qps:.0f} | 1.000 |"]  # fmt: skip
     del flat
@@ -85,7 +86,32 @@ def auto_rows(n: int, dim: int, data: str, queries: int, max_memory: int, tmp: P
         f"{p50:.2f} | {p99:.2f} | {qps:.0f} | {recall:.3f} |"
     )
     shutil.rmtree(tmp / f"auto-{data}-{n}", ignore_errors=True)
+    if milvus:
+        rows.append(milvus_row(n, data, gallery, qs, exact_ids, tmp))
     return rows
+
+
+def milvus_row(n: int, data: str, gallery: np.ndarray, qs: np.ndarray, exact: np.ndarray, tmp: Path) -> str:
+    """The same vectors in Milvus Lite (FLAT, the engine in-process) through ``MilvusIndex``."""
+    from composir.index_milvus import MilvusIndex
+
+    index = MilvusIndex(tmp / f"milvus-{data}-{n}", uri=str(tmp / f"milvus-{data}-{n}.db"))
+    start = time.perf_counter()
+    index._ensure_collection(gallery.shape[1], {})
+    for s in range(0, n, 10_000):
+        rows = [{"id": i, "key": f"{i:07d}.png", "path": f"{i:07d}.png", "media_type": "image", "size": 0,
+                 "mtime": 0.0, "vector": gallery[i]} for i in range(s, min(n, s + 10_000))]  # fmt: skip
+        index.client.insert(index.collection, rows)
+    index.client.flush(index.collection)
+    index.info["dim"] = gallery.shape[1]
+    index.search(qs[:1], 10)  # loads the collection
+    build_s = time.perf_counter() - start
+    p50, p99, qps = timed_searches(index, qs)
+    _, ids = index.search(qs, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])
+    index.client.close()
+    return (f"| {n:,} | {data} | Milvus Lite (FLAT, in-process) | {build_s:.1f} | – | {p50:.2f} | {p99:.2f} | "
+            f"{qps:.0f} | {recall:.3f} |")  # fmt: skip
 
 
 def main() -> None:
@@ -95,6 +121,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--data", nargs="+", choices=["clustered", "uniform"], default=["clustered", "uniform"])
     parser.add_argument("--max-memory", default="300MiB", help="the auto index's memory budget")
+    parser.add_argument("--milvus-max", type=int, default=100_000, help="Milvus Lite rows up to this size (0: none)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="composir-search-speed-"))
     rng = np.random.default_rng(0)
@@ -117,7 +144,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
         for data in args.data:
-            for row in auto_rows(n, args.dim, data, args.queries, parse_bytes(args.max_memory), tmp, rng):
+            milvus = n <= args.milvus_max
+            for row in auto_rows(n, args.dim, data, args.queries, parse_bytes(args.max_memory), tmp, rng, milvus):
                 print(row, flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
 
