@@ -30,6 +30,8 @@ docs/img/). Run with ``OMP_WAIT_POLICY=PASSIVE``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -43,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 import claims as board
-from composir.eval.claims import BASELINE
+from composir.eval.claims import BASELINE, judge_claim
 from composir.methods.claims import Claim, Variant, registered_claims
 from composir.utils.io import atomic_open, atomic_write_json
 
@@ -222,6 +224,20 @@ def step_seconds(members: dict[str, Variant], data: Path, steps: int) -> dict[st
     return {name: statistics.median(t[skip:]) for name, t in times.items()}
 
 
+def cached_step_seconds(members: dict[str, Variant], data: Path, steps: int, out: Path) -> dict[str, float]:
+    """``step_seconds``, measured once per set of variants and kept in ``out`` (a redrawn report
+    reuses it: timing again on a busy machine would change the equal-time table)."""
+    keys = {name: v.key for name, v in members.items()}
+    path = out / f"step-seconds-{hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("keys") == keys and saved.get("steps") == steps:
+            return saved["seconds"]
+    seconds = step_seconds(members, data, steps)
+    atomic_write_json(path, {"keys": keys, "steps": steps, "seconds": seconds})
+    return seconds
+
+
 def recall_at_time(curve: list[tuple[int, dict]], seconds_per_step: float, budget: float, metric: str) -> dict:
     """Per family (and ``all``): the curve's hit rate (%) at ``budget`` seconds of training, linear
     between checkpoints (and from 0 at step 0)."""
@@ -327,11 +343,25 @@ def report(
     lines += [*board.metric_table(by_concept, "R@1", CONCEPT_BUCKETS), ""]
     if seconds:
         lines += [*time_table({n: runs[n] for n in compared}, seconds, args.steps), ""]
+    lines += claim_checks(claim, compared)
     lines += extra
     picture = Path(args.doc).parent / "img" / f"compare-{board.slug(claim.paper)}.png"
     plot(claim, {n: runs[n] for n in compared}, seconds, picture)
     lines += [f"![{claim.paper}]({picture.relative_to(Path(args.doc).parent).as_posix()})", ""]
     return lines
+
+
+def claim_checks(claim: Claim, hits: dict[str, list[dict]]) -> list[str]:
+    """The claim's own checks (the claims board's rules), judged on these from-scratch runs; checks
+    on variants not run here are left out."""
+    runnable = tuple(
+        c for c in claim.checks if all(getattr(c, a, None) in (None, *hits) for a in ("variant", "ablation"))
+    )
+    if not runnable:
+        return []
+    verdict, results = judge_claim(dataclasses.replace(claim, checks=runnable), hits)
+    return [f"The claim's checks (the claims board's rules), judged on these runs: **{verdict}**.", "",
+            *board.check_table(results), ""]  # fmt: skip
 
 
 def add_generated_runs(specs: dict, method_name: str, data: dict[int, Path], root: Path) -> dict[int, float]:
@@ -408,7 +438,9 @@ def main() -> None:
     done = min(len(r) for r in runs.values())
     runs = {n: r[:done] for n, r in runs.items()}
     extra = generated_lines(runs, method_name, precision) if GENERATED in runs else []
-    seconds = step_seconds(members, data[args.seeds[0]], args.time_steps) if args.time_steps else None
+    seconds = (
+        cached_step_seconds(members, data[args.seeds[0]], args.time_steps, Path(args.out)) if args.time_steps else None
+    )
     lines = report(args, claim, runs, seconds, extra)
     with atomic_open(Path(args.doc)) as f:
         f.write("\n".join(lines))
