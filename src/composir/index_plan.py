@@ -304,6 +304,8 @@ def plan_index(
         plan = IndexPlan("flat", memory_bytes=flat_bytes, reason=reason)
         index = build_faiss(plan, vectors, ids)
         plan = tune(index, plan, vectors, target_recall, sample, ids)
-    elif plan.recall_at_10 is not None and plan.recall_at_10 < target_recall:
+    elif plan.kind != "flat" and plan.nprobe > max(1, plan.nlist // 4):
+        plan.reason += f"; no cluster structure: it probes {plan.nprobe} of {plan.nlist} lists (flat does not fit)"
+    if plan.recall_at_10 is not None and plan.recall_at_10 < target_recall:
         plan.reason += f"; recall target {target_recall} not reached (best {plan.recall_at_10:.3f})"
     return time_queries(index, plan, vectors), index
