@@ -26,6 +26,8 @@ def test_index_search_and_incremental_update(synth_root, tiny_run, tmp_path, cap
     assert main(["index", "--run", str(tiny_run), "--media", str(media), "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["total"] == 30 and report["added"] == 30
+    printed = capsys.readouterr().out  # the default kind is auto: what it chose and measured, printed
+    assert "index plan: flat; recall@10 1.000" in printed and "30 items: an exact scan is fast enough" in printed
     assert [s["file"] for s in report["skipped"]] == ["album/broken.jpg"]
 
     searcher = Searcher(out)

@@ -616,7 +616,7 @@ class GalleryIndex:
                         info["nprobe"] = vectors.nprobe
                 vectors.add_with_ids(mat, ids)
                 if flat_plan is not None:
-                    info.update(_flat_plan_info(*flat_plan, int(mat.shape[1])))
+                    info.update(_flat_plan_info(*flat_plan, int(mat.shape[1]), int(vectors.ntotal)))
                 self._commit(vectors, {**info, "dim": int(mat.shape[1]), "next_id": next_id}, pending_rows, removed,
                              final=done)  # fmt: skip
                 pending_vectors, pending_rows, removed = [], {}, []
@@ -681,12 +681,13 @@ def _open_exact(gen: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
     return (mat, ids) if len(mat) == len(ids) else (None, None)
 
 
-def _flat_plan_info(budget: int, expected: int, dim: int) -> dict:
-    """The plan's info for a collection the written rule keeps flat (exact: recall 1), else nothing."""
-    plan = first_choice(expected, dim, budget)
-    if plan.kind != "flat":
+def _flat_plan_info(budget: int, expected: int, dim: int, count: int) -> dict:
+    """The plan's info for a collection the written rule keeps flat once all ``expected`` items are
+    in (exact: recall 1), stated for the ``count`` it holds now; else nothing."""
+    if first_choice(expected, dim, budget).kind != "flat":
         return {}
-    return {**plan.info(), "recall_at_10": 1.0, "tuned_count": expected}
+    plan = first_choice(count, dim, budget)
+    return {**plan.info(), "recall_at_10": 1.0, "tuned_count": count}
 
 
 def shard_of(key: str, num_shards: int) -> int:
