@@ -109,9 +109,12 @@ def test_milvus_shards_never_remove_each_others_items(tmp_path):
     media = tmp_path / "media"
     paths = _images(media, 16)
     for rank in (0, 1):  # as two torchrun ranks would, one after the other (Milvus Lite: one process)
-        _open("milvus", tmp_path).update(media, _encoder(), INFO, progress=False,
+        _open("milvus", tmp_path).update(media, _encoder(), INFO, progress=False, write_info=False,
                                          keep=lambda key, r=rank: shard_of(key, 2) == r)  # fmt: skip
-    index = _open("milvus", tmp_path)
+    assert not (tmp_path / "index" / "info.json").exists()  # ranks leave the folder to rank 0
+    _open("milvus", tmp_path).write_info(INFO, media)  # rank 0, after the barrier
+    index = open_index(tmp_path / "index")
+    assert isinstance(index, MilvusIndex) and index.exists and index.info["dim"] == 8
     assert len(index) == 16
     gone = next(p for p in paths if shard_of(p.name, 2) == 1)
     gone.unlink()
