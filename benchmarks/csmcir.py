@@ -9,8 +9,8 @@ accuracy telling the sets apart (chance: 1/number of sets). A 2-D PCA of the thr
 goes to docs/img/csmcir-fragmentation.png.
 
 ``overhead``: one training step of CSMCIR without and with the memory bank (entropy, 1024
-entries), interleaved on the same batches: median time per step; peak RSS of each setting run
-alone in a fresh process.
+entries, momentum key encoder: the default), interleaved on the same batches: median time per
+step; peak RSS of each setting run alone in a fresh process.
 
     .venv/bin/python benchmarks/csmcir.py gap --data D --init BACKBONE RUN [RUN ...]
     .venv/bin/python benchmarks/csmcir.py overhead [--steps 30]
@@ -216,10 +216,13 @@ def cmd_overhead(args) -> None:
     for bank in methods:  # peak memory: each setting alone in a fresh process
         cmd = [sys.executable, __file__, "peak", "--bank", bank, "--steps", str(args.steps)]
         peak[bank] = float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()[-1])
-    state = sum(b.numel() * b.element_size() for b in methods["entropy"].bank.buffers())
+    banked = methods["entropy"]
+    state = sum(b.numel() * b.element_size() for b in banked.bank.buffers())
+    keys = sum(p.numel() * p.element_size() for p in banked.key_encoder.parameters()) if banked.key_encoder else 0
     print(
         f"batch 32, tiny encoder (16 query tokens), bank 1024 entries ({state / 2**20:.2f} MiB of state), "
-        f"{args.steps} steps, first {skip} skipped; entries at the end: {len(methods['entropy'].bank)}"
+        f"momentum key encoder {keys / 2**20:.1f} MiB of weights, {args.steps} steps, first {skip} skipped; "
+        f"entries at the end: {len(banked.bank)}"
     )
     print("| | no bank | entropy bank | ratio |")
     print("|---|---|---|---|")
