@@ -55,3 +55,19 @@ def test_demo_small_and_its_resume_equals_an_uninterrupted_run(tmp_path, capsys,
     printed_resumed = capsys.readouterr().out
     assert json.loads((resumed / "test_metrics.json").read_text()) == metrics
     assert _searches(printed_resumed) == _searches(printed) and len(_searches(printed)) == 3
+
+
+def test_composir_starts_openmp_with_a_passive_wait_policy():
+    """Spinning OpenMP threads made training 6-10x slower on a busy 2-core machine; composir sets
+    PASSIVE before torch loads libgomp, and keeps a policy the user chose."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import composir, os, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
