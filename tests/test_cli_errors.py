@@ -123,3 +123,28 @@ def test_ctrl_c_in_training_says_where_it_stopped_and_how_to_resume(synth_root, 
     assert main(argv) == 0  # and it does resume
     assert "finished at step 12" in capsys.readouterr().out
     assert json.loads((run / "checkpoints" / "step-0000012" / "trainer_state.json").read_text())["step"] == 12
+
+
+def test_missing_media_are_counted_before_any_work(synth_root, tiny_run, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "partial"
+    shutil.copytree(synth_root, root)
+    gone = sorted((root / "val").glob("*.png"))[:3] + sorted((root / "train").glob("*.png"))[:2]
+    for path in gone:
+        path.unlink()
+    evaluate = ["eval", "--benchmark", "synthetic", "--root", str(root), "--split", "val", "--run", str(tiny_run)]
+    assert main(evaluate) == 2
+    err = _one_line_error(capsys, "synthetic/val: 3 of", "media files are missing", gone[0].name, "--allow-missing")
+    assert str(root) in err
+    out = tmp_path / "metrics.json"
+    assert main([*evaluate, "--allow-missing", "--json", str(out)]) == 0  # skipped and listed, as before
+    capsys.readouterr()
+    skipped = {s["id"] for s in json.loads(out.read_text())["skipped_media"]}
+    assert {p.stem for p in gone[:3]} <= {s.split()[-1] for s in skipped} | skipped
+
+    run = tmp_path / "run"
+    train = ["train", "--config", str(CONFIG), "--out", str(run), "--set", f"data.root={root}", *SMALL]
+    assert main(train) == 2
+    _one_line_error(capsys, "synthetic/train: 2 of", "data.allow_missing=true")
+    assert not (run / "config.yaml").exists()  # stopped before the run folder was made

@@ -112,20 +112,26 @@ def build_model(args: argparse.Namespace):
 def run_eval(method, name: str, root: str, split: str, args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate one benchmark (``fashioniq`` = its three categories and their means)."""
     from composir.data import load_benchmark
+    from composir.data.media_check import require_media
     from composir.eval import metrics as M
     from composir.eval.evaluate import evaluate
 
     opts = dict(batch_size=args.batch_size, num_frames=args.frames, device=args.device, num_workers=args.workers)
+
+    def checked(bench):
+        require_media(bench, getattr(args, "allow_missing", False), "pass --allow-missing")
+        return bench
+
     if name == "fashioniq":
         per_cat, n, skipped = {}, 0, []
         for cat in ("dress", "shirt", "toptee"):
-            res = evaluate(method, load_benchmark(f"fashioniq-{cat}", root, split), **opts)
+            res = evaluate(method, checked(load_benchmark(f"fashioniq-{cat}", root, split)), **opts)
             per_cat[cat], n, skipped = res.metrics, n + len(res.query_ids), skipped + res.failures
         out = {"benchmark": name, "split": split, "metrics": M.fashioniq_metrics(per_cat), "n_queries": n}
         if skipped:
             out["skipped_media"] = [{"id": i, "error": e} for i, e in skipped]
         return out
-    bench = load_benchmark(name, root, split)
+    bench = checked(load_benchmark(name, root, split))
     result = evaluate(method, bench, **opts)
     if args.submission:
         from composir.eval.submission import write_circo_submission, write_cirr_submission
@@ -496,6 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--json", default=None, help="write the metrics JSON here")
     p.add_argument("--submission", default=None, help="write test-server submission files into this folder")
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="skip media files the benchmark names but that are not on disk (listed in the output) "
+        "instead of stopping before evaluation",
+    )
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument(
         "--frames", type=positive_int, default=None, help="frames sampled per video (default: the run's, else 8)"

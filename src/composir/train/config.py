@@ -35,6 +35,9 @@ class DataConfig:
     caption_stage: str = "final"
     # Reasoning chains per query (`composir annotate-cot`, data/chains.py) for CIR-CoT's training.
     chains: str | None = None
+    # Media files the splits name but that are not on disk: an error before training starts
+    # (data/media_check.py), or, when allowed, skipped and listed. Not checked with a feature cache.
+    allow_missing: bool = False
 
 
 @dataclass

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from composir.data import Benchmark, load_benchmark
+from composir.data.media_check import require_media
 from composir.encoders import build_encoder
 from composir.errors import ComposirError, ConfigError, TrainingDiverged, WorkInterrupted
 from composir.methods import build_method
@@ -254,8 +255,10 @@ class Trainer:
                 )
         cache = open_feature_cache(method, cfg)
         bench = load_data(cfg, cfg.data.train_split)
-        for split in cfg.data.val_splits:  # a missing or broken val split is found now, not after training
-            load_data(cfg, split)
+        splits = [bench] + [load_data(cfg, split) for split in cfg.data.val_splits]  # broken ones found now
+        if cache is None:  # with a feature cache the pixels may rightly be elsewhere
+            for split in splits:
+                require_media(split, cfg.data.allow_missing, "set data.allow_missing=true", progress=self.info.main)
         return method, cache, bench
 
     def _write_run_folder(self) -> None:
