@@ -125,7 +125,9 @@ def run_eval(method, name: str, root: str, split: str, args: argparse.Namespace)
     if name == "fashioniq":
         per_cat, n, skipped = {}, 0, []
         for cat in ("dress", "shirt", "toptee"):
-            res = evaluate(method, checked(load_benchmark(f"fashioniq-{cat}", root, split)), **opts)
+            bench = checked(load_benchmark(f"fashioniq-{cat}", root, split))
+            res = evaluate(method, bench, **opts)
+            _pictures(method, bench, res, args, suffix=f"-{cat}")
             per_cat[cat], n, skipped = res.metrics, n + len(res.query_ids), skipped + res.failures
         out = {"benchmark": name, "split": split, "metrics": M.fashioniq_metrics(per_cat), "n_queries": n}
         if skipped:
@@ -133,6 +135,7 @@ def run_eval(method, name: str, root: str, split: str, args: argparse.Namespace)
         return out
     bench = checked(load_benchmark(name, root, split))
     result = evaluate(method, bench, **opts)
+    _pictures(method, bench, result, args)
     if args.submission:
         from composir.eval.submission import write_circo_submission, write_cirr_submission
 
@@ -158,6 +161,51 @@ def run_eval(method, name: str, root: str, split: str, args: argparse.Namespace)
 
 def format_metrics(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.2f}" for k, v in metrics.items())
+
+
+def _pictures(method, bench, result, args: argparse.Namespace, suffix: str = "") -> None:
+    """``--grid``: the query grid (with the method's explanations where it has them); next to it,
+    or next to ``--json``, the recall@K curves per family."""
+    from composir.eval.pictures import render_grid, render_recall_curves
+
+    grid = getattr(args, "grid", None)
+    if grid:
+        path = Path(grid)
+        path = path.with_name(f"{path.stem}{suffix}{path.suffix or '.png'}")
+        render_grid(
+            bench, result, path, n=args.grid_queries, k=args.grid_k, explain=_explainer(method, bench, result, args)
+        )
+        print(f"grid: {path}")
+    folder = Path(grid).parent if grid else Path(args.json).parent if getattr(args, "json", None) else None
+    if folder is not None and result.per_family:
+        curves = render_recall_curves(result.metrics, result.per_family, folder / f"recall_at_k{suffix}.png")
+        print(f"recall@K curves: {curves}")
+
+
+def _explainer(method, bench, result, args: argparse.Namespace):
+    """Explanations of sampled queries from the method's own ``encode_query_explained`` (None for
+    methods without one)."""
+    import torch
+
+    from composir.index import load_query_frames
+    from composir.methods.base import RetrievalMethod
+
+    if type(method).encode_query_explained is RetrievalMethod.encode_query_explained:
+        return None
+    by_id = {q.query_id: q for q in bench.queries}
+
+    @torch.no_grad()
+    def explain(positions: list[int]) -> list:
+        notes = []
+        for pos in positions:
+            query = by_id[result.query_ids[pos]]
+            frames = load_query_frames(method, bench.media_item(query.reference_id).path, args.frames).to(args.device)
+            tokens = method.encoder.tokenize([query.text]).to(args.device)
+            explanations = method.encode_query_explained(frames, tokens)[1]
+            notes.append(explanations[0] if explanations else None)
+        return notes
+
+    return explain
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -502,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--json", default=None, help="write the metrics JSON here")
     p.add_argument("--submission", default=None, help="write test-server submission files into this folder")
+    p.add_argument("--grid", default=None, help="also draw sampled queries and their top results to this PNG")
+    p.add_argument("--grid-queries", type=positive_int, default=8, help="queries in the --grid picture")
+    p.add_argument("--grid-k", type=positive_int, default=5, help="results per query in the --grid picture")
     p.add_argument(
         "--allow-missing",
         action="store_true",
