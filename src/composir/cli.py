@@ -292,14 +292,18 @@ def cmd_index(args: argparse.Namespace) -> int:
         index = MilvusIndex(args.out, args.uri, args.collection)  # an unreachable server is named now
     else:
         index = GalleryIndex(args.out, load=not args.rebuild)  # a damaged index is named before any encoding
-    method, cfg = load_run(args.run, "best", args.device)
-    frames = args.frames or cfg.data.num_frames
-    info = {
-        "run": str(Path(args.run).resolve()),
-        "fingerprint": method.encoder.fingerprint(),
-        "num_frames": frames,
-        "method": cfg.method.name,
-    }
+    if args.run:
+        method, cfg = load_run(args.run, "best", args.device)
+        frames = args.frames or cfg.data.num_frames
+        info = {"run": str(Path(args.run).resolve()), "method": cfg.method.name}
+    else:  # zero-shot: a (pretrained) encoder and a training-free method, no run folder
+        from composir.search import build_untrained
+
+        spec = {"encoder": args.encoder, "pretrained": args.pretrained, "method": args.method, "seed": args.seed}
+        method = build_untrained(spec, args.device)
+        frames = args.frames or 1
+        info = {"model": spec, "method": args.method}
+    info.update(fingerprint=method.encoder.fingerprint(), num_frames=frames)
     encode = model_encoder(method, frames, args.device, args.batch_size)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and args.store == "milvus":
@@ -594,7 +598,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="index a folder of images/videos with a trained run (incremental)")
     # --run-dir: the same, spelled so that torchrun's own option parser does not claim it.
-    p.add_argument("--run", "--run-dir", dest="run", required=True, help="the trained run folder")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--run", "--run-dir", dest="run", help="the trained run folder")
+    model.add_argument(
+        "--encoder", help="zero-shot, no training: an encoder (openclip, blip2, tiny) with --pretrained weights"
+    )
+    p.add_argument("--pretrained", default=None, help="with --encoder: a tag, hub id or local path of its weights")
+    p.add_argument("--method", default="sum", help="with --encoder: a training-free method (sum, image_only, ...)")
+    p.add_argument("--seed", type=int, default=0, help="with --encoder: seed of any randomly initialised part")
     p.add_argument("--media", required=True)
     p.add_argument("--out", required=True)
     p.add_argument(

@@ -43,3 +43,8 @@ class WorkInterrupted(ComposirError):
 
 class TrainingDiverged(ComposirError):
     """The loss stopped being a finite number; the message names the step, the terms and the last checkpoint."""
+
+
+class WeightsNotFound(ComposirError, OSError):
+    """Pretrained weights that cannot be loaded (offline, unknown tag, missing file): the message names
+    what was looked for and how to provide it."""

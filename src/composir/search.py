@@ -41,6 +41,17 @@ class Reference:
     own_id: int | None = None
 
 
+def build_untrained(spec: dict[str, Any], device: str = "cpu"):
+    """A zero-shot model from its spec (encoder, pretrained weights, training-free method, seed): what
+    ``composir index --encoder`` used, rebuilt identically for searching (same seed, same weights)."""
+    from composir.encoders import build_encoder
+    from composir.methods import build_method
+
+    torch.manual_seed(int(spec.get("seed", 0)))
+    encoder = build_encoder(spec["encoder"], pretrained=spec.get("pretrained"))
+    return build_method(spec.get("method", "sum"), encoder).to(device).eval()
+
+
 class Searcher:
     """Loads the index and the model that built it once; answers many queries.
 
@@ -56,15 +67,20 @@ class Searcher:
         if not self.index.exists:
             raise ComposirError(f"{index}: no index here (run `composir index` first)")
         run = run or self.index.info.get("run")
-        if not run:
+        spec = self.index.info.get("model")
+        if run:
+            if not (Path(run) / "config.yaml").is_file():
+                raise ComposirError(f"{index}: its model run {run} is not there (pass run= / --run)")
+            self.method, self.config = load_run(run, "best", device)
+        elif spec:  # a zero-shot index: the same untrained model, built again
+            self.method, self.config = build_untrained(spec, device), None
+        else:
             raise ComposirError(f"{index}: the index does not name its model run; pass run=")
-        if not (Path(run) / "config.yaml").is_file():
-            raise ComposirError(f"{index}: its model run {run} is not there (pass run= / --run)")
-        self.method, self.config = load_run(run, "best", device)
         self.fingerprint = self.method.encoder.fingerprint()
         self._check(self.index)
         self.device = device
-        self.num_frames = int(self.index.info.get("num_frames", self.config.data.num_frames))
+        default_frames = self.config.data.num_frames if self.config is not None else 1
+        self.num_frames = int(self.index.info.get("num_frames", default_frames))
 
     def _check(self, index) -> None:
         if self.fingerprint != index.info.get("fingerprint"):

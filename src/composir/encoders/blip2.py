@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from composir.encoders.base import Encoder, Tokens
+from composir.errors import WeightsNotFound
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -267,10 +268,22 @@ def load_blip2(pretrained: str | None, config: dict[str, Any] | None = None) -> 
     if model_config is not None and pretrained is None:
         model = Blip2ForImageTextRetrieval(Blip2Config(**model_config))
     else:
-        model = Blip2ForImageTextRetrieval.from_pretrained(pretrained or DEFAULT_CHECKPOINT)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or pretrained or DEFAULT_CHECKPOINT)
+        model = _from_pretrained(Blip2ForImageTextRetrieval, pretrained or DEFAULT_CHECKPOINT)
+    tokenizer = _from_pretrained(AutoTokenizer, tokenizer_path or pretrained or DEFAULT_CHECKPOINT)
     if options.image_size != model.config.vision_config.image_size:
         options.image_size = model.config.vision_config.image_size
     # Texts never longer than the Q-Former's position table.
     options.max_text_length = min(options.max_text_length, model.config.qformer_config.max_position_embeddings)
     return Blip2Encoder(model.float(), tokenizer, options)
+
+
+def _from_pretrained(cls, where: str):
+    """``cls.from_pretrained(where)``, or one line naming what was looked for and how to provide it."""
+    try:
+        return cls.from_pretrained(where)
+    except (OSError, ValueError) as exc:
+        raise WeightsNotFound(
+            f"blip2: {where!r} could not be loaded ({str(exc).splitlines()[0][:160]}). Give --pretrained a local "
+            "folder written by save_pretrained, or a hub id already in ~/.cache/huggingface (huggingface-cli "
+            f"download {where} on a machine with network, then copy the cache; HF_HUB_OFFLINE=1 uses it)"
+        ) from exc

@@ -9,6 +9,7 @@ models this way).
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 
 from composir.encoders.base import Encoder, Tokens
+from composir.errors import WeightsNotFound
 
 
 class OpenClipEncoder(Encoder):
@@ -109,5 +111,16 @@ def load_openclip(pretrained: str | None, config: dict[str, Any] | None = None) 
             # open_clip only takes architectures from config files; it reads them when registered.
             (Path(folder) / f"{name}.json").write_text(json.dumps(model_config))
             open_clip.add_model_config(folder)
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+        logging.disable(logging.ERROR)  # open_clip logs the failure itself; ours is the one line shown
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+        except (RuntimeError, OSError, ValueError) as exc:  # unknown tag, missing file, no network
+            raise WeightsNotFound(
+                f"openclip {name!r}: weights {pretrained!r} could not be loaded ({str(exc).splitlines()[0][:160]}). "
+                f"Give --pretrained a local checkpoint file, or a tag open_clip knows for {name} "
+                f"({', '.join(open_clip.list_pretrained_tags_by_model(name)[:4]) or 'none'}) that is already in "
+                "~/.cache/huggingface (fetched once on a machine with network; HF_HUB_OFFLINE=1 then uses it)"
+            ) from exc
+        finally:
+            logging.disable(logging.NOTSET)
     return OpenClipEncoder(model.float(), preprocess, open_clip.get_tokenizer(name), name)

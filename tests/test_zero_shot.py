@@ -1,0 +1,54 @@
+"""Zero-shot search of one's own photos: an index built from an encoder and a training-free method
+(no run folder), searched and served like any other; missing weights named in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from composir.cli import main
+from composir.search import Searcher
+
+
+def _photos(folder, n=8):
+    folder.mkdir()
+    for i in range(n):
+        Image.new("RGB", (32, 32), (i * 30, 255 - i * 30, 40)).save(folder / f"{i}.png")
+    return sorted(folder.glob("*.png"))
+
+
+def test_an_index_without_training(tmp_path, capsys):
+    photos = _photos(tmp_path / "photos")
+    out = tmp_path / "index"
+    assert main(["index", "--encoder", "tiny", "--method", "sum", "--media", str(tmp_path / "photos"),
+                 "--out", str(out)]) == 0  # fmt: skip
+    info = json.loads(next(out.glob("gen-*/info.json")).read_text())
+    assert info["model"] == {"encoder": "tiny", "pretrained": None, "method": "sum", "seed": 0} and "run" not in info
+    searcher = Searcher(out)  # the same model, rebuilt from the spec: its fingerprint matches
+    results = searcher.search(photos[0], None, k=3)
+    assert results[0].id == photos[0].name  # an image finds itself first
+    capsys.readouterr()
+    assert main(["search", "--index", str(out), "--id", photos[1].name, "--text", "make it red", "--json"]) == 0
+    assert photos[1].name not in [r["id"] for r in json.loads(capsys.readouterr().out)["results"]]
+    assert (
+        main(["index", "--encoder", "tiny", "--seed", "1", "--media", str(tmp_path / "photos"), "--out", str(out)]) == 2
+    )  # fmt: skip  (another model: refused, as for runs)
+
+
+@pytest.mark.parametrize(
+    "encoder, pretrained, fragments",
+    [("openclip", "/nonexistent/weights.bin", ["openclip 'RN50x4'", "/nonexistent/weights.bin", "openai"]),
+     ("blip2", "/nonexistent/blip2", ["blip2: '/nonexistent/blip2'", "save_pretrained", "huggingface-cli download"])],
+)  # fmt: skip
+def test_missing_weights_are_named_in_one_line(tmp_path, capsys, monkeypatch, encoder, pretrained, fragments):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _photos(tmp_path / "photos", 2)
+    argv = ["index", "--encoder", encoder, "--pretrained", pretrained, "--media", str(tmp_path / "photos"),
+            "--out", str(tmp_path / "index")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    for fragment in fragments:
+        assert fragment in err[0]
