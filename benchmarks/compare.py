@@ -68,6 +68,9 @@ class CompareSpec:
     points: int
     lr: float
     train_root: str | None = None  # make-triplets output to train on instead of ``data``
+    # Variants that train the very same model (``Variant.training_key``) and differ only at
+    # inference: (hits file name in ``out``, variant), scored from this run's checkpoints.
+    also_scored: tuple[tuple[str, Variant], ...] = ()
 
     def overrides(self) -> list[str]:
         every = max(1, self.steps // self.points)
@@ -139,26 +142,39 @@ def concept_counts(bench) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ runs
 def run_compare(spec: CompareSpec) -> Path:
-    """Train, then score every kept checkpoint on the test split; ``hits.json`` in the run folder."""
+    """Train, then score every kept checkpoint on the test split, for the variant and for each of
+    ``also_scored``; ``hits.json`` in the run folder, written last, marks the run complete."""
     board.one_thread()
     from composir.data import load_benchmark
-    from composir.eval.claims import query_hits
-    from composir.eval.evaluate import evaluate
-    from composir.train import checkpoint as ckpt
     from composir.train import load_config, train
-    from composir.train.loop import build_from_config
 
     out = Path(spec.out)
     result_file = out / "hits.json"
     if result_file.is_file():
         return result_file
     start = time.time()
-    cfg = load_config(CONFIG, spec.overrides())
-    train(cfg, resume=True, progress=False)
+    train(load_config(CONFIG, spec.overrides()), resume=True, progress=False)
     train_seconds = time.time() - start
     test = load_benchmark("synthetic", Path(spec.data), "test")
+    for name, variant in spec.also_scored:
+        if not (out / name).is_file():
+            score_checkpoints(replace(spec, variant=variant), test, out / name, train_seconds)
+    score_checkpoints(spec, test, result_file, train_seconds)
+    return result_file
+
+
+def score_checkpoints(spec: CompareSpec, test, path: Path, train_seconds: float) -> None:
+    """Every kept checkpoint of ``spec.out`` built as ``spec.variant`` and scored on ``test``."""
+    from composir.eval.claims import query_hits
+    from composir.eval.evaluate import evaluate
+    from composir.train import checkpoint as ckpt
+    from composir.train import load_config
+    from composir.train.loop import build_from_config
+
+    start = time.time()
+    cfg = load_config(CONFIG, spec.overrides())
     curve = []
-    for folder in sorted((out / "checkpoints").glob("step-*")):
+    for folder in sorted((Path(spec.out) / "checkpoints").glob("step-*")):
         method = build_from_config(cfg)
         ckpt.load_model_weights(method, folder)
         result = evaluate(method.eval(), test, batch_size=64, num_frames=1, progress=False)
@@ -167,14 +183,13 @@ def run_compare(spec: CompareSpec) -> Path:
     record = {
         "variant": asdict(spec.variant),
         "seed": spec.seed,
-        "seconds": time.time() - start,
+        "seconds": train_seconds + time.time() - start,
         "train_seconds": train_seconds,
         "query_ids": [q.query_id for q in test.queries],
         "concepts": concept_counts(test).tolist(),
         "curve": curve,
     }
-    atomic_write_json(result_file, record)
-    return result_file
+    atomic_write_json(path, record)
 
 
 def load_run_hits(path: Path) -> dict:
@@ -227,15 +242,21 @@ def step_seconds(members: dict[str, Variant], data: Path, steps: int) -> dict[st
 def cached_step_seconds(members: dict[str, Variant], data: Path, steps: int, out: Path) -> dict[str, float]:
     """``step_seconds``, measured once per set of variants and kept in ``out`` (a redrawn report
     reuses it: timing again on a busy machine would change the equal-time table)."""
-    keys = {name: v.key for name, v in members.items()}
+    trained = {}  # one per trained model: variants differing only at inference train alike
+    for name, variant in members.items():
+        trained.setdefault(variant.training_key, name)
+    timed = {name: members[name] for name in trained.values()}
+    keys = {name: v.key for name, v in timed.items()}
     path = out / f"step-seconds-{hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]}.json"
+    seconds = None
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("keys") == keys and saved.get("steps") == steps:
-            return saved["seconds"]
-    seconds = step_seconds(members, data, steps)
-    atomic_write_json(path, {"keys": keys, "steps": steps, "seconds": seconds})
-    return seconds
+            seconds = saved["seconds"]
+    if seconds is None:
+        seconds = step_seconds(timed, data, steps)
+        atomic_write_json(path, {"keys": keys, "steps": steps, "seconds": seconds})
+    return {name: seconds[trained[v.training_key]] for name, v in members.items()}
 
 
 def recall_at_time(curve: list[tuple[int, dict]], seconds_per_step: float, budget: float, metric: str) -> dict:
@@ -364,14 +385,18 @@ def claim_checks(claim: Claim, hits: dict[str, list[dict]]) -> list[str]:
             *board.check_table(results), ""]  # fmt: skip
 
 
-def add_generated_runs(specs: dict, method_name: str, data: dict[int, Path], root: Path) -> dict[int, float]:
-    """A run per seed of ``method_name`` trained on make-triplets output; each seed's triplet precision."""
+def add_generated_runs(
+    specs: dict, hits_files: dict, variant: Variant, data: dict[int, Path], root: Path, args
+) -> dict[int, float]:
+    """A run per seed of ``variant`` trained on make-triplets output; each seed's triplet precision."""
     precision = {}
     for s, seed_data in data.items():
         generated, precision[s] = make_generated(seed_data)
-        spec = specs[(method_name, s)]
-        out = root / f"{spec.variant.key}-generated-s{s}"
-        specs[(GENERATED, s)] = replace(spec, out=str(out), train_root=str(generated))
+        out = root / f"{variant.key}-generated-s{s}"
+        specs[(GENERATED, s)] = CompareSpec(
+            variant, s, str(seed_data), str(out), args.steps, args.points, args.lr, train_root=str(generated)
+        )
+        hits_files[(GENERATED, s)] = out / "hits.json"
     return precision
 
 
@@ -387,6 +412,28 @@ def generated_lines(runs: dict[str, list[dict]], method_name: str, precision: di
         *board.metric_table(hits, "R@1", FAMILIES),
         "",
     ]
+
+
+def plan_runs(
+    members: dict[str, Variant], data: dict[int, Path], root: Path, args
+) -> tuple[dict[tuple[str, int], CompareSpec], dict[tuple[str, int], Path]]:
+    """One training run per (trained model, seed) -- variants that differ only at inference are
+    scored from the same run -- and where each (variant, seed)'s hits will be."""
+    groups: dict[str, list[str]] = {}
+    for name, variant in members.items():
+        groups.setdefault(variant.training_key, []).append(name)
+    specs, hits_files = {}, {}
+    for s in args.seeds:
+        for names in groups.values():
+            first = members[names[0]]
+            out = root / f"{first.key}-s{s}"
+            others = tuple((f"hits-{members[n].key}.json", members[n]) for n in names[1:])
+            specs[(names[0], s)] = CompareSpec(
+                first, s, str(data[s]), str(out), args.steps, args.points, args.lr, also_scored=others
+            )
+            hits_files[(names[0], s)] = out / "hits.json"
+            hits_files.update({(n, s): out / file for n, (file, _) in zip(names[1:], others)})
+    return specs, hits_files
 
 
 def main() -> None:
@@ -420,19 +467,14 @@ def main() -> None:
         parser.error(f"--only: {unknown} are not variants of {claim.paper}; it has {sorted(claim.variants)}")
     chosen = {n: v for n, v in claim.variants.items() if not args.only or n in args.only}
     members = {BASELINE: claim.baseline, **chosen, **{m: Variant(m) for m in args.also}}
-    specs = {
-        (name, s): CompareSpec(v, s, str(data[s]), str(root / f"{v.key}-s{s}"), args.steps, args.points, args.lr)
-        for s in args.seeds
-        for name, v in members.items()
-    }
+    specs, hits_files = plan_runs(members, data, root, args)
     method_name = next(iter(chosen))
-    precision = add_generated_runs(specs, method_name, data, root) if args.generated else {}
+    precision = add_generated_runs(specs, hits_files, chosen[method_name], data, root, args) if args.generated else {}
     board.run_all(list(specs.values()), args.jobs, run=run_compare)
     runs: dict[str, list[dict]] = {}
-    for (name, s), spec in specs.items():
-        path = Path(spec.out) / "hits.json"
+    for (name, s), path in hits_files.items():
         if not path.is_file():
-            print(f"missing run {spec.out}: the report leaves seed {s} out", file=sys.stderr)
+            print(f"missing run {path}: the report leaves seed {s} out", file=sys.stderr)
             continue
         runs.setdefault(name, []).append(load_run_hits(path))
     done = min(len(r) for r in runs.values())

@@ -53,12 +53,13 @@ composir search --index acc-milvus --image "$REF" --text "make it night" --k 5 -
 
 step "serve + one HTTP query + the page in the browser"
 PORT=$(python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
-composir serve --index acc-index --port "$PORT" > acc-out/serve.log 2>&1 &
+composir serve --index acc-index --port "$PORT" --benchmark synthetic --root demo-out/data --split test \
+  > acc-out/serve.log 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 120); do curl -sf "http://127.0.0.1:$PORT/" > /dev/null && break; sleep 0.5; done
 curl -sf -F "text=make it night" -F "k=3" -F "file=@$REF" "http://127.0.0.1:$PORT/search" > acc-out/http.json
 python -c "import json; r=json.load(open('acc-out/http.json'))['results']; assert len(r)==3, r"
-python scripts/acceptance_page.py "http://127.0.0.1:$PORT" "$PWD/$REF" acc-out/page.png
+python scripts/acceptance_page.py "http://127.0.0.1:$PORT" "$PWD/$REF" acc-out/page.png acc-out/page-grid.png
 
 echo "acceptance passed in $(( $(date +%s) - START )) s (work folder $WORK)"

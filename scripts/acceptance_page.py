@@ -1,6 +1,7 @@
-"""Acceptance helper: the served page in headless Chromium answers an upload + text with results.
+"""Acceptance helper: the served page in headless Chromium answers an upload + text with results,
+and (served with --benchmark) draws the sample queries' result grid with the ground truth marked.
 
-python scripts/acceptance_page.py URL REFERENCE_IMAGE SCREENSHOT
+python scripts/acceptance_page.py URL REFERENCE_IMAGE SCREENSHOT [GRID_SCREENSHOT]
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ def main() -> None:
         WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".card"))
         print(f"page: {len(driver.find_elements(By.CSS_SELECTOR, '.card'))} results shown")
         driver.save_screenshot(screenshot)
+        if len(sys.argv) > 4:  # the sample queries' grid
+            button = driver.find_element(By.ID, "show-examples")
+            WebDriverWait(driver, 30).until(lambda d: button.is_displayed())
+            button.click()
+            WebDriverWait(driver, 300).until(lambda d: "sample queries have" in d.find_element(By.ID, "status").text)
+            print(f"page grid: {driver.find_element(By.ID, 'status').text}")
+            driver.save_screenshot(sys.argv[4])
     finally:
         driver.quit()
 

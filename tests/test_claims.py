@@ -204,3 +204,34 @@ def test_board_renders_a_claim(tmp_path):
     assert "**Verdict: reproduced** (seeds 0, 1, 2)." in text
     assert "| v | 40.0 ± 0.0 (+10.0 [" in text  # R@1 on schema-1shot: 30% + 10 points
     assert (tmp_path / "img" / "claims-paper-x.png").stat().st_size > 10_000
+
+
+def _compare_module():
+    sys.path.insert(0, str(REPO / "benchmarks"))  # compare.py imports claims.py as a sibling
+    spec = importlib.util.spec_from_file_location("compare_runs", REPO / "benchmarks" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_inference_only_variants_share_one_training_run(tmp_path):
+    """CIR-CoT's reason and direct modes train the same model: one run, scored twice; a setting
+    that changes training (the chain) is a run of its own."""
+    reason, direct = Variant("cir_cot", {}), Variant("cir_cot", {"mode": "direct"})
+    no_chain = Variant("cir_cot", {"chain": "none", "mode": "direct"})
+    longer = Variant("cir_cot", {"max_chain_tokens": 64})
+    assert reason.key != direct.key and reason.training_key == direct.training_key == longer.training_key
+    assert no_chain.training_key != reason.training_key
+    assert Variant("cir_cot", {"mode": "zero_shot"}).training_key != reason.training_key  # trains on image features
+    assert Variant("csmcir", {"bank": "none"}).training_key != Variant("csmcir", {"bank": "fifo"}).training_key
+    compare = _compare_module()
+    members = {"baseline": no_chain, "reason": reason, "direct": direct, "short": longer}
+    args = type("Args", (), {"seeds": [0, 1], "steps": 10, "points": 2, "lr": 1e-3})()
+    specs, hits = compare.plan_runs(members, {0: tmp_path / "d0", 1: tmp_path / "d1"}, tmp_path, args)
+    assert sorted(specs) == [("baseline", 0), ("baseline", 1), ("reason", 0), ("reason", 1)]
+    run = specs[("reason", 1)]
+    assert [v for _, v in run.also_scored] == [direct, longer] and run.variant == reason
+    assert hits[("reason", 1)] == Path(run.out) / "hits.json"
+    assert hits[("direct", 1)].parent == Path(run.out) and hits[("direct", 1)] != hits[("short", 1)]
+    assert hits[("baseline", 0)].parent != Path(specs[("reason", 0)].out)

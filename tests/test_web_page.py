@@ -60,3 +60,54 @@ def test_page_search_and_refine(server, synth_root):
         wait.until(lambda d: "k must be between" in d.find_element(By.ID, "status").text)
     finally:
         driver.quit()
+
+
+def test_page_sample_queries_grid(searcher, synth_root):
+    """The page's result grid: each sample query's reference, text and top 5, the ground truth
+    framed (and only it), a missed target said in words."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from composir.data import load_benchmark
+    from composir.service.examples import sample_examples
+
+    bench = load_benchmark("synthetic", synth_root, "val")
+    index = searcher.index
+    examples = sample_examples(bench, searcher.media_root, lambda key: index.key_to_id(key) is not None, 3)
+    # One query whose "ground truth" is known to be the second result: the marking is checked on it.
+    reference, text = examples[0]["reference"], "make the background pink"
+    second = searcher.search(reference, text, k=5)[1].id
+    examples.append({**examples[0], "query_id": "made-up", "text": text, "targets": [second]})
+    with serving(create_app(searcher, examples=examples)) as url:
+        driver = browser()
+        try:
+            driver.get(url + "/")
+            wait = WebDriverWait(driver, 30)
+            button = driver.find_element(By.ID, "show-examples")
+            wait.until(lambda d: button.is_displayed())
+            button.click()
+            wait.until(lambda d: "sample queries have the target" in d.find_element(By.ID, "status").text)
+            rows = driver.find_elements(By.CSS_SELECTOR, ".example")
+            assert len(rows) == len(examples)
+            hits = 0
+            for row, ex in zip(rows, examples):
+                cards = row.find_elements(By.CSS_SELECTOR, ".card:not(.truth)")
+                assert cards[0].get_attribute("data-id") == ex["reference"] and len(cards) == 6
+                shown = [c.get_attribute("data-id") for c in cards[1:]]
+                marked = [c.get_attribute("data-id") for c in row.find_elements(By.CSS_SELECTOR, ".card.target")]
+                assert marked == [i for i in shown if i in ex["targets"]]
+                assert f"“{ex['text']}”" in row.find_element(By.CSS_SELECTOR, ".ask").text
+                missed = row.find_elements(By.CSS_SELECTOR, ".missed")
+                truth = [c.get_attribute("data-id") for c in row.find_elements(By.CSS_SELECTOR, ".card.truth")]
+                assert bool(missed) == (not marked) and truth == ([] if marked else ex["targets"][:1])
+                hits += bool(marked)
+            assert [c.get_attribute("data-id") for c in rows[-1].find_elements(By.CSS_SELECTOR, ".card.target")] == [
+                second
+            ]
+            assert rows[-1].find_elements(By.CSS_SELECTOR, ".card")[2].get_attribute("data-id") == second
+            status = driver.find_element(By.ID, "status").text
+            assert status.startswith(f"{hits} of {len(examples)} sample queries"), status
+            ARTIFACTS.mkdir(exist_ok=True)
+            driver.save_screenshot(str(ARTIFACTS / "web_page_sample_queries.png"))
+        finally:
+            driver.quit()

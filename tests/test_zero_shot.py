@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from composir.cli import main
 from composir.search import Searcher
+from composir.service import create_app
 
 
 def _photos(folder, n=8):
@@ -29,6 +31,10 @@ def test_an_index_without_training(tmp_path, capsys):
     searcher = Searcher(out)  # the same model, rebuilt from the spec: its fingerprint matches
     results = searcher.search(photos[0], None, k=3)
     assert results[0].id == photos[0].name  # an image finds itself first
+    client = TestClient(create_app(searcher))  # served like any other
+    assert client.get("/health").json()["method"] == "sum"
+    answer = client.post("/search", data={"id": photos[2].name, "text": "make it red", "k": "3"})
+    assert answer.status_code == 200 and len(answer.json()["results"]) == 3
     capsys.readouterr()
     assert main(["search", "--index", str(out), "--id", photos[1].name, "--text", "make it red", "--json"]) == 0
     assert photos[1].name not in [r["id"] for r in json.loads(capsys.readouterr().out)["results"]]

@@ -433,9 +433,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_text_chars=args.max_text,
         token=args.token,
     )
+    examples = _serve_examples(args, searcher)
     print(f"serving {len(searcher.index)} items on http://{args.host}:{args.port}/ (API docs at /docs)")
-    uvicorn.run(create_app(searcher, settings), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(searcher, settings, examples), host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _serve_examples(args: argparse.Namespace, searcher) -> list[dict] | None:
+    """The page's sample queries from ``--benchmark/--root/--split``, checked before serving."""
+    if not args.benchmark:
+        return None
+    if not args.root:
+        raise ComposirError("--benchmark needs --root (the benchmark's folder)")
+    from composir.data import load_benchmark
+    from composir.service.examples import sample_examples
+
+    bench = load_benchmark(args.benchmark, args.root, args.split)
+    index = searcher.index
+    examples = sample_examples(bench, searcher.media_root, lambda key: index.key_to_id(key) is not None, args.examples)
+    if not examples:
+        raise ComposirError(
+            f"{args.benchmark} {args.split} at {args.root}: no query has its reference and a target in the index "
+            f"{args.index} (index that split's images)"
+        )
+    print(f"sample queries: {len(examples)} from {args.benchmark} {args.split} (the page's 'sample queries' grid)")
+    return examples
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
@@ -671,6 +693,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-text", type=positive_int, default=500)
     p.add_argument("--run", default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--benchmark", default=None, help="give the page sample queries with ground truth from this benchmark"
+    )
+    p.add_argument("--root", default=None, help="the benchmark's folder")
+    p.add_argument("--split", default="test")
+    p.add_argument("--examples", type=positive_int, default=8, help="how many sample queries")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("caption", help="multi-level CoT captions of a split's target images from a multimodal LLM")

@@ -85,6 +85,9 @@ def run_demo(args: argparse.Namespace) -> int:
         + str(out / "index")
         + f' --image {data / "test" / (q.reference_id + ".png")} --text "make the background pink"'
     )
-    print(f"      web page: composir serve --index {out / 'index'}   then open http://127.0.0.1:8000/")
+    print(
+        f"      web page: composir serve --index {out / 'index'} --benchmark synthetic --root {data}   "
+        "then open http://127.0.0.1:8000/"
+    )
     print(f"done in {time.time() - start:.0f}s")
     return 0

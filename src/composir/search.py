@@ -102,6 +102,13 @@ class Searcher:
         return True
 
     @property
+    def method_name(self) -> str:
+        """The registered method's name (a run's, or a zero-shot index's spec)."""
+        if self.config is not None:
+            return self.config.method.name
+        return str((self.index.info.get("model") or {}).get("method", self.method.name))
+
+    @property
     def media_root(self) -> Path | None:
         root = self.index.info.get("media_root")
         return Path(root) if root else None

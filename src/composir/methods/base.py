@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +31,11 @@ class MethodConfig:
     # with their gradients (open_clip's gather_with_grad): the loss equals one process's on the
     # global batch. Off: each rank contrasts within its own slice.
     gather_negatives: bool = False
+
+    def training_settings(self) -> dict[str, Any]:
+        """The settings that change what training does. Two configs equal here train the same model
+        and differ only at inference (benchmarks/compare.py then trains it once and scores both)."""
+        return asdict(self)
 
 
 class RetrievalMethod(nn.Module):

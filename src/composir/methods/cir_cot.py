@@ -96,6 +96,16 @@ class CIRCoTConfig(MethodConfig):
         if self.mode == "reason" and self.chain == "none":
             raise ConfigError("cir_cot.mode=reason needs a chain to generate (chain=none is trained for mode=direct)")
 
+    def training_settings(self) -> dict[str, Any]:
+        """``reason`` and ``direct`` train alike (the chain is teacher-forced either way); the
+        generation limit and the chain cache only matter at inference. ``zero_shot`` trains against
+        the encoder's image features, so it stays apart."""
+        settings = super().training_settings()
+        del settings["max_chain_tokens"], settings["chain_cache_size"]
+        if settings["mode"] in ("reason", "direct"):
+            settings["mode"] = "reason or direct"
+        return settings
+
 
 @dataclass
 class Chain:

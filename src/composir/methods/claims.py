@@ -44,6 +44,18 @@ class Variant:
         text = json.dumps([self.method, config, self.train], sort_keys=True, default=str)
         return f"{self.method}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
+    @property
+    def training_key(self) -> str:
+        """Identity of the trained model: variants that differ only in inference settings
+        (``MethodConfig.training_settings``) share it."""
+        from composir.methods.registry import available_methods, training_settings
+
+        if self.method not in available_methods():
+            return self.key
+        settings = training_settings(self.method, self.config)
+        text = json.dumps([self.method, settings, self.train], sort_keys=True, default=str)
+        return f"{self.method}-train-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+
 
 @dataclass(frozen=True)
 class Gain:

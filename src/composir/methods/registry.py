@@ -38,6 +38,14 @@ def resolved_config(name: str, config: dict[str, Any] | None = None) -> dict[str
     return asdict(build_dataclass(_METHODS[name].config_class, config or {}, "method.config"))
 
 
+def training_settings(name: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The part of the method's whole config that changes what training does."""
+    _import_all()
+    if name not in _METHODS:
+        raise ConfigError(f"unknown method {name!r}; known: {sorted(_METHODS)}")
+    return build_dataclass(_METHODS[name].config_class, config or {}, "method.config").training_settings()
+
+
 def available_methods() -> list[str]:
     _import_all()
     return sorted(_METHODS)

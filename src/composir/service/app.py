@@ -1,4 +1,5 @@
-"""FastAPI app: ``/search`` (upload or gallery id + text), ``/media/{id}``, ``/health``, the web page.
+"""FastAPI app: ``/search`` (upload or gallery id + text), ``/media/{id}``, ``/health``, the web page,
+and ``/examples`` (sample queries of a benchmark split, for the page's result grid).
 
 What one request may cost is bounded before work starts:
 
@@ -28,7 +29,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -59,7 +60,9 @@ class _BodyTooLarge(Exception):
 class RequestGuard:
     """ASGI middleware: bearer token on the headers and the body-size limit, before the app reads a byte."""
 
-    def __init__(self, app, settings: ServiceSettings, protected: tuple[str, ...] = ("/search", "/media/")):
+    def __init__(
+        self, app, settings: ServiceSettings, protected: tuple[str, ...] = ("/search", "/media/", "/examples")
+    ):
         self.app = app
         self.token = settings.token.encode("utf-8") if settings.token is not None else None
         self.max_body = settings.max_upload_bytes + FORM_OVERHEAD
@@ -121,7 +124,11 @@ async def _send_json(send, status: int, detail: str, extra_headers: list | None 
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(searcher, settings: ServiceSettings | None = None) -> FastAPI:
+def create_app(
+    searcher, settings: ServiceSettings | None = None, examples: list[dict[str, Any]] | None = None
+) -> FastAPI:
+    """The app over ``searcher``; ``examples`` (``service.examples.sample_examples``) are the sample
+    queries the page's result grid runs, with their ground truth."""
     settings = settings or ServiceSettings()
     app = FastAPI(
         title="composir", description="Composed image/video retrieval over an indexed collection", version="0.1.0"
@@ -156,9 +163,14 @@ def create_app(searcher, settings: ServiceSettings | None = None) -> FastAPI:
         return {
             "status": "ok",
             "items": len(current_index()),
-            "method": searcher.config.method.name,
+            "method": searcher.method_name,
             "auth": settings.token is not None,
         }
+
+    @app.get("/examples", dependencies=bearer)
+    def sample_queries() -> dict:
+        """Sample queries with ground truth (empty unless the server was given a benchmark split)."""
+        return {"examples": examples or []}
 
     @app.get("/media/{item_id:path}", dependencies=bearer)
     def media(item_id: str) -> FileResponse:
