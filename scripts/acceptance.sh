@@ -44,7 +44,8 @@ composir eval --run acc-runs/tiny-synthetic-cir-cot --benchmark synthetic --root
 test -s acc-out/combiner-grid.png && test -s acc-out/recall_at_k.png && test -s acc-out/cir-cot-grid.png
 
 step "index + search (FAISS, --kind auto) and the same on Milvus Lite"
-REF="$(ls demo-out/data/test/*.png | head -1)"
+TEST_IMAGES=(demo-out/data/test/*.png)  # not `ls | head`: under pipefail, ls's SIGPIPE fails the step
+REF="${TEST_IMAGES[0]}"
 composir index --run demo-out/run --media demo-out/data/test --out acc-index
 composir search --index acc-index --image "$REF" --text "make it night" --k 5 --json > acc-out/search.json
 python -c "import json,sys; r=json.load(open('acc-out/search.json'))['results']; assert len(r)==5, r"
