@@ -77,6 +77,10 @@ class MilvusIndex:
             raise ComposirError(f"{self.root}: no Milvus index here ({POINTER} missing) and no --uri given")
         self.collection = collection or saved.get("collection") or _collection_name(self.root)
         self.client = _connect(self.uri)
+        if self.client.has_collection(self.collection):
+            # A collection another process wrote is "released" in this one (Milvus Lite, or a
+            # server after a restart) and refuses queries until loaded; loading a loaded one is a no-op.
+            self.client.load_collection(self.collection)
         info_path = self.root / "info.json"
         self.info: dict = json.loads(info_path.read_text()) if info_path.is_file() else {}
         self._saved = bool(saved)
