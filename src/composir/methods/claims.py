@@ -40,9 +40,7 @@ class Variant:
         from composir.methods.registry import available_methods, resolved_config
 
         known = self.method in available_methods()  # an unknown one fails when its run is built
-        config = resolved_config(self.method, self.config) if known else self.config
-        text = json.dumps([self.method, config, self.train], sort_keys=True, default=str)
-        return f"{self.method}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+        return self._digest("", resolved_config(self.method, self.config) if known else self.config)
 
     @property
     def training_key(self) -> str:
@@ -52,9 +50,11 @@ class Variant:
 
         if self.method not in available_methods():
             return self.key
-        settings = training_settings(self.method, self.config)
+        return self._digest("train-", training_settings(self.method, self.config))
+
+    def _digest(self, kind: str, settings: dict[str, Any]) -> str:
         text = json.dumps([self.method, settings, self.train], sort_keys=True, default=str)
-        return f"{self.method}-train-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+        return f"{self.method}-{kind}{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
 
 @dataclass(frozen=True)

@@ -20,30 +20,32 @@ def register_method(name: str):
     return wrap
 
 
-def build_method(name: str, encoder: Encoder, config: dict[str, Any] | None = None):
+def _method_class(name: str):
     _import_all()
     if name not in _METHODS:
         raise ConfigError(f"unknown method {name!r}; known: {sorted(_METHODS)}")
-    cls = _METHODS[name]
-    return cls(encoder, build_dataclass(cls.config_class, config or {}, "method.config"))
+    return _METHODS[name]
+
+
+def _method_config(name: str, config: dict[str, Any] | None):
+    """The method's config dataclass from ``config`` (defaults filled in, checked)."""
+    return build_dataclass(_method_class(name).config_class, config or {}, "method.config")
+
+
+def build_method(name: str, encoder: Encoder, config: dict[str, Any] | None = None):
+    return _method_class(name)(encoder, _method_config(name, config))
 
 
 def resolved_config(name: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """The method's whole config, defaults filled in (what a run with ``config`` really used)."""
     from dataclasses import asdict
 
-    _import_all()
-    if name not in _METHODS:
-        raise ConfigError(f"unknown method {name!r}; known: {sorted(_METHODS)}")
-    return asdict(build_dataclass(_METHODS[name].config_class, config or {}, "method.config"))
+    return asdict(_method_config(name, config))
 
 
 def training_settings(name: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """The part of the method's whole config that changes what training does."""
-    _import_all()
-    if name not in _METHODS:
-        raise ConfigError(f"unknown method {name!r}; known: {sorted(_METHODS)}")
-    return build_dataclass(_METHODS[name].config_class, config or {}, "method.config").training_settings()
+    return _method_config(name, config).training_settings()
 
 
 def available_methods() -> list[str]:
