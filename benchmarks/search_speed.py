@@ -27,7 +27,7 @@ import torch
 
 from composir.encoders import build_encoder
 from composir.index import GalleryIndex
-from composir.index_plan import IndexPlan, parse_bytes
+from composir.index.plan import IndexPlan, parse_bytes
 from composir.methods import build_method
 
 
@@ -75,7 +75,7 @@ def auto_rows(n: int, dim: int, data: str, queries: int, max_memory: int, tmp: P
     del flat
     start = time.perf_counter()
     keys = [f"{i:07d}.png" for i in range(n)]
-    index = GalleryIndex.from_vectors(tmp / f"auto-{data}-{n}", keys, gallery, {}, "auto", max_memory=max_memory)
+    index = GalleryIndex.from_vectors(tmp / f"auto-{data}-{n}", keys, gallery, {}, kind="auto", max_memory=max_memory)
     build_s = time.perf_counter() - start
     plan = IndexPlan.from_info(index.info)
     p50, p99, qps = timed_searches(index, qs)
@@ -93,7 +93,7 @@ def auto_rows(n: int, dim: int, data: str, queries: int, max_memory: int, tmp: P
 
 def milvus_row(n: int, data: str, gallery: np.ndarray, qs: np.ndarray, exact: np.ndarray, tmp: Path) -> str:
     """The same vectors in Milvus Lite (FLAT, the engine in-process) through ``MilvusIndex``."""
-    from composir.index_milvus import MilvusIndex
+    from composir.index import MilvusIndex
 
     index = MilvusIndex(tmp / f"milvus-{data}-{n}", uri=str(tmp / f"milvus-{data}-{n}.db"))
     start = time.perf_counter()

@@ -6,6 +6,9 @@ import contextlib
 import sys
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-synthetic-combiner.yaml"
 
 # A tiny set-up that trains in seconds on a CPU: the small synthetic benchmark, 12 steps.
@@ -86,3 +89,36 @@ def browser():
     ):
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(driver_path), options=opts)
+
+
+# ---- a media folder of tiny PNGs and a fast deterministic encoder, for index tests
+def _images(folder: Path, n: int, start: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(start, start + n):
+        path = folder / f"{i:03d}.png"
+        Image.new("RGB", (8, 8), (i % 256, 7, 7)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _encoder(dim: int = 8):
+    """Vectors from the file's first pixel (fast, deterministic); unreadable files are errors."""
+
+    def encode(items):
+        feats, errors = [], []
+        for it in items:
+            try:
+                with Image.open(it.path) as img:
+                    red = img.convert("RGB").getpixel((0, 0))[0]
+            except OSError as exc:
+                errors.append((it.id, f"unreadable ({exc})"))
+                continue
+            vec = np.random.default_rng(red).standard_normal(dim)
+            feats.append(vec / np.linalg.norm(vec))
+        return np.asarray(feats, np.float32).reshape(len(feats), dim), errors
+
+    return encode
+
+
+INFO = {"fingerprint": "test"}

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from composir import index_plan
 from composir.cli import main
 from composir.index import GalleryIndex
-from composir.index_plan import IndexPlan, build_faiss, exact_neighbours, first_choice, measured_recall, plan_index
+from composir.index import plan as index_plan
+from composir.index.plan import IndexPlan, build_faiss, exact_neighbours, first_choice, measured_recall, plan_index
 
 MiB, GiB = 2**20, 2**30
 

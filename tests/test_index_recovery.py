@@ -6,47 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from composir.cli import main
 from composir.errors import ComposirError
 from composir.index import GalleryIndex, IndexDamagedError, scan_media
-
-
-def _images(folder: Path, n: int, start: int = 0) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(start, start + n):
-        path = folder / f"{i:03d}.png"
-        Image.new("RGB", (8, 8), (i % 256, 7, 7)).save(path)
-        paths.append(path)
-    return paths
-
-
-def _encoder(dim: int = 8):
-    """Vectors from the file's first pixel (fast, deterministic); unreadable files are errors."""
-
-    def encode(items):
-        feats, errors = [], []
-        for it in items:
-            try:
-                with Image.open(it.path) as img:
-                    red = img.convert("RGB").getpixel((0, 0))[0]
-            except OSError as exc:
-                errors.append((it.id, f"unreadable ({exc})"))
-                continue
-            vec = np.random.default_rng(red).standard_normal(dim)
-            feats.append(vec / np.linalg.norm(vec))
-        return np.asarray(feats, np.float32).reshape(len(feats), dim), errors
-
-    return encode
-
-
-INFO = {"fingerprint": "test"}
+from helpers import INFO, _encoder, _images
 
 
 def test_a_generation_left_by_a_killed_run_is_garbage_not_a_dead_end(tmp_path):

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 from composir.cli import main
-from composir.index import GalleryIndex, shard_of
-from composir.index_milvus import MilvusIndex, open_index
+from composir.index import GalleryIndex, MilvusIndex, open_index, shard_of
 from composir.search import Searcher
-from test_index_recovery import INFO, _encoder, _images
+from helpers import INFO, _encoder, _images
 
 STORES = ["faiss", "milvus"]
 

@@ -31,6 +31,7 @@ from composir.data.records import GalleryItem
 from composir.errors import ComposirError
 from composir.eval.evaluate import MediaDataset, collate_media
 from composir.utils.io import atomic_write_json
+from composir.utils.workers import loader_workers
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -93,7 +94,8 @@ class FeatureCache:
         return self._row_of
 
     def _memmap(self, mode: str = "r") -> np.memmap:
-        return np.memmap(self.root / "features.f16", dtype=np.float16, mode=mode, shape=(len(self.ids), *self.shape))
+        shape = (len(self.ids), *self.shape)
+        return np.memmap(self.root / "features.f16", dtype=np.float16, mode=mode, shape=shape)  # type: ignore[call-overload]
 
     def status(self) -> np.ndarray:
         return np.fromfile(self.root / "done.u8", dtype=np.uint8)
@@ -155,7 +157,7 @@ def build_cache(
     features = cache._memmap("r+")
     failures = json.loads((out / "failures.json").read_text()) if (out / "failures.json").is_file() else {}
     dataset = MediaDataset([unique[i] for i in todo], encoder.preprocess, num_frames)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_media)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_media, **loader_workers(num_workers))
     with tqdm(total=len(ids), initial=len(ids) - len(todo), desc="caching", unit="item", disable=not progress) as bar:
         for index, frames, bad in loader:
             for i, err in bad:

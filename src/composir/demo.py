@@ -53,8 +53,8 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"      training curves: {out / 'run' / 'training.png'}; metrics: {out / 'test_metrics.json'}")
 
     print(f"[4/4] indexing the test images ({data / 'test'}) and searching them")
-    from composir.index import GalleryIndex, model_encoder
-    from composir.search import Searcher
+    from composir.index import GalleryIndex
+    from composir.search import Searcher, model_encoder
 
     info = {
         "run": str((out / "run").resolve()),
@@ -66,7 +66,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"      index {out / 'index'}: {report['total']} images")
     searcher = Searcher(out / "index")
     test = load_benchmark("synthetic", data, "test")
-    shown = {}
+    shown: dict = {}
     for q in test.queries:
         shown.setdefault(q.extra["family"], q)
     for family, q in sorted(shown.items()):

@@ -136,7 +136,7 @@ class PhraseIndex:
         values = torch.ones(len(rows))
         shape = (len(sets), len(self.vocab))
         with torch.sparse.check_sparse_tensor_invariants():
-            self.matrix = torch.sparse_coo_tensor([rows, cols], values, shape).coalesce()
+            self.matrix = torch.sparse_coo_tensor(torch.tensor([rows, cols]), values, shape).coalesce()
         self.sizes = torch.tensor([len(s) for s in sets], dtype=torch.float32)
 
     def jaccard(self, phrases: frozenset[str]) -> np.ndarray:

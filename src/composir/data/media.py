@@ -55,8 +55,7 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
         with Image.open(path) as img:
             _bound_pixels(img, path, max_pixels)
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return img.convert("RGB")
+            return ImageOps.exif_transpose(img).convert("RGB")
     except MediaError:
         raise
     except FileNotFoundError as exc:

@@ -47,7 +47,7 @@ class Protocol:
         return names
 
 
-_CIRR = dict(subset_ks=(1, 2, 3), cirr_averages=True)
+_CIRR: dict[str, Any] = dict(subset_ks=(1, 2, 3), cirr_averages=True)
 PROTOCOLS: dict[str, Protocol] = {
     "cirr": Protocol("cirr", **_CIRR),
     "synthetic": Protocol("synthetic", **_CIRR),

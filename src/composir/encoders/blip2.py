@@ -270,10 +270,11 @@ def load_blip2(pretrained: str | None, config: dict[str, Any] | None = None) -> 
     else:
         model = _from_pretrained(Blip2ForImageTextRetrieval, pretrained or DEFAULT_CHECKPOINT)
     tokenizer = _from_pretrained(AutoTokenizer, tokenizer_path or pretrained or DEFAULT_CHECKPOINT)
-    if options.image_size != model.config.vision_config.image_size:
-        options.image_size = model.config.vision_config.image_size
+    loaded: Any = model.config
+    if options.image_size != loaded.vision_config.image_size:
+        options.image_size = loaded.vision_config.image_size
     # Texts never longer than the Q-Former's position table.
-    options.max_text_length = min(options.max_text_length, model.config.qformer_config.max_position_embeddings)
+    options.max_text_length = min(options.max_text_length, loaded.qformer_config.max_position_embeddings)
     return Blip2Encoder(model.float(), tokenizer, options)
 
 

@@ -30,7 +30,7 @@ from composir.errors import ConfigError
 SMALL_DECODER = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
                  "num_key_value_heads": 4, "max_position_embeddings": 512}  # fmt: skip
 # A Qwen2-VL of the real class at toy size: text 64 wide, 2 layers; vision 1 block, 32 wide.
-TINY_QWEN2VL = {
+TINY_QWEN2VL: dict[str, dict[str, Any]] = {
     "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                     "num_key_value_heads": 2, "max_position_embeddings": 1024,
                     "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}},
@@ -173,7 +173,7 @@ class ScratchDecoder(CausalLM):
         fixed = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, "tie_word_embeddings": True}
         self.lm = Qwen2ForCausalLM(Qwen2Config(**{**fixed, **SMALL_DECODER, **lm_config}))
         with torch.no_grad():
-            size = encoder.image_size
+            size = encoder.image_size  # type: ignore[union-attr]  # checked: it has visual tokens
             visual_width = self._visual_tokens(torch.zeros(1, 1, 3, size, size)).shape[-1]
         self.visual_proj = nn.Sequential(nn.LayerNorm(visual_width), nn.Linear(visual_width, self.width))
 

@@ -16,6 +16,7 @@ from composir.data.records import Benchmark, GalleryItem, Protocol, Triplet
 from composir.errors import MediaError
 from composir.eval import metrics as M
 from composir.eval.ranking import chunked_topk, rank_members
+from composir.utils.workers import loader_workers
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class EncodedMedia:
 @torch.no_grad()
 def encode_media(
     items: Sequence[GalleryItem],
-    encode: Callable[[torch.Tensor], torch.Tensor],
+    encode: Callable[..., torch.Tensor],  # (frames) or (frames, caption tokens) -> features
     preprocess: Callable,
     num_frames: int = 8,
     batch_size: int = 64,
@@ -100,10 +101,10 @@ def encode_media(
     loader = DataLoader(
         MediaDataset(items, preprocess, num_frames, cache),
         batch_size=batch_size,
-        num_workers=num_workers,
+        **loader_workers(num_workers),
         collate_fn=collate_media,
     )
-    feats, ok, failures = [], [], []
+    feats, ok, failures = [], [], []  # type: list[torch.Tensor], list[int], list[tuple[str, str]]
     for index, frames, bad in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         failures.extend((items[i].id, err) for i, err in bad)
         if frames is None:
@@ -208,7 +209,7 @@ def evaluate(
     loader = DataLoader(
         dataset,
         batch_sampler=_reference_batches([len(queries_of[r]) for r in references], batch_size),
-        num_workers=num_workers,
+        **loader_workers(num_workers),
         collate_fn=collate_media,
     )
     ok_query = torch.zeros(len(bench.queries), dtype=torch.bool)

@@ -155,7 +155,8 @@ class ConTextCIR(RetrievalMethod):
         return F.normalize(image + pooled, dim=-1), attention
 
     def encode_query(self, frames: torch.Tensor, tokens: Tokens) -> torch.Tensor:
-        return self.compose(*self.encoder.image_tokens(frames), tokens)[0]
+        patches, image = self.encoder.image_tokens(frames)
+        return self.compose(patches, image, tokens)[0]
 
     def encode_queries(self, frames: torch.Tensor, tokens: Tokens, reference_index: torch.Tensor) -> torch.Tensor:
         patches, image = self.encoder.image_tokens(frames)  # one vision pass per distinct reference
@@ -163,10 +164,6 @@ class ConTextCIR(RetrievalMethod):
 
     def encode_target(self, frames: torch.Tensor, tokens=None) -> torch.Tensor:
         return F.normalize(self.encoder.image_tokens(frames)[1], dim=-1)
-
-    def attention_maps(self, frames: torch.Tensor, tokens: Tokens) -> torch.Tensor:
-        """Each text token's attention over the reference's patches (B, L, P), layers and heads averaged."""
-        return self.compose(*self.encoder.image_tokens(frames), tokens)[1]
 
     # ------------------------------------------------------------------------------ training
     def concept_maps(self, batch: dict[str, Any], memory: torch.Tensor, attention: torch.Tensor):

@@ -16,7 +16,7 @@ def _thumb(path: Path, size: int, frames: int) -> Image.Image:
     imgs = load_media(path, num_frames=frames)
     strip = Image.new("RGB", (size * len(imgs), size), "white")
     for i, img in enumerate(imgs):
-        strip.paste(img.resize((size, size), Image.NEAREST), (i * size, 0))
+        strip.paste(img.resize((size, size), Image.Resampling.NEAREST), (i * size, 0))
     return strip
 
 
@@ -27,7 +27,7 @@ def render_contact_sheet(
     by_family: dict[str, list] = {}
     for q in bench.queries:
         by_family.setdefault(q.extra.get("family", ""), []).append(q)
-    picked = []
+    picked: list = []
     while len(picked) < n and any(by_family.values()):
         for queue in by_family.values():
             if queue and len(picked) < n:

@@ -120,7 +120,8 @@ def plan_multi(rng: np.random.Generator, video: bool) -> FamilyPlan:
     while True:
         reference = random_scene(rng, video, min_objects=2)
         n_edits = int(rng.integers(2, 4))
-        scene, edits, touched = reference, [], set()
+        scene, edits = reference, []
+        touched: set = set()
         used_kinds: set[str] = set()
         for _ in range(n_edits):
             # One background edit and one add at most: two of either would overwrite each other.
@@ -174,7 +175,7 @@ def plan_implicit(rng: np.random.Generator, video: bool) -> FamilyPlan:
             break
     members = _Members(reference)
     target_index = members.add(target)
-    negatives = []
+    negatives: list = []
     others = [c for c in concepts if c.name != concept.name]
     for k in rng.permutation(len(others)):
         if len(negatives) >= 2:
@@ -211,7 +212,13 @@ def _reasoning(text: str, concrete: list[str], concept: str | None) -> str:
     return f'"{text}" asks to {steps}. everything else stays.'
 
 
-def _family_task(args: tuple) -> tuple[list[str], dict[str, str], list[dict[str, Any]]]:
+# Per image its MCoT-stage captions and scene; paths; annotation entries.
+FamilyOutput = tuple[dict[str, tuple[dict[str, str], dict[str, Any]]], dict[str, str], list[dict[str, Any]]]
+
+
+def _family_task(
+    args: tuple,
+) -> tuple[dict[str, tuple[dict[str, str], dict[str, Any]]], dict[str, str], list[dict[str, Any]]]:
     cfg, split, kind, index = args
     rng = np.random.default_rng([cfg.seed, SPLITS.index(split), FAMILY_KINDS.index(kind), index])
     plan = PLANNERS[kind](rng, cfg.video)
@@ -221,7 +228,9 @@ def _family_task(args: tuple) -> tuple[list[str], dict[str, str], list[dict[str,
 SCHEMA_JOBS = ("appearance", "implicit", "gate")
 
 
-def _schema_task(args: tuple) -> tuple[list[str], dict[str, str], list[dict[str, Any]]]:
+def _schema_task(
+    args: tuple,
+) -> tuple[dict[str, tuple[dict[str, str], dict[str, Any]]], dict[str, str], list[dict[str, Any]]]:
     cfg, split, job, schema_index, index = args
     schemas = schema_bench.make_schemas(cfg.seed)
     schema = schemas[schema_index]
@@ -244,13 +253,15 @@ def mcot_stages(levels: dict[str, str]) -> dict[str, str]:
     return {"objects": levels["global"], "attributes": a, "scene": levels["layout"], "final": a}
 
 
-def _run_task(args: tuple) -> tuple[dict[str, tuple[dict[str, str], dict[str, Any]]], dict[str, str], list[dict]]:
+def _run_task(
+    args: tuple,
+) -> tuple[dict[str, tuple[dict[str, str], dict[str, Any]]], dict[str, str], list[dict[str, Any]]]:
     return _schema_task(args[1:]) if args[0] == "schema" else _family_task(args[1:])
 
 
 def _write_family(
     cfg: SynthConfig, split: str, prefix: str, plan: FamilyPlan, family: str, rng: np.random.Generator
-) -> tuple[dict[str, tuple[dict[str, str], dict[str, Any]]], dict[str, str], list[dict[str, Any]]]:
+) -> FamilyOutput:
     """Render a family's scenes; per image its MCoT-stage captions and scene, paths, annotation entries."""
     folder = Path(cfg.out) / split
     suffix = ".mp4" if cfg.video else ".png"
@@ -357,7 +368,7 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict[str, Any]:
     set_id = 0
     for split in SPLITS:
         paths, entries = results[split]
-        by_family: dict[str, int] = {}
+        by_family: dict[tuple, int] = {}
         for pairid, entry in enumerate(entries):
             entry["pairid"] = pairid
             members = tuple(entry["img_set"]["members"])

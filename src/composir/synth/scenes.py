@@ -125,8 +125,8 @@ class Edit:
                 raise EditConflict("background unchanged")
             return Scene(self.value, scene.objects)
         if self.kind == "add":
-            return scene.with_object(None, self.value)  # type: ignore[arg-type]
-        obj = scene.find(self.target)  # type: ignore[arg-type]
+            return scene.with_object(None, self.value)
+        obj = scene.find(self.target)
         if self.kind == "remove":
             return scene.with_object(obj, None)
         field = {"colour": "colour", "shape": "shape", "size": "size", "move": "cell", "motion": "motion"}[self.kind]

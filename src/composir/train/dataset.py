@@ -30,7 +30,11 @@ def _light(frames: list[Image.Image], rng: random.Random) -> list[Image.Image]:
     w, h = frames[0].size
     pad = max(1, w // 32)
     dx, dy = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
-    return [ImageOps.expand(f, pad, fill=tuple(f.getpixel((0, 0)))).crop((dx, dy, dx + w, dy + h)) for f in frames]
+    fills = [f.getpixel((0, 0)) for f in frames]  # an RGB pixel each
+    return [
+        ImageOps.expand(f, pad, fill=tuple(fill)).crop((dx, dy, dx + w, dy + h))  # type: ignore[arg-type]
+        for f, fill in zip(frames, fills)
+    ]
 
 
 # Augmentations are registered by name so a config picks one; none flips (left/right words).

@@ -34,6 +34,7 @@ from composir.train.config import RunConfig, config_from_dict, save_config, vali
 from composir.train.dataset import ResumableBatchSampler, TripletDataset
 from composir.train.metrics_log import MetricsLog
 from composir.utils.io import remove_leftovers
+from composir.utils.workers import loader_workers
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +315,7 @@ class Trainer:
         first = results[cfg.data.val_splits[0]]
         value = first.get(cfg.train.eval_metric)
         if value is not None and (state["best_metric"] is None or value > state["best_metric"]):
-            state["best_metric"], state["best_step"] = value, state["step"]
+            state["best_metric"], state["best_step"] = value, state["step"]  # type: ignore[assignment]
             self.save("best", {"best_metrics": results})
         self.metrics.plot(self.out / "training.png")
         summary = "  ".join(f"{k}={v:.1f}" for k, v in first.items() if k.startswith("R"))
@@ -366,7 +367,7 @@ class Trainer:
         loader = DataLoader(
             self.dataset,
             batch_sampler=list(self.sampler.epoch_batches(state["epoch"], state["batch_in_epoch"])),
-            num_workers=self.cfg.train.num_workers,
+            **loader_workers(self.cfg.train.num_workers, "train.num_workers"),
             collate_fn=self.collate,
             persistent_workers=False,
             pin_memory=self.device.type == "cuda",

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from composir.data.records import GalleryItem
 from composir.errors import ComposirError
+from composir.index.store import Encode, IndexSettings, register_store
 from composir.utils.io import atomic_write_json
 
 POINTER = "milvus.json"
@@ -45,19 +46,23 @@ def _literal(text: str) -> str:
     return json.dumps(text)
 
 
-def open_index(root: str | Path):
-    """The index stored at ``root``: a Milvus one when ``root/milvus.json`` says so, else FAISS."""
-    from composir.index import GalleryIndex
-
-    root = Path(root)
-    return MilvusIndex(root) if (root / POINTER).is_file() else GalleryIndex(root)
+def _holds_milvus(root: Path) -> bool:
+    return (root / POINTER).is_file()
 
 
+def absolute_uri(uri: str) -> str:
+    """A Milvus Lite file named relative to where the command ran, made absolute (a later search from
+    another folder must find the same file, not create an empty one); server URIs unchanged."""
+    return str(Path(uri).resolve()) if uri.endswith(_LITE_SUFFIX) and "://" not in uri else uri
+
+
+@register_store("milvus", _holds_milvus, "a Milvus collection (Milvus Lite file or a server/cluster URI)")
 class MilvusIndex:
     """``GalleryIndex``'s interface (``update``, ``search``, ``lookup``, ``key_to_id``, ``items``,
     ``info``) over a Milvus collection."""
 
     current_name = "milvus"  # a live engine: nothing to switch to (``Searcher.refresh``)
+    superseded: list[int]  # ids of older duplicate rows found by ``items``
 
     def __init__(self, root: str | Path, uri: str | None = None, collection: str | None = None):
         self.root = Path(root)
@@ -72,6 +77,7 @@ class MilvusIndex:
                 f"{self.root}: this index lives in {saved['uri']} ({saved['collection']}), not {uri}; "
                 "use a new --out folder for another store"
             )
+        uri = absolute_uri(uri) if uri is not None else None
         self.uri = uri or saved.get("uri")
         if self.uri is None:
             raise ComposirError(f"{self.root}: no Milvus index here ({POINTER} missing) and no --uri given")
@@ -84,6 +90,7 @@ class MilvusIndex:
         info_path = self.root / "info.json"
         self.info: dict = json.loads(info_path.read_text()) if info_path.is_file() else {}
         self._saved = bool(saved)
+        self.superseded = []
 
     # ------------------------------------------------------------------------------ reading
     @property
@@ -103,12 +110,19 @@ class MilvusIndex:
         """key -> (id, size, mtime)."""
         if not self.client.has_collection(self.collection):
             return {}
-        out = {}
+        out: dict[str, tuple[int, int, float]] = {}
+        self.superseded = []
         it = self.client.query_iterator(self.collection, batch_size=4096, filter="",
                                         output_fields=["key", "size", "mtime"])  # fmt: skip
         try:
             while batch := it.next():
-                out.update({r["key"]: (int(r["id"]), int(r["size"]), float(r["mtime"])) for r in batch})
+                for r in batch:
+                    row = (int(r["id"]), int(r["size"]), float(r["mtime"]))
+                    old = out.get(r["key"])
+                    if old is not None:  # both versions of a file a killed run had not finished replacing
+                        older, row = sorted([old, row], key=lambda v: v[2])
+                        self.superseded.append(older[0])
+                    out[r["key"]] = row
         finally:
             it.close()
         return out
@@ -143,20 +157,29 @@ class MilvusIndex:
     def update(
         self,
         media_root: str | Path,
-        encode,
+        encode: Encode,
         model_info: dict,
+        settings: IndexSettings | None = None,
+        *,
         batch_size: int = 64,
         commit_every: int = 2048,
         progress: bool = True,
         keep=None,
+        rebuild: bool = False,
         write_info: bool = True,
-        **_faiss_only,
     ) -> dict:
         """Add new/changed files, drop deleted ones (only among the files ``keep`` selects: a
-        rank's shard); returns the report. ``write_info``: this process writes the folder's
-        ``milvus.json``/``info.json`` (rank 0 under torchrun)."""
-        from composir.index import plan_changes, scan_media, write_report
+        rank's shard); returns the report. ``settings``: FAISS layouts do not apply (Milvus
+        chooses its own index), so a kind other than auto is refused. ``rebuild``: the
+        collection is dropped and written afresh. ``write_info``: this process writes the
+        folder's ``milvus.json``/``info.json`` (rank 0 under torchrun)."""
+        from composir.index.faiss_store import plan_changes, scan_media, write_report
 
+        if settings is not None and settings.kind not in (None, "auto"):
+            raise ComposirError(f"--kind {settings.kind}: a Milvus store chooses its own index; leave --kind out")
+        if rebuild and self.client.has_collection(self.collection):
+            self.client.drop_collection(self.collection)
+            self.info = {k: v for k, v in self.info.items() if k != "dim"}
         media_root = Path(media_root).resolve()
         if not media_root.is_dir():
             raise ComposirError(f"{media_root}: media folder not found")
@@ -178,9 +201,10 @@ class MilvusIndex:
         return write_report(self.root, todo, known, deleted, failed, skipped, len(self), write=write_info)
 
     def _encode_and_insert(self, todo, known, deleted, encode, info, batch_size, commit_every, progress):
+        # Encode, insert, then delete the old rows: a changed file's new id differs (a hash of its
+        # size and mtime), so a run killed half-way leaves both versions, never neither.
         stale = [known[k][0] for k in deleted] + [known[f.key][0] for f in todo if f.key in known]
-        if stale and self.client.has_collection(self.collection):
-            self.client.delete(self.collection, ids=stale)
+        stale += self.superseded
         failed: list[tuple[str, str]] = []
         since_flush = 0
         bar = tqdm(total=len(todo), desc="indexing", unit="file", disable=not progress)
@@ -203,6 +227,8 @@ class MilvusIndex:
                 since_flush = 0
             bar.update(len(chunk))
         bar.close()
+        if stale and self.client.has_collection(self.collection):
+            self.client.delete(self.collection, ids=stale)
         if self.client.has_collection(self.collection):
             self.client.flush(self.collection)
         return failed

@@ -24,13 +24,15 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 from composir.errors import ComposirError
 
-KINDS = ("flat", "ivfsq8", "ivfpq")
+KINDS = ("flat", "ivfsq8", "ivfpq")  # what a plan may choose (``auto`` is the planner itself)
 # info.json keys a plan writes (``IndexPlan.info``), kept when an update adds or removes items.
 PLAN_KEYS = ("nlist", "pq_m", "nprobe", "recall_at_10", "plan_query_ms", "threads", "plan_memory_bytes",
              "plan_reason", "tuned_count")  # fmt: skip
@@ -139,37 +141,67 @@ def first_choice(n: int, dim: int, max_memory: int, flat_items: int | None = Non
                      reason=f"{why}; 8-bit codes exceed the budget{over}")  # fmt: skip
 
 
-def build_faiss(plan: IndexPlan, vectors: np.ndarray, ids: np.ndarray, seed: int = 0):
-    """The planned index, trained on (a sample of) ``vectors`` and holding them under ``ids``."""
+def ivf_min_vectors(nlist: int) -> int:
+    """Vectors an explicit IVF kind needs to train its quantizer."""
+    return max(nlist * 4, 256)  # 256: one 8-bit product-quantizer codebook
+
+
+def new_faiss(plan: IndexPlan, dim: int, train: np.ndarray | None = None):
+    """An empty FAISS index of the plan's kind (inner product), its IVF quantizer trained on ``train``."""
     import faiss
 
-    dim = vectors.shape[1]
     if plan.kind == "flat":
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    if plan.kind not in ("ivfsq8", "ivfpq"):
+        raise ComposirError(f"unknown index kind {plan.kind!r}; use one of {', '.join(KINDS)}")
+    if plan.kind == "ivfpq" and dim % plan.pq_m:
+        raise ComposirError(f"IVF-PQ: --pq-m {plan.pq_m} must divide the embedding dimension {dim}")
+    quantizer = faiss.IndexFlatIP(dim)
+    index: Any
+    if plan.kind == "ivfsq8":
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, dim, plan.nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
     else:
-        quantizer = faiss.IndexFlatIP(dim)
-        if plan.kind == "ivfsq8":
-            index = faiss.IndexIVFScalarQuantizer(
-                quantizer, dim, plan.nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
-            )
-        else:
-            index = faiss.IndexIVFPQ(quantizer, dim, plan.nlist, plan.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFPQ(quantizer, dim, plan.nlist, plan.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+    if train is not None:
+        index.train(np.ascontiguousarray(train, dtype=np.float32))
+    index.nprobe = max(1, plan.nprobe)
+    return index  # IVF indexes take explicit ids themselves
+
+
+def build_faiss(plan: IndexPlan, vectors: np.ndarray, ids: np.ndarray, seed: int = 0):
+    """The planned index, trained on (a sample of) ``vectors`` and holding them under ``ids``."""
+    sample = None
+    if plan.kind != "flat":
         rng = np.random.default_rng(seed)
         sample = vectors[rng.choice(len(vectors), min(len(vectors), 64 * plan.nlist), replace=False)]
-        index.train(np.ascontiguousarray(sample, dtype=np.float32))
-        index.nprobe = max(1, plan.nprobe)
+    index = new_faiss(plan, vectors.shape[1], sample)
     index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
     return index
 
 
-def rerank(candidates: np.ndarray, queries: np.ndarray, exact: np.ndarray, k: int) -> np.ndarray:
-    """The best ``k`` of each row's candidate positions (-1: none) by exact inner product."""
-    out = np.full((len(queries), k), -1, dtype=np.int64)
-    for row, (cand, query) in enumerate(zip(candidates, queries)):
-        cand = cand[cand >= 0]
-        order = np.argsort(-(exact[cand] @ query), kind="stable")[:k]
-        out[row, : len(order)] = cand[order]
-    return out
+def rerank(
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    approx: np.ndarray,
+    k: int,
+    vectors_of: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, candidates) of each row's best ``k`` candidates (-1: none) by exact inner product.
+    ``vectors_of(candidates)`` -> (their exact vectors, which of them have one): a candidate
+    without an exact vector keeps its approximate score."""
+    out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    out_ids = np.full((len(queries), k), -1, dtype=np.int64)
+    for row, (query, cand, approx_row) in enumerate(zip(queries, candidates, approx)):
+        keep = cand >= 0
+        cand, approx_row = cand[keep], approx_row[keep]
+        mat, have = vectors_of(cand)
+        rescored = np.where(have, mat @ query, approx_row).astype(np.float32)
+        order = np.argsort(-rescored, kind="stable")[:k]
+        out_scores[row, : len(order)] = rescored[order]
+        out_ids[row, : len(order)] = cand[order]
+    return out_scores, out_ids
 
 
 def exact_neighbours(vectors: np.ndarray, picks: np.ndarray, k: int) -> np.ndarray:
@@ -216,7 +248,9 @@ def measured_recall(
     _, found = index.search(queries, min(depth, index.ntotal))
     found = positions_of(found, ids)
     if plan.refine > 1:  # re-ranked by the exact vectors, as GalleryIndex does (float16 on disk)
-        found = rerank(found, queries, vectors.astype(np.float16).astype(np.float32), k + 1)
+        exact = vectors.astype(np.float16).astype(np.float32)
+        _, found = rerank(queries, found, np.zeros(found.shape, np.float32), k + 1,
+                          lambda cand: (exact[cand], np.ones(len(cand), dtype=bool)))  # fmt: skip
     return recall(_drop_self(found, picks, k), truth)
 
 

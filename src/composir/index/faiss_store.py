@@ -18,7 +18,7 @@ generation's metadata is the previous one's copied and changed, not rewritten.
 
 Kinds: ``flat`` (exact), ``ivfsq8`` (8-bit codes), ``ivfpq`` (``pq_m``-byte codes; ``refine`` x k
 candidates re-ranked by their exact vectors, kept on disk in the metadata, not in memory), and
-``auto`` (the default for a new index): ``index_plan.plan_index`` picks one of the three from the
+``auto`` (the default for a new index): ``plan.plan_index`` picks one of the three from the
 collection's size and a memory budget and *measures* recall@10 against exact search on the
 collection's own vectors, raising nprobe/refine until the target (0.95) is met; the plan, its
 measured recall and query time go into info.json. An auto index is encoded into flat generations
@@ -41,15 +41,25 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from composir.data.media import load_media, media_type_of
+from composir.data.media import media_type_of
 from composir.data.records import GalleryItem
 from composir.errors import ComposirError, MediaError
-from composir.index_plan import PLAN_KEYS, IndexPlan, default_memory_budget, first_choice, plan_index
+from composir.index.plan import (
+    PLAN_KEYS,
+    IndexPlan,
+    default_memory_budget,
+    first_choice,
+    ivf_min_vectors,
+    new_faiss,
+    plan_index,
+    rerank,
+)
+from composir.index.store import Encode, IndexSettings, register_store
 from composir.utils.io import atomic_open, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -93,6 +103,10 @@ def scan_media(root: Path) -> tuple[list[FileEntry], list[dict]]:
                 continue
             path = Path(dirpath) / name
             key = path.relative_to(root).as_posix()
+            if not _utf8(key):  # the metadata, the ids in answers and URLs are text
+                shown = os.fsencode(key).decode("utf-8", "backslashreplace")
+                skipped.append({"file": shown, "error": "file name is not valid UTF-8; rename the file to index it"})
+                continue
             if path.is_symlink() and inside(root, path) is None:
                 reason = "dangling symlink" if not path.exists() else "symlink to a file outside the media folder"
                 skipped.append({"file": key, "error": reason})
@@ -106,6 +120,14 @@ def scan_media(root: Path) -> tuple[list[FileEntry], list[dict]]:
     return out, skipped
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # os.walk hands undecodable bytes over as lone surrogates
+        return False
+    return True
+
+
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, key TEXT UNIQUE NOT NULL, path TEXT NOT NULL, "
     "media_type TEXT NOT NULL, size INTEGER NOT NULL, mtime REAL NOT NULL, vector BLOB)"
@@ -116,39 +138,26 @@ def _vector_blob(vec: np.ndarray) -> bytes:
     return np.asarray(vec, dtype=np.float16).tobytes()
 
 
-def _ivfpq_min_vectors(nlist: int) -> int:
-    return max(nlist * 4, 256)  # 256: one 8-bit product-quantizer codebook
-
-
-KINDS = ("flat", "ivfsq8", "ivfpq", "auto")
-
-
-def _new_faiss(dim: int, kind: str, train_vectors: np.ndarray | None, nlist: int, pq_m: int):
-    import faiss
-
-    if kind == "flat":
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    if kind in ("ivfpq", "ivfsq8"):
-        needed = _ivfpq_min_vectors(nlist)
-        if train_vectors is None or len(train_vectors) < needed:
-            have = 0 if train_vectors is None else len(train_vectors)
+def _explicit_faiss(settings: IndexSettings, kind: str, dim: int, train: np.ndarray | None):
+    """An empty index of an explicitly named kind, its IVF quantizer trained on ``train``."""
+    if kind != "flat":
+        needed = ivf_min_vectors(settings.nlist)
+        if train is None or len(train) < needed:
+            have = 0 if train is None else len(train)
             raise ComposirError(
-                f"IVF-PQ with nlist={nlist} needs at least {needed} vectors to train its quantizer, got {have}; "
-                "use the flat index for a collection this small"
+                f"IVF-PQ with nlist={settings.nlist} needs at least {needed} vectors to train its quantizer, "
+                f"got {have}; use the flat index for a collection this small"
             )
-        if kind == "ivfpq" and dim % pq_m:
-            raise ComposirError(f"IVF-PQ: --pq-m {pq_m} must divide the embedding dimension {dim}")
-        quantizer = faiss.IndexFlatIP(dim)
-        if kind == "ivfpq":
-            index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
-        else:
-            index = faiss.IndexIVFScalarQuantizer(
-                quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
-            )
-        index.train(train_vectors)
-        index.nprobe = max(1, nlist // 16)
-        return index  # IVF indexes take explicit ids themselves
-    raise ComposirError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
+    plan = IndexPlan(kind, nlist=settings.nlist, pq_m=settings.pq_m, nprobe=max(1, settings.nlist // 16))
+    return new_faiss(plan, dim, train)
+
+
+@dataclass(frozen=True)
+class _Batches:
+    size: int  # files encoded at a time
+    commit_every: int  # vectors between committed generations
+    first_commit: int  # a new IVF index's first commit: its quantizer's training set
+    progress: bool
 
 
 class IndexDamagedError(ComposirError):
@@ -161,13 +170,35 @@ class IndexDamagedError(ComposirError):
         )
 
 
+@contextlib.contextmanager
+def faiss_threads(threads: int | None) -> Iterator[None]:
+    """FAISS's OpenMP threads set for one search and restored after it: FAISS and torch share one
+    libgomp, so a lasting change would also change torch's thread count for the whole process."""
+    if not threads:
+        yield
+        return
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _holds_faiss(root: Path) -> bool:
+    return (root / "CURRENT").is_file()
+
+
+@register_store("faiss", _holds_faiss, "FAISS vectors + SQLite metadata in atomically switched generation folders")
 class GalleryIndex:
     """Open (or create) an index folder; ``update`` brings it in line with a media folder."""
 
     def __init__(self, root: str | Path, load: bool = True):
         self.root = Path(root)
         self.info: dict = {}
-        self.vectors = None
+        self.vectors: Any = None  # a faiss.Index
         self.exact: np.ndarray | None = None  # memory-mapped float16 exact vectors (IVF kinds), rows by id
         self.exact_ids: np.ndarray | None = None
         self.db: sqlite3.Connection | None = None
@@ -217,8 +248,6 @@ class GalleryIndex:
             raise IndexDamagedError(self.root, f"{gen.name}: {vectors.ntotal} vectors but {rows} metadata rows")
         if info.get("nprobe") and hasattr(vectors, "nprobe"):
             vectors.nprobe = info["nprobe"]
-        if info.get("threads"):  # measured when the index was planned: the faster for one query
-            faiss.omp_set_num_threads(int(info["threads"]))
         if self.db is not None:
             self.db.close()
         self.info, self.vectors, self.db, self.generation = info, vectors, db, gen
@@ -255,9 +284,10 @@ class GalleryIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         refine = int(self.info.get("refine") or 0) if self.info.get("kind") == "ivfpq" else 0
         k = min(k, self.vectors.ntotal)
-        scores, ids = self.vectors.search(queries, min(k * max(refine, 1), self.vectors.ntotal))
+        with faiss_threads(self.info.get("threads")):
+            scores, ids = self.vectors.search(queries, min(k * max(refine, 1), self.vectors.ntotal))
         if refine > 1:
-            scores, ids = self._rerank(queries, scores, ids, k)
+            scores, ids = rerank(queries, ids, scores, k, self._exact_of)
         return scores, ids
 
     @classmethod
@@ -267,29 +297,30 @@ class GalleryIndex:
         keys: list[str],
         vectors: np.ndarray,
         info: dict,
-        kind: str = "flat",
-        nlist: int = 256,
-        pq_m: int = 32,
-        refine: int = 10,
+        settings: IndexSettings | None = None,
+        *,
         files: list[FileEntry] | None = None,
         faiss_index=None,
-        max_memory: int | None = None,
-        target_recall: float = 0.95,
+        **knobs,
     ) -> GalleryIndex:
         """An index at ``root`` of embeddings computed elsewhere (ids 0..n-1 in ``keys`` order),
-        replacing what was there. ``files``: each key's file (path, media type, size, mtime), else
-        the key is the path; ``faiss_index``: one already built over ``vectors`` in that order;
-        ``kind="auto"``: planned and tuned (``index_plan``) within ``max_memory``."""
+        replacing what was there. ``settings`` (or its fields as keywords: ``kind="auto"``, ...):
+        the layout, flat unless named; ``files``: each key's file (path, media type, size,
+        mtime), else the key is the path; ``faiss_index``: one already built over ``vectors`` in
+        that order."""
+        settings = IndexSettings.of(settings, **knobs)
+        kind, refine = settings.kind or "flat", 10 if settings.refine is None else settings.refine
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if len(keys) != len(vectors) or len(set(keys)) != len(keys):
             raise ComposirError(f"from_vectors: {len(keys)} keys (distinct ones needed) for {len(vectors)} vectors")
         plan_info: dict = {}
         if faiss_index is None and kind == "auto":
-            plan, faiss_index = plan_index(vectors, max_memory or default_memory_budget(), target_recall)
+            budget = settings.max_memory or default_memory_budget()
+            plan, faiss_index = plan_index(vectors, budget, settings.target_recall)
             kind, refine = plan.kind, plan.refine
             plan_info = {**plan.info(), "auto": True, "tuned_count": len(keys)}
         elif faiss_index is None:
-            faiss_index = _new_faiss(vectors.shape[1], kind, vectors if kind != "flat" else None, nlist, pq_m)
+            faiss_index = _explicit_faiss(settings, kind, vectors.shape[1], vectors if kind != "flat" else None)
             faiss_index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
         if files is None:
             files = [FileEntry(k, Path(k), media_type_of(k) or "image", 0, 0.0) for k in keys]
@@ -319,23 +350,23 @@ class GalleryIndex:
         if self.info.get("kind") == "flat":
             ids = faiss.vector_to_array(self.vectors.id_map).astype(np.int64)
             return ids, self.vectors.index.reconstruct_n(0, self.vectors.ntotal)
-        ids, rows = [], []
+        id_list, rows = [], []
         for i, blob in self.db.execute("SELECT id, vector FROM items ORDER BY id"):
             if blob is None:  # an index from before exact vectors were kept: decode its codes
                 self.vectors.make_direct_map()
                 rows.append(self.vectors.reconstruct(int(i)))
             else:
                 rows.append(np.frombuffer(blob, dtype=np.float16).astype(np.float32))
-            ids.append(int(i))
-        return np.array(ids, dtype=np.int64), np.stack(rows)
+            id_list.append(int(i))
+        return np.array(id_list, dtype=np.int64), np.stack(rows)
 
     def replan(self, max_memory: int | None = None, target_recall: float = 0.95) -> IndexPlan:
-        """Choose and tune the index afresh for the vectors it holds now (``index_plan``), and
+        """Choose and tune the index afresh for the vectors it holds now (``plan``), and
         commit it as a new generation. Call inside ``writing()``."""
         ids, vectors = self.exact_vectors()
         if len(ids) < 2:
             plan = IndexPlan("flat", reason="fewer than 2 items")
-            index = _new_faiss(vectors.shape[1], "flat", None, 0, 0)
+            index = new_faiss(IndexPlan("flat"), vectors.shape[1])
             index.add_with_ids(vectors, ids)
         else:
             plan, index = plan_index(vectors, max_memory or default_memory_budget(), target_recall, ids=ids)
@@ -347,24 +378,15 @@ class GalleryIndex:
         self._commit(index, info, set_vectors=blobs)
         return plan
 
-    def _rerank(self, queries: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int):
-        """Exact inner products for the IVF-PQ candidates (their stored vectors), best ``k`` kept."""
-        wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
+    def _exact_of(self, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(exact vectors, which have one) of candidate ids: memory-mapped, else from SQLite. An item
+        without a stored vector (an index written before re-ranking) keeps its approximate score."""
+        wanted = sorted({int(i) for i in candidates})
         exact = self._mapped_vectors(wanted) if self.exact is not None else self._stored_vectors(wanted)
-        zero = np.zeros(queries.shape[1], dtype=np.float32)
-        out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        out_ids = np.full((len(queries), k), -1, dtype=np.int64)
-        for row, (query, cand, approx) in enumerate(zip(queries, ids, scores)):
-            keep = cand >= 0
-            cand, approx = cand[keep], approx[keep]
-            # An item without a stored vector (an index written before re-ranking) keeps its PQ score.
-            have = np.array([int(c) in exact for c in cand], dtype=bool)
-            mat = np.stack([exact.get(int(c), zero) for c in cand]) if len(cand) else np.zeros((0, len(query)))
-            rescored = np.where(have, mat @ query, approx).astype(np.float32)
-            order = np.argsort(-rescored, kind="stable")[:k]
-            out_scores[row, : len(order)] = rescored[order]
-            out_ids[row, : len(order)] = cand[order]
-        return out_scores, out_ids
+        zero = np.zeros(int(self.info.get("dim") or self.vectors.d), dtype=np.float32)
+        have = np.array([int(c) in exact for c in candidates], dtype=bool)
+        mat = np.stack([exact.get(int(c), zero) for c in candidates]) if len(candidates) else zero[None, :0].T[:0]
+        return mat.reshape(len(candidates), len(zero)), have
 
     def _mapped_vectors(self, wanted: list[int]) -> dict[int, np.ndarray]:
         if not wanted or not len(self.exact_ids):
@@ -407,8 +429,8 @@ class GalleryIndex:
         self.root.mkdir(parents=True, exist_ok=True)
         number = int(self.generation.name.split("-")[1]) + 1 if self.exists else 1
         tmp = self.root / f".gen-{number:06d}.tmp"
-        final = self.root / f"gen-{number:06d}"
-        for leftover in (tmp, final):  # of a run killed before it switched CURRENT: garbage
+        gen_dir = self.root / f"gen-{number:06d}"
+        for leftover in (tmp, gen_dir):  # of a run killed before it switched CURRENT: garbage
             shutil.rmtree(leftover, ignore_errors=True)
         tmp.mkdir()
         faiss.write_index(vectors, str(tmp / "vectors.faiss"))
@@ -430,13 +452,13 @@ class GalleryIndex:
         db.close()
         info = {**info, "count": int(vectors.ntotal), "written_at": time.time()}
         (tmp / "info.json").write_text(json.dumps(info, indent=1))
-        os.replace(tmp, final)
+        os.replace(tmp, gen_dir)
         with atomic_open(self.root / "CURRENT", "w") as handle:
-            handle.write(final.name + "\n")
+            handle.write(gen_dir.name + "\n")
         old = self.generation if self.exists else None
         if self.db is not None:
             self.db.close()
-        self._load(final)
+        self._load(gen_dir)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -453,10 +475,22 @@ class GalleryIndex:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 raise ComposirError(f"{self.root}: another process is writing this index; wait for it") from None
+            # What this object loaded before the lock may be stale: another writer may have
+            # committed since. Work from what CURRENT names now, never from a deleted generation.
             if rebuild:
                 self._drop_current()
+            else:
+                self._reload_if_changed()
             self._remove_leftovers()
             yield
+
+    def _reload_if_changed(self) -> None:
+        live = self.current_generation()
+        if live == self.current_name:
+            return
+        if live is None or not live.startswith("gen-") or "/" in live or not (self.root / live).is_dir():
+            return  # nothing valid to load: a rebuild, or the leftover clean-up, deals with it
+        self._load(self.root / live)
 
     def _drop_current(self) -> None:
         if self.db is not None:
@@ -480,31 +514,30 @@ class GalleryIndex:
     def update(
         self,
         media_root: str | Path,
-        encode,  # callable: list[GalleryItem] -> (np.ndarray features (n, d), list[(key, error)])
+        encode: Encode,
         model_info: dict,
-        kind: str | None = None,
+        settings: IndexSettings | None = None,
+        *,
         batch_size: int = 64,
         commit_every: int = 2048,
-        nlist: int = 256,
-        pq_m: int = 32,
         progress: bool = True,
         keep: Callable[[str], bool] | None = None,
-        refine: int | None = None,
         rebuild: bool = False,
-        max_memory: int | None = None,
-        target_recall: float = 0.95,
+        **knobs,
     ) -> dict:
         """Add new/changed files, drop deleted ones; returns a report. ``keep(key)`` selects a shard's files.
 
-        ``kind`` (flat | ivfsq8 | ivfpq | auto) and ``refine`` default to the index's own, else auto
-        and 10. An auto index is re-planned (within ``max_memory``, to ``target_recall``) after a
-        first build and whenever the collection has doubled or halved since it was last planned.
+        ``settings`` (or its fields as keywords): ``kind`` (flat | ivfsq8 | ivfpq | auto) and
+        ``refine`` default to the index's own, else auto and 10. An auto index is re-planned
+        (within ``max_memory``, to ``target_recall``) after a first build and whenever the
+        collection has doubled or halved since it was last planned.
         """
+        settings = IndexSettings.of(settings, **knobs)
         media_root = Path(media_root).resolve()
         if not media_root.is_dir():
             raise ComposirError(f"{media_root}: media folder not found")
         with self.writing(rebuild):
-            kind, refine, auto = self._check_settings(kind, refine, model_info)
+            kind, refine, auto = self._check_settings(settings, model_info)
             files, skipped = scan_media(media_root)
             files = [f for f in files if keep is None or keep(f.key)]
             skipped = [s for s in skipped if keep is None or keep(s["file"])]
@@ -514,25 +547,26 @@ class GalleryIndex:
                 raise ComposirError(f"{media_root}: no images or videos found")
             first_batch = commit_every
             if kind != "flat" and not self.exists:
-                needed = _ivfpq_min_vectors(nlist)
+                needed = ivf_min_vectors(settings.nlist)
                 if len(todo) < needed:  # before any encoding: the quantizer could never be trained
                     raise ComposirError(
-                        f"{media_root}: {len(todo)} files, but {kind} with nlist={nlist} needs at least {needed} "
-                        "to train its quantizer; use --kind auto or flat for a collection this small "
+                        f"{media_root}: {len(todo)} files, but {kind} with nlist={settings.nlist} needs at least "
+                        f"{needed} to train its quantizer; use --kind auto or flat for a collection this small "
                         "(or a smaller --nlist)"
                     )
                 first_batch = max(commit_every, needed)
             planned = {k: v for k, v in self.info.items() if k in PLAN_KEYS} if self.exists else {}
             info = {**planned, "media_root": str(media_root), "kind": kind, "refine": refine if kind == "ivfpq" else 0}
             info.update(model_info, auto=auto)
-            budget = (max_memory or default_memory_budget()) if auto else None
+            budget = (settings.max_memory or default_memory_budget()) if auto else None
             expected = len(known) - len(deleted) + sum(1 for f in todo if f.key not in known)
+            batches = _Batches(batch_size, commit_every, first_batch, progress)
             failed = self._encode_and_commit(
-                todo, known, deleted, encode, info, batch_size, commit_every, first_batch, nlist, pq_m, progress,
+                todo, known, deleted, encode, info, settings, batches,
                 (budget, expected) if auto and kind == "flat" else None,
             )  # fmt: skip
-            if auto and self._replan_due(budget):
-                self.replan(budget, target_recall)
+            if auto and budget is not None and self._replan_due(budget):
+                self.replan(budget, settings.target_recall)
         return write_report(self.root, todo, known, deleted, failed, skipped, len(self))
 
     def _replan_due(self, budget: int) -> bool:
@@ -544,11 +578,10 @@ class GalleryIndex:
             return True
         return first_choice(n, int(self.info["dim"]), budget).kind != self.info.get("kind")
 
-    def _check_settings(self, kind: str | None, refine: int | None, model_info: dict) -> tuple[str, int, bool]:
+    def _check_settings(self, settings: IndexSettings, model_info: dict) -> tuple[str, int, bool]:
         """(the kind to encode into, refine, whether the index plans itself)."""
         built = self.info.get("kind") if self.exists else None
-        if kind is not None and kind not in KINDS:
-            raise ComposirError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
+        kind, refine = settings.kind, settings.refine
         if kind not in (None, "auto") and built is not None and kind != built:
             raise ComposirError(f"{self.root}: the index is {built}, not {kind}; build a {kind} index in a new folder")
         if kind == "auto" or (kind is None and built is None):
@@ -561,6 +594,7 @@ class GalleryIndex:
                 f"{self.root}: index was built with another model (fingerprint {self.info.get('fingerprint')}); "
                 "use a new index folder for this model"
             )
+        assert kind is not None
         return kind, refine, auto
 
     def _encode_and_commit(
@@ -570,12 +604,8 @@ class GalleryIndex:
         deleted: list[str],
         encode,
         info: dict,
-        batch_size: int,
-        commit_every: int,
-        first_batch: int,
-        nlist: int,
-        pq_m: int,
-        progress: bool,
+        settings: IndexSettings,
+        batches: _Batches,
         flat_plan: tuple[int, int] | None = None,
     ) -> list[tuple[str, str]]:
         """Encode ``todo`` in batches, committing a generation every ``commit_every`` vectors (the
@@ -592,9 +622,9 @@ class GalleryIndex:
         kind = info["kind"]
         failed: list[tuple[str, str]] = []
         pending_vectors, pending_rows = [], {}
-        bar = tqdm(total=len(todo), desc="indexing", unit="file", disable=not progress)
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
+        bar = tqdm(total=len(todo), desc="indexing", unit="file", disable=not batches.progress)
+        for start in range(0, len(todo), batches.size):
+            chunk = todo[start : start + batches.size]
             feats, errors = encode([GalleryItem(f.key, f.path, f.media_type) for f in chunk])
             bad = dict(errors)
             failed += errors
@@ -605,13 +635,13 @@ class GalleryIndex:
                 next_id += 1
             bar.update(len(chunk))
             done = start + len(chunk) >= len(todo)
-            threshold = commit_every if vectors is not None else first_batch
+            threshold = batches.commit_every if vectors is not None else batches.first_commit
             if pending_vectors and (len(pending_vectors) >= threshold or done):
                 mat = np.stack([v for _, v in pending_vectors]).astype(np.float32)
                 ids = np.array([i for i, _ in pending_vectors], dtype=np.int64)
                 if vectors is None:
                     # IVF-PQ trains its quantizer on the first committed batch.
-                    vectors = _new_faiss(mat.shape[1], kind, mat if kind != "flat" else None, nlist, pq_m)
+                    vectors = _explicit_faiss(settings, kind, mat.shape[1], mat if kind != "flat" else None)
                     if kind != "flat":
                         info["nprobe"] = vectors.nprobe
                 vectors.add_with_ids(mat, ids)
@@ -695,16 +725,7 @@ def shard_of(key: str, num_shards: int) -> int:
     return zlib.crc32(key.encode()) % num_shards
 
 
-def merge_parts(
-    parts: list[Path],
-    out: str | Path,
-    kind: str = "auto",
-    nlist: int = 256,
-    pq_m: int = 32,
-    refine: int = 10,
-    max_memory: int | None = None,
-    target_recall: float = 0.95,
-) -> dict:
+def merge_parts(parts: list[Path], out: str | Path, settings: IndexSettings | None = None) -> dict:
     """Merge shard indexes (flat, built by ``composir index`` under torchrun) into one index at ``out``.
 
     Vectors are read back exactly from the flat parts, renumbered, and written as one flat or
@@ -727,48 +748,9 @@ def merge_parts(
     if info is None:
         raise ComposirError("no shard has any item")
     info = {**info, "shards": len(parts)}
-    GalleryIndex.from_vectors(
-        out,
-        list(rows),
-        np.stack(vectors),
-        info,
-        kind,
-        nlist,
-        pq_m,
-        refine,
-        files=list(rows.values()),
-        max_memory=max_memory,
-        target_recall=target_recall,
-    )
+    settings = IndexSettings.of(settings, kind=(settings.kind if settings else None) or "auto")
+    GalleryIndex.from_vectors(out, list(rows), np.stack(vectors), info, settings, files=list(rows.values()))
     return {"total": len(rows), "shards": len(parts)}
-
-
-def model_encoder(method, num_frames: int, device: str | torch.device = "cpu", batch_size: int = 64):
-    """An ``encode`` callable for ``GalleryIndex.update`` from a trained method (target embeddings)."""
-    from composir.eval.evaluate import encode_media
-
-    def encode(items: list[GalleryItem]):
-        res = encode_media(
-            items,
-            method.encode_target,
-            method.encoder.preprocess,
-            num_frames,
-            batch_size,
-            0,
-            device,
-            desc="encoding",
-            tokenize=method.encoder.tokenize if method.target_text else None,
-        )
-        feats = res.features.numpy()
-        errors = res.failures
-        return feats, errors
-
-    return encode
-
-
-def load_query_frames(method, path: str | Path, num_frames: int, max_pixels: int | None = None) -> torch.Tensor:
-    frames = load_media(path, num_frames, max_pixels=max_pixels)
-    return torch.stack([method.encoder.preprocess(f) for f in frames]).unsqueeze(0)
 
 
 __all__ = [
@@ -776,7 +758,5 @@ __all__ = [
     "IndexDamagedError",
     "MediaError",
     "inside",
-    "load_query_frames",
-    "model_encoder",
     "scan_media",
 ]

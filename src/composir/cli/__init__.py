@@ -1,0 +1,67 @@
+"""``composir`` command line: one module per subcommand, each owning its arguments (``NAME``,
+``HELP``, ``add_arguments``) and its handler (``run``); ``main`` assembles them."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from composir.errors import ComposirError, WorkInterrupted
+
+# In the order ``composir --help`` lists them.
+COMMANDS = (
+    "synth", "train", "cache", "eval", "index", "search", "serve",
+    "caption", "annotate_cot", "make_triplets", "demo", "methods",
+)  # fmt: skip
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("composir")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="composir",
+        description="Composed image and video retrieval: benchmarks, methods, training, evaluation, indexing, search.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what each step does")
+    parser.add_argument("--version", action="version", version=f"composir {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"composir.cli.{name}")
+        p = sub.add_parser(
+            module.NAME,
+            help=module.HELP,
+            description=module.HELP,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        if getattr(args, "device", None) is not None:
+            from composir.train.config import check_device
+
+            check_device(args.device, "--device")
+        return args.func(args)
+    except ComposirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 130 if isinstance(exc, WorkInterrupted) else 2
+    except KeyboardInterrupt:
+        print(f"interrupted: composir {args.command} stopped before it finished", file=sys.stderr)
+        return 130
+
+
+__all__ = ["COMMANDS", "build_parser", "main"]

@@ -1,0 +1,5 @@
+import sys
+
+from composir.cli import main
+
+sys.exit(main())

@@ -1,0 +1,144 @@
+"""``composir eval``: evaluate a run, or pretrained weights with a training-free method, on a benchmark split."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from composir.cli.args import add_model_args, non_negative_int, positive_int
+from composir.errors import ComposirError
+
+NAME = "eval"
+HELP = "evaluate a model on a benchmark split"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--benchmark",
+        required=True,
+        help="cirr, fashioniq (all categories), fashioniq-<category>, circo, webvid-covr, synthetic",
+    )
+    p.add_argument("--root", required=True, help="the benchmark's folder, as published")
+    p.add_argument("--split", default="val")
+    p.add_argument("--json", default=None, help="write the metrics JSON here")
+    p.add_argument("--submission", default=None, help="write test-server submission files into this folder")
+    p.add_argument("--grid", default=None, help="also draw sampled queries and their top results to this PNG")
+    p.add_argument("--grid-queries", type=positive_int, default=8, help="queries in the --grid picture")
+    p.add_argument("--grid-k", type=positive_int, default=5, help="results per query in the --grid picture")
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="skip media files the benchmark names but that are not on disk (listed in the output) "
+        "instead of stopping before evaluation",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument(
+        "--frames", type=positive_int, default=None, help="frames sampled per video (default: the run's, else 8)"
+    )
+    p.add_argument("--workers", type=non_negative_int, default=0, help="data-loading processes")
+    p.add_argument("--run", default=None, help="a training run folder: evaluate its model")
+    p.add_argument("--checkpoint", default="best", choices=["best", "latest"], help="which checkpoint of --run")
+    add_model_args(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from composir.utils.io import atomic_write_json
+
+    method = build_model(args)
+    if args.frames is None:
+        args.frames = 8
+    out = run_eval(method, args.benchmark, args.root, args.split, args)
+    print(f"{out['benchmark']} {out['split']} ({out['n_queries']} queries): {format_metrics(out['metrics'])}")
+    for fam, m in out.get("per_family", {}).items():
+        print(f"  {fam:9s} {format_metrics(m)}")
+    if out.get("skipped_media"):
+        print(f"skipped {len(out['skipped_media'])} unreadable media (listed in the JSON)", file=sys.stderr)
+    if args.json:
+        atomic_write_json(args.json, out, indent=2)
+    return 0
+
+
+def build_model(args: argparse.Namespace):
+    import torch
+
+    from composir.encoders import build_encoder
+    from composir.methods import build_method
+
+    if getattr(args, "run", None):
+        from composir.train import load_run
+
+        method, cfg = load_run(args.run, args.checkpoint, args.device)
+        if args.frames is None:
+            args.frames = cfg.data.num_frames
+        return method
+    torch.manual_seed(args.seed)
+    encoder = build_encoder(args.encoder, pretrained=args.pretrained)
+    return build_method(args.method, encoder).to(args.device)
+
+
+def run_eval(method, name: str, root: str, split: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate one benchmark (``fashioniq`` = its three categories and their means), drawing
+    ``--grid`` pictures and writing ``--submission`` files as asked."""
+    from composir.eval.run import EvalOptions, evaluate_split, write_submission
+
+    if args.submission and name not in ("cirr", "circo"):
+        raise ComposirError(f"no test-server submission format for {name!r} (CIRR and CIRCO have one)")
+    options = EvalOptions(args.batch_size, args.frames, args.device, args.workers, args.allow_missing)
+    out, bench, result = evaluate_split(
+        method, name, root, split, options, lambda b, r, suffix: _pictures(method, b, r, args, suffix)
+    )
+    if args.submission:
+        paths = write_submission(name, split, args.submission, bench, result)
+        print("submission:", ", ".join(map(str, paths)))
+    return out
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k}={v:.2f}" for k, v in metrics.items())
+
+
+def _pictures(method, bench, result, args: argparse.Namespace, suffix: str = "") -> None:
+    """``--grid``: the query grid (with the method's explanations where it has them); next to it,
+    or next to ``--json``, the recall@K curves per family."""
+    from composir.eval.pictures import render_grid, render_recall_curves
+
+    grid = getattr(args, "grid", None)
+    if grid:
+        path = Path(grid)
+        path = path.with_name(f"{path.stem}{suffix}{path.suffix or '.png'}")
+        render_grid(
+            bench, result, path, n=args.grid_queries, k=args.grid_k, explain=_explainer(method, bench, result, args)
+        )
+        print(f"grid: {path}")
+    folder = Path(grid).parent if grid else Path(args.json).parent if getattr(args, "json", None) else None
+    if folder is not None and result.per_family:
+        curves = render_recall_curves(result.metrics, result.per_family, folder / f"recall_at_k{suffix}.png")
+        print(f"recall@K curves: {curves}")
+
+
+def _explainer(method, bench, result, args: argparse.Namespace):
+    """Explanations of sampled queries from the method's own ``encode_query_explained`` (None for
+    methods without one)."""
+    import torch
+
+    from composir.methods.base import RetrievalMethod
+    from composir.search import load_query_frames
+
+    if type(method).encode_query_explained is RetrievalMethod.encode_query_explained:
+        return None
+    by_id = {q.query_id: q for q in bench.queries}
+
+    @torch.no_grad()
+    def explain(positions: list[int]) -> list:
+        notes = []
+        for pos in positions:
+            query = by_id[result.query_ids[pos]]
+            frames = load_query_frames(method, bench.media_item(query.reference_id).path, args.frames).to(args.device)
+            tokens = method.encoder.tokenize([query.text]).to(args.device)
+            explanations = method.encode_query_explained(frames, tokens)[1]
+            notes.append(explanations[0] if explanations else None)
+        return notes
+
+    return explain

@@ -1,0 +1,73 @@
+"""Evaluating a method on a named benchmark split: what ``composir eval`` and the demo call.
+
+``fashioniq`` evaluates its three categories and reports their means (the paper protocol);
+every other name is one benchmark. Missing media are counted before any encoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from composir.errors import ComposirError
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    batch_size: int = 64
+    num_frames: int = 8
+    device: str = "cpu"
+    num_workers: int = 0
+    allow_missing: bool = False  # skip (and list) media the benchmark names that are not on disk
+
+
+# Called with (benchmark, result, file-name suffix) after each evaluated split: pictures, say.
+OnResult = Callable[[Any, Any, str], None]
+
+
+def evaluate_split(
+    method, name: str, root: str, split: str, options: EvalOptions, on_result: OnResult | None = None
+) -> tuple[dict[str, Any], Any, Any]:
+    """(the metrics JSON, the last benchmark, the last result); ``fashioniq``: the category means."""
+    from composir.data import load_benchmark
+    from composir.data.fashioniq import CATEGORIES
+    from composir.data.media_check import require_media
+    from composir.eval import metrics as M
+    from composir.eval.evaluate import evaluate
+
+    def run_one(bench_name: str, suffix: str):
+        bench = load_benchmark(bench_name, root, split)
+        require_media(bench, options.allow_missing, "pass --allow-missing")
+        result = evaluate(method, bench, batch_size=options.batch_size, num_frames=options.num_frames,
+                          device=options.device, num_workers=options.num_workers)  # fmt: skip
+        if on_result is not None:
+            on_result(bench, result, suffix)
+        return bench, result
+
+    if name != "fashioniq":
+        bench, result = run_one(name, "")
+        return result.to_json(), bench, result
+    per_cat: dict[str, dict[str, float]] = {}
+    n, skipped = 0, []  # type: int, list[tuple[str, str]]
+    for cat in CATEGORIES:
+        bench, result = run_one(f"fashioniq-{cat}", f"-{cat}")
+        per_cat[cat], n, skipped = result.metrics, n + len(result.query_ids), skipped + result.failures
+    out: dict[str, Any] = {"benchmark": name, "split": split, "metrics": M.fashioniq_metrics(per_cat), "n_queries": n}
+    if skipped:
+        out["skipped_media"] = [{"id": i, "error": e} for i, e in skipped]
+    return out, bench, result
+
+
+def write_submission(name: str, split: str, folder: str | Path, bench, result) -> list[Path]:
+    """The test server's files for ``result`` (CIRR and CIRCO have a format)."""
+    from composir.eval.submission import write_circo_submission, write_cirr_submission
+
+    if name == "cirr":
+        return list(write_cirr_submission(folder, result.query_ids, result.ranked_ids, result.subset_ranked_ids,
+                                          [q.reference_id for q in bench.queries]))  # fmt: skip
+    if name == "circo":
+        return [write_circo_submission(Path(folder) / f"circo_{split}_submission.json", result.query_ids,
+                                       result.ranked_ids)]  # fmt: skip
+    raise ComposirError(f"no test-server submission format for {name!r} (CIRR and CIRCO have one)")
