@@ -110,8 +110,8 @@ def make_data(root: Path, seeds: tuple[int, ...], size: int) -> dict[int, Path]:
 def make_generated(data: Path) -> tuple[Path, float]:
     """make-triplets over the training images of ``data`` with the generator's captions; returns the
     output folder and the generated triplets' precision (%) against the generator's scenes."""
+    from composir.annotate.triplets import TripletConfig, make_triplets
     from composir.data import load_benchmark
-    from composir.triplets import TripletConfig, make_triplets
     from context_cir import scenes_by_image, triplet_is_correct
 
     out, images = data.parent / f"{data.name}-generated", data.parent / f"{data.name}-train-images"
@@ -167,9 +167,9 @@ def score_checkpoints(spec: CompareSpec, test, path: Path, train_seconds: float)
     """Every kept checkpoint of ``spec.out`` built as ``spec.variant`` and scored on ``test``."""
     from composir.eval.claims import query_hits
     from composir.eval.evaluate import evaluate
-    from composir.train import checkpoint as ckpt
+    from composir.runs import build_from_config
+    from composir.runs import checkpoint as ckpt
     from composir.train import load_config
-    from composir.train.loop import build_from_config
 
     start = time.time()
     cfg = load_config(CONFIG, spec.overrides())
@@ -211,9 +211,10 @@ def step_seconds(members: dict[str, Variant], data: Path, steps: int) -> dict[st
     on the same batches in this process, one thread; the first few steps are warm-up."""
     import torch
 
+    from composir.runs import build_from_config
     from composir.train import load_config
     from composir.train.dataset import TripletDataset
-    from composir.train.loop import build_from_config, load_data
+    from composir.train.loop import load_data
 
     torch.set_num_threads(1)
     models, batches = {}, {}

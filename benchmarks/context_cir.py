@@ -24,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from composir.data import load_benchmark
-from composir.methods.noun_phrases import NounPhrases
+from composir.data.noun_phrases import NounPhrases
 
 ARTICLES = ("the ", "a ", "an ")
 GOLD_FAMILIES = ("explicit", "multi")  # where every text names the objects it edits

@@ -30,8 +30,8 @@ from composir.data import load_benchmark
 from composir.data.media import load_media
 from composir.encoders import build_encoder
 from composir.methods import build_method
+from composir.runs.checkpoint import init_weights_from
 from composir.train import load_run
-from composir.train.checkpoint import init_weights_from
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from composir.cache import build_cache
 from composir.data import load_benchmark
+from composir.data.feature_cache import build_cache
 from composir.synth import SynthConfig, generate
 from composir.train import build_from_config, load_config, train
 from composir.train.metrics_log import MetricsLog

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from composir.cache import DONE, FAILED, FeatureCache, StaleCacheError, build_cache, frame_tokens
 from composir.cli import main
 from composir.data import load_benchmark
+from composir.data.feature_cache import DONE, FAILED, FeatureCache, StaleCacheError, build_cache, frame_tokens
 from composir.errors import ComposirError, ConfigError
 from composir.train import build_from_config, load_config, train
 from composir.train.metrics_log import MetricsLog

@@ -12,7 +12,8 @@ from typing import ClassVar
 import pytest
 from PIL import Image
 
-from composir.caption import CaptionerConfig, caption_items
+from composir.annotate.captions import caption_items
+from composir.annotate.client import CaptionerConfig
 from composir.cli import main
 from composir.data.captions import STAGES, attach_captions, read_caption_records, read_captions
 from composir.data.records import Benchmark, GalleryItem, Triplet

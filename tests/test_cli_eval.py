@@ -88,7 +88,7 @@ def test_queries_over_distinct_references_equal_one_by_one(name):
 
 
 def test_evaluation_decodes_each_reference_once(synth_root, monkeypatch):
-    import composir.eval.evaluate as ev
+    import composir.data.media_dataset as ev
 
     bench = load_benchmark("synthetic", synth_root, "val")
     reads: list[str] = []

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from composir.data.noun_phrases import NounPhrases
 from composir.encoders import build_encoder
 from composir.methods import build_method
 from composir.methods.context_cir import concept_consistency
-from composir.methods.noun_phrases import NounPhrases
 
 ENC = {"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4, "vision_layers": 1, "qformer_layers": 1}
 TEXTS = [

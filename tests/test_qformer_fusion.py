@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from composir.encoders import build_encoder
 from composir.methods import build_method
-from composir.train.checkpoint import model_state
+from composir.runs.checkpoint import model_state
 
 ENC = {"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4, "vision_layers": 1, "qformer_layers": 1}
 TEXTS = ["make it night", "add a red circle", "freeze everything", "move the cat"]

@@ -145,9 +145,9 @@ def test_unknown_method_config_key():
 
 def test_init_from_another_method_run(synth_root, tmp_path):
     """A fresh IMAGINE run starts from a Q-Former-fusion run's encoder; frozen weights it took are kept."""
+    from composir.runs import build_from_config
+    from composir.runs.checkpoint import init_weights_from
     from composir.train import train
-    from composir.train.checkpoint import init_weights_from
-    from composir.train.loop import build_from_config
 
     tiny = SMALL[0].replace("vision_layers: 1", "vision_layers: 1, vision: vit")
     common = [f"data.root={synth_root}", tiny, *SMALL[3:], "train.max_steps=2", "data.max_val_queries=8"]

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from composir.annotate.triplets import PhraseIndex, neighbour_edits, phrase_key
 from composir.cli import main
 from composir.data import load_benchmark
-from composir.triplets import PhraseIndex, neighbour_edits, phrase_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 

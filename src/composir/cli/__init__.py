@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         if getattr(args, "device", None) is not None:
-            from composir.train.config import check_device
+            from composir.runs.config import check_device
 
             check_device(args.device, "--device")
         return args.func(args)

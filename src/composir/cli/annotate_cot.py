@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from composir.annotate_cot import annotate_queries
+    from composir.annotate.chains import annotate_queries
     from composir.data import load_benchmark
 
     bench = load_benchmark(args.benchmark, args.root, args.split)

@@ -27,8 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from composir.cache import build_cache
     from composir.data import load_benchmark
+    from composir.data.feature_cache import build_cache
     from composir.train import build_from_config, load_config, load_run
 
     if args.run:

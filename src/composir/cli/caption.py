@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from composir.caption import caption_items, target_items
+    from composir.annotate.captions import caption_items, target_items
     from composir.data import load_benchmark
 
     bench = load_benchmark(args.benchmark, args.root, args.split)

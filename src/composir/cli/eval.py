@@ -61,21 +61,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_model(args: argparse.Namespace):
-    import torch
-
-    from composir.encoders import build_encoder
-    from composir.methods import build_method
+    """The run's model (``--run``), or an untrained one from ``--encoder/--pretrained/--method``."""
+    from composir.runs import build_untrained, load_run
 
     if getattr(args, "run", None):
-        from composir.train import load_run
-
         method, cfg = load_run(args.run, args.checkpoint, args.device)
         if args.frames is None:
             args.frames = cfg.data.num_frames
         return method
-    torch.manual_seed(args.seed)
-    encoder = build_encoder(args.encoder, pretrained=args.pretrained)
-    return build_method(args.method, encoder).to(args.device)
+    spec = {"encoder": args.encoder, "pretrained": args.pretrained, "method": args.method, "seed": args.seed}
+    return build_untrained(spec, args.device)
 
 
 def run_eval(method, name: str, root: str, split: str, args: argparse.Namespace) -> dict[str, Any]:

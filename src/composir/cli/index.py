@@ -109,7 +109,7 @@ def _model(args: argparse.Namespace):
         return method, args.frames or cfg.data.num_frames, {"run": str(Path(args.run).resolve()),
                                                             "method": cfg.method.name}  # fmt: skip
     # zero-shot: a (pretrained) encoder and a training-free method, no run folder
-    from composir.search import build_untrained
+    from composir.runs import build_untrained
 
     spec = {"encoder": args.encoder, "pretrained": args.pretrained, "method": args.method, "seed": args.seed}
     return build_untrained(spec, args.device), args.frames or 1, {"model": spec, "method": args.method}

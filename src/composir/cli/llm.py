@@ -8,7 +8,7 @@ from composir.cli.args import non_negative_int, positive_int, seconds
 
 
 def llm_config(args: argparse.Namespace):
-    from composir.caption import CaptionerConfig
+    from composir.annotate.client import CaptionerConfig
 
     return CaptionerConfig(
         url=args.url,

@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from composir.triplets import TripletConfig, make_triplets
+    from composir.annotate.triplets import TripletConfig, make_triplets
 
     cfg = TripletConfig(
         images=Path(args.images),

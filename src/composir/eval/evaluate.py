@@ -8,54 +8,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from composir.data.media import load_media
+from composir.data.media_dataset import MediaDataset, collate_media
 from composir.data.records import Benchmark, GalleryItem, Protocol, Triplet
-from composir.errors import MediaError
 from composir.eval import metrics as M
 from composir.eval.ranking import chunked_topk, rank_members
 from composir.utils.workers import loader_workers
 
 log = logging.getLogger(__name__)
-
-
-class MediaDataset(Dataset):
-    """Preprocessed frames of media items; an unreadable item yields its error instead."""
-
-    def __init__(self, items: Sequence[GalleryItem], preprocess: Callable, num_frames: int, cache=None):
-        self.items = items
-        self.preprocess = preprocess
-        self.num_frames = num_frames
-        self.cache = cache  # a composir.cache.FeatureCache: rows instead of pixels
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int):
-        item = self.items[index]
-        if self.cache is not None:
-            try:
-                return index, self.cache.get(item.id), None
-            except KeyError as exc:
-                return index, None, str(exc.args[0])
-        try:
-            if item.path is None:
-                raise MediaError(item.id, "no file path")
-            frames = load_media(item.path, self.num_frames, item.media_type)
-            return index, torch.stack([self.preprocess(f) for f in frames]), None
-        except MediaError as exc:
-            return index, None, str(exc)
-
-
-def collate_media(batch):
-    """``MediaDataset`` items -> (indices of the readable ones, their stacked frames or None, [(index, error)])."""
-    good = [(i, x) for i, x, err in batch if err is None]
-    bad = [(i, err) for i, x, err in batch if err is not None]
-    if not good:
-        return torch.empty(0, dtype=torch.long), None, bad
-    return torch.tensor([i for i, _ in good]), torch.stack([x for _, x in good]), bad
 
 
 def _reference_batches(query_counts: list[int], max_queries: int) -> list[list[int]]:

@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from composir.data.noun_phrases import DEFAULT_MODEL, NounPhrases
 from composir.encoders.base import TokenFeatures, Tokens
 from composir.errors import ConfigError
 from composir.methods.base import MethodConfig, RetrievalMethod
 from composir.methods.batch import TripletCollator
 from composir.methods.claims import Claim, Gain, LosesGain, Shrinks, Variant, register_claim
-from composir.methods.noun_phrases import DEFAULT_MODEL, NounPhrases
 from composir.methods.registry import register_method
 
 

@@ -1,6 +1,7 @@
-"""Training: config, data, loop, checkpoints."""
+"""Training: data, the loop, metrics logs. Run configs, checkpoints and model building live in
+``composir.runs`` (re-exported here: ``composir.train.load_run`` and friends keep working)."""
 
-from composir.train.config import RunConfig, load_config
-from composir.train.loop import build_from_config, load_run, train
+from composir.runs import RunConfig, build_from_config, load_config, load_run
+from composir.train.loop import train
 
 __all__ = ["RunConfig", "build_from_config", "load_config", "load_run", "train"]

@@ -9,36 +9,14 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from composir.data.augment import AUGMENTATIONS
 from composir.data.media import load_media
 from composir.data.records import Benchmark
 from composir.errors import ConfigError, MediaError
 
 log = logging.getLogger(__name__)
-
-Augment = Callable[[list[Image.Image], random.Random], list[Image.Image]]
-
-
-def _none(frames: list[Image.Image], rng: random.Random) -> list[Image.Image]:
-    return frames
-
-
-def _light(frames: list[Image.Image], rng: random.Random) -> list[Image.Image]:
-    """Small shift by padding and cropping back (keeps layout words like 'top left' true)."""
-    w, h = frames[0].size
-    pad = max(1, w // 32)
-    dx, dy = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
-    fills = [f.getpixel((0, 0)) for f in frames]  # an RGB pixel each
-    return [
-        ImageOps.expand(f, pad, fill=tuple(fill)).crop((dx, dy, dx + w, dy + h))  # type: ignore[arg-type]
-        for f, fill in zip(frames, fills)
-    ]
-
-
-# Augmentations are registered by name so a config picks one; none flips (left/right words).
-AUGMENTATIONS: dict[str, Augment] = {"none": _none, "light": _light}
 
 
 class TripletDataset(Dataset):
@@ -65,7 +43,7 @@ class TripletDataset(Dataset):
         self.augment = AUGMENTATIONS[augment]
         self.seed = seed
         self.epoch = 0
-        self.cache = cache  # composir.cache.FeatureCache: cached vision tokens instead of pixels
+        self.cache = cache  # composir.data.feature_cache.FeatureCache: cached vision tokens instead of pixels
 
     def __len__(self) -> int:
         return len(self.queries)

@@ -26,11 +26,10 @@ from tqdm import tqdm
 
 from composir.data import Benchmark, load_benchmark
 from composir.data.media_check import require_media
-from composir.encoders import build_encoder
-from composir.errors import ComposirError, ConfigError, TrainingDiverged, WorkInterrupted
-from composir.methods import build_method
-from composir.train import checkpoint as ckpt
-from composir.train.config import RunConfig, config_from_dict, save_config, validate_config
+from composir.errors import ConfigError, TrainingDiverged, WorkInterrupted
+from composir.runs import checkpoint as ckpt
+from composir.runs.config import RunConfig, save_config, validate_config
+from composir.runs.factory import build_from_config
 from composir.train.dataset import ResumableBatchSampler, TripletDataset
 from composir.train.metrics_log import MetricsLog
 from composir.utils.io import remove_leftovers
@@ -45,15 +44,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_from_config(cfg: RunConfig) -> torch.nn.Module:
-    """The method (with its encoder) a run config describes, freshly initialised from ``cfg.train.seed``."""
-    torch.manual_seed(cfg.train.seed)
-    encoder = build_encoder(cfg.encoder.name, pretrained=cfg.encoder.pretrained, config=cfg.encoder.config)
-    if cfg.encoder.freeze_vision:
-        encoder.lock_vision_tower()
-    return build_method(cfg.method.name, encoder, cfg.method.config)
-
-
 def load_data(cfg: RunConfig, split: str) -> Benchmark:
     """A split of the run's benchmark, with the run's target captions (``data.target_captions``) and
     reasoning chains (``data.chains``) attached."""
@@ -61,27 +51,6 @@ def load_data(cfg: RunConfig, split: str) -> Benchmark:
     return load_benchmark(
         d.benchmark, d.root, split, captions=d.target_captions, caption_stage=d.caption_stage, chains=d.chains
     )
-
-
-def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu"):
-    """(method, config) of a finished or running run: its ``best`` or ``latest`` checkpoint."""
-    import yaml
-
-    run_dir = Path(run_dir)
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise ComposirError(f"{run_dir}: not a training run folder (no config.yaml)")
-    try:
-        cfg = config_from_dict(yaml.safe_load(config_file.read_text()))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{config_file}: not valid YAML ({exc})") from exc
-    checkpoints = run_dir / "checkpoints"
-    folder = ckpt.best_or_latest(checkpoints) if which == "best" else ckpt.latest_checkpoint(checkpoints)
-    if folder is None:
-        raise ComposirError(f"{run_dir}: no checkpoint yet (train it first)")
-    method = build_from_config(cfg)
-    ckpt.load_model_weights(method, folder)
-    return method.to(device).eval(), cfg
 
 
 def _param_groups(method, cfg: RunConfig) -> list[dict[str, Any]]:
@@ -140,7 +109,7 @@ def open_feature_cache(method, cfg: RunConfig):
     """The run's feature cache, checked against the model; None when the run reads pixels."""
     if not cfg.data.feature_cache:
         return None
-    from composir.cache import FeatureCache, vision_fingerprint
+    from composir.data.feature_cache import FeatureCache, vision_fingerprint
 
     if not cfg.encoder.freeze_vision:
         raise ConfigError("data.feature_cache needs encoder.freeze_vision: true (a trained tower changes its output)")

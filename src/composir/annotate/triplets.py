@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from composir.data.captions import read_captions
 from composir.data.media import media_type_of
+from composir.data.noun_phrases import NounPhrases
 from composir.errors import ConfigError
-from composir.methods.noun_phrases import NounPhrases
 from composir.utils.io import atomic_write_json
 
 ARTICLES = ("the ", "a ", "an ")
@@ -154,7 +154,7 @@ def _model_scorer(run: Path, paths: list[Path]):
     import torch
 
     from composir.data.media import load_media
-    from composir.train import load_run
+    from composir.runs import load_run
 
     method, _ = load_run(run)
     enc = method.eval().encoder

@@ -27,9 +27,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from composir.data.media_dataset import MediaDataset, collate_media
 from composir.data.records import GalleryItem
 from composir.errors import ComposirError
-from composir.eval.evaluate import MediaDataset, collate_media
 from composir.utils.io import atomic_write_json
 from composir.utils.workers import loader_workers
 

@@ -1,17 +1,12 @@
-"""``composir caption``: multi-level chain-of-thought captions of a benchmark's target images (CSMCIR).
+"""The OpenAI-compatible chat client behind ``composir caption`` and ``annotate-cot``: its
+settings, a reachability check before any work, one multi-turn conversation per item, the
+resumable JSON-lines cache, and the loop that runs items ``concurrency`` at a time.
 
-For every gallery and target image of a split, a multimodal LLM behind any OpenAI-compatible
-chat-completions endpoint (vLLM, Ollama, llama.cpp's server, a hosted API) is asked in one
-conversation, stage by stage: the objects, then their attributes, then the scene and relations,
-then one final discriminative caption. Every stage is kept, one JSON line per image, in the cache
-that training and evaluation read (``data.target_captions``, data/captions.py).
-
-Resumable: ids already captioned are skipped, an image that failed before is tried again, and a
-line cut off by a killed run is removed before anything is appended. Each record is appended with
-one ``write`` on a file opened for appending (and flushed), so a kill loses at most the line being
-written. A failing image (unreadable file, HTTP error after the client's retries, a timeout, a
-malformed answer) is recorded with its error and skipped. The client is the ``openai`` package:
-its retries with exponential back-off and timeouts; ``concurrency`` images are in flight at once.
+Any chat-completions endpoint works (vLLM, Ollama, llama.cpp's server, a hosted API); the client
+is the ``openai`` package (its retries with exponential back-off and time-outs). A failing item
+(unreadable file, HTTP error after the retries, a time-out, a malformed answer) is recorded with
+its error and skipped; each record is appended with one ``write`` and flushed, so a kill loses at
+most the line being written, and a cut-off last line is removed before anything is appended.
 """
 
 from __future__ import annotations
@@ -21,7 +16,7 @@ import io
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,23 +24,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from composir.data.captions import STAGES, read_caption_records
+from composir.data.captions import read_caption_records
 from composir.data.media import load_media
 from composir.data.records import GalleryItem
 from composir.errors import ComposirError, ConfigError
-
-PROMPTS = {
-    "objects": "List the objects you see in this image, one short noun phrase each, separated by semicolons.",
-    "attributes": (
-        "For each of those objects, give its visible attributes (colour, size, material, pattern, shape), "
-        "one line per object."
-    ),
-    "scene": "Describe the scene: the background, where the objects are and how they relate to each other.",
-    "final": (
-        "Now write one caption, at most 30 words, that describes this image so precisely that it could be "
-        "told apart from similar images. Answer with the caption only."
-    ),
-}
 
 
 @dataclass
@@ -64,7 +46,7 @@ class CaptionServerError(ComposirError):
     """The endpoint cannot be reached: nothing was captioned."""
 
 
-def _client(cfg: CaptionerConfig):
+def make_client(cfg: CaptionerConfig):
     try:
         from openai import OpenAI
     except ImportError:
@@ -118,13 +100,6 @@ def picture(item: GalleryItem, max_side: int) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": image_data_url(item, max_side)}}
 
 
-def caption_stages(client, cfg: CaptionerConfig, item: GalleryItem) -> dict[str, str]:
-    """One conversation: the image with the first question, then each stage's question."""
-    turns = {stage: [{"type": "text", "text": PROMPTS[stage]}] for stage in STAGES}
-    turns[STAGES[0]].insert(0, picture(item, cfg.max_side))
-    return converse(client, cfg, turns)
-
-
 class CaptionCache:
     """A JSONL cache (captions; reasoning chains with ``reader=read_chain_records``), appended one
     whole line per write (after removing a cut-off last line)."""
@@ -160,13 +135,6 @@ class CaptionCache:
             self.records[record["id"]] = record
 
 
-def _caption_one(client, cfg: CaptionerConfig, item: GalleryItem) -> dict[str, Any]:
-    try:
-        return {"id": item.id, "stages": caption_stages(client, cfg, item), "model": cfg.model}
-    except Exception as exc:  # one bad image or answer is recorded and skipped
-        return {"id": item.id, "error": f"{type(exc).__name__}: {exc}"[:500]}
-
-
 def annotate(
     todo: list, cache: CaptionCache, one: Callable, cfg: CaptionerConfig, desc: str, progress: bool, client=None
 ) -> dict[str, int]:
@@ -175,7 +143,7 @@ def annotate(
     counts = {"done": 0, "failed": 0}
     if not todo:
         return counts
-    client = client or _client(cfg)
+    client = client or make_client(cfg)
     check_reachable(client, cfg.url)
     with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
         futures = [pool.submit(one, client, cfg, x) for x in todo]
@@ -184,29 +152,3 @@ def annotate(
             cache.append(record)
             counts["failed" if "error" in record else "done"] += 1
     return counts
-
-
-def caption_items(
-    items: Iterable[GalleryItem], out: str | Path, cfg: CaptionerConfig, progress: bool = True, client=None
-) -> dict[str, int]:
-    """Caption every item not yet in the cache ``out``; returns counts (done before, captioned, failed)."""
-    cache = CaptionCache(out)
-    items = list({i.id: i for i in items}.values())
-    todo = [i for i in items if not cache.done(i.id)]
-    counts = annotate(todo, cache, _caption_one, cfg, "captions", progress, client)
-    return {
-        "images": len(items),
-        "already": len(items) - len(todo),
-        "captioned": counts["done"],
-        "failed": counts["failed"],
-    }
-
-
-def target_items(bench) -> list[GalleryItem]:
-    """A split's gallery and every query target (a target may be outside the gallery)."""
-    items = {item.id: item for item in bench.gallery}
-    for q in bench.queries:
-        for t in q.target_ids:
-            if t not in items and t in bench.media:
-                items[t] = bench.media[t]
-    return list(items.values())

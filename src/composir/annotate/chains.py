@@ -3,7 +3,7 @@ reference -> reasoning about what the modification changes -> conclusion describ
 
 CIR-CoT's authors annotate FashionIQ and CIRR in three stages with a multimodal LLM; here any
 OpenAI-compatible chat endpoint does it, through the same client, concurrency, reachability check
-and resumable JSONL cache as ``composir caption`` (``caption.py``). One conversation per triplet:
+and resumable JSONL cache as ``composir caption`` (``annotate/client.py``). One conversation per triplet:
 the reference image and the request are shown first (caption, then reasoning: what must change,
 what stays), then the target image (conclusion: the target described so that it could be found,
 grounded in the true target as the paper's annotations are). Records go to ``data/chains.py``'s
@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from composir.caption import CaptionCache, CaptionerConfig, annotate, converse, picture
+from composir.annotate.client import CaptionCache, CaptionerConfig, annotate, converse, picture
 from composir.data.chains import read_chain_records
 from composir.data.records import Benchmark, Triplet
 

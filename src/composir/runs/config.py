@@ -23,7 +23,7 @@ class DataConfig:
     # Batches hold whole img_sets (CIRR groups / synthetic families) so that visually close
     # hard negatives are in-batch negatives.
     group_by_set: bool = True
-    augment: str = "none"  # see composir.train.dataset.AUGMENTATIONS
+    augment: str = "none"  # see composir.data.augment.AUGMENTATIONS
     # A `composir cache` folder of the (frozen) vision tower's outputs for the train and val media:
     # training and evaluation then read features instead of pixels.
     feature_cache: str | None = None
@@ -171,10 +171,10 @@ def validate_config(cfg: RunConfig) -> None:
     """Every value of a run config checked against what it can be, before anything is built:
     ranges, names of benchmarks, encoders, methods, augmentations, metrics and devices."""
     from composir.data import READERS, protocol_of
+    from composir.data.augment import AUGMENTATIONS
     from composir.data.captions import STAGES
     from composir.encoders import available_encoders
     from composir.methods import available_methods
-    from composir.train.dataset import AUGMENTATIONS
 
     def need(ok: bool, key: str, message: str) -> None:
         if not ok:

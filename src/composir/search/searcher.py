@@ -16,10 +16,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from composir.data.media import load_media
-from composir.data.records import GalleryItem
 from composir.errors import ComposirError
 from composir.index import IndexDamagedError, inside, open_index
+from composir.search.encode import load_query_frames
 
 
 @dataclass
@@ -42,45 +41,6 @@ class Reference:
     own_id: int | None = None
 
 
-def build_untrained(spec: dict[str, Any], device: str = "cpu"):
-    """A zero-shot model from its spec (encoder, pretrained weights, training-free method, seed): what
-    ``composir index --encoder`` used, rebuilt identically for searching (same seed, same weights)."""
-    from composir.encoders import build_encoder
-    from composir.methods import build_method
-
-    torch.manual_seed(int(spec.get("seed", 0)))
-    encoder = build_encoder(spec["encoder"], pretrained=spec.get("pretrained"))
-    return build_method(spec.get("method", "sum"), encoder).to(device).eval()
-
-
-def model_encoder(method, num_frames: int, device: str | torch.device = "cpu", batch_size: int = 64):
-    """An ``encode`` callable for ``GalleryIndex.update`` from a trained method (target embeddings)."""
-    from composir.eval.evaluate import encode_media
-
-    def encode(items: list[GalleryItem]):
-        res = encode_media(
-            items,
-            method.encode_target,
-            method.encoder.preprocess,
-            num_frames,
-            batch_size,
-            0,
-            device,
-            desc="encoding",
-            tokenize=method.encoder.tokenize if method.target_text else None,
-        )
-        feats = res.features.numpy()
-        errors = res.failures
-        return feats, errors
-
-    return encode
-
-
-def load_query_frames(method, path: str | Path, num_frames: int, max_pixels: int | None = None) -> torch.Tensor:
-    frames = load_media(path, num_frames, max_pixels=max_pixels)
-    return torch.stack([method.encoder.preprocess(f) for f in frames]).unsqueeze(0)
-
-
 class Searcher:
     """Loads the index and the model that built it once; answers many queries.
 
@@ -90,7 +50,7 @@ class Searcher:
     """
 
     def __init__(self, index: str | Path, run: str | Path | None = None, device: str = "cpu"):
-        from composir.train import load_run
+        from composir.runs import build_untrained, load_run
 
         self.index = open_index(index)
         if not self.index.exists:
