@@ -62,7 +62,7 @@ def register_blip2_shaped() -> None:
     from composir.encoders.blip2 import Blip2Encoder, Blip2Options
     from composir.encoders.tiny import HashTokenizer
 
-    @register_encoder("tiny_blip2_shaped")
+    @register_encoder("tiny_blip2_shaped", example=lambda workdir: _build())
     def _build(pretrained=None, config=None):
         from transformers import Blip2Config, Blip2ForImageTextRetrieval
 

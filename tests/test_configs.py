@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from composir.data import READERS
+from composir.data import readable_benchmarks
 from composir.encoders import available_encoders
 from composir.methods import available_methods
 from composir.methods.registry import _METHODS
@@ -29,4 +29,4 @@ def test_config_is_valid(path):
     typed = build_dataclass(config_class, cfg.method.config, "method.config")  # types checked too
     if hasattr(typed, "validate"):
         typed.validate()
-    assert cfg.data.benchmark in READERS
+    assert cfg.data.benchmark in readable_benchmarks()

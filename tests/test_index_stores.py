@@ -11,17 +11,16 @@ import numpy as np
 import pytest
 
 from composir.cli import main
-from composir.index import GalleryIndex, MilvusIndex, open_index, shard_of
+from composir.index import STORES as REGISTERED
+from composir.index import MilvusIndex, open_index, shard_of
 from composir.search import Searcher
 from helpers import INFO, _encoder, _images
 
-STORES = ["faiss", "milvus"]
+STORES = sorted(REGISTERED)  # every registered store passes this contract
 
 
 def _open(store: str, tmp_path, name: str = "index"):
-    if store == "faiss":
-        return GalleryIndex(tmp_path / name)
-    return MilvusIndex(tmp_path / name, uri=str(tmp_path / "milvus.db"))
+    return REGISTERED[store].example(tmp_path / name, tmp_path)
 
 
 def _vector(encode, path) -> np.ndarray:

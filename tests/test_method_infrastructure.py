@@ -14,7 +14,7 @@ from composir.data import PROTOCOLS, load_benchmark, protocol_of
 from composir.eval.evaluate import evaluate, score
 from composir.methods.base import MethodConfig, RetrievalMethod
 from composir.methods.batch import TripletCollator
-from composir.methods.registry import register_method
+from composir.methods.registry import register_method, unregister_method
 from composir.train import load_config, train
 from helpers import CONFIG, SMALL
 
@@ -29,7 +29,6 @@ class _ProbeConfig(MethodConfig):
     pass
 
 
-@register_method("test_probe")
 class _Probe(RetrievalMethod):
     """Reads a batch field its own collator adds; its targets read their captions; counts hooks."""
 
@@ -62,6 +61,14 @@ class _Probe(RetrievalMethod):
 
     def after_step(self, step):
         _Probe.steps.append(step)
+
+
+@pytest.fixture(autouse=True)
+def _probe_registered():
+    """The probe method exists only while this module's tests run (no other test sees it)."""
+    register_method("test_probe")(_Probe)
+    yield
+    unregister_method("test_probe")
 
 
 def test_a_method_owns_its_batches_and_hooks(synth_root, tmp_path):

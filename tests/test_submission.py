@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from composir.data.submission import write_circo_submission, write_cirr_submission
 from composir.eval import metrics as M
-from composir.eval.submission import write_circo_submission, write_cirr_submission
 
 
 def test_cirr_submission_matches_published_example(realdata, tmp_path):

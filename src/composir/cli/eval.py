@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from composir.cli.args import add_model_args, non_negative_int, positive_int
+from composir.data import BENCHMARKS
 from composir.errors import ComposirError
 
 NAME = "eval"
@@ -18,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--benchmark",
         required=True,
-        help="cirr, fashioniq (all categories), fashioniq-<category>, circo, webvid-covr, synthetic",
+        help="; ".join(f"{name}: {spec.help}" for name, spec in sorted(BENCHMARKS.items())),
     )
     p.add_argument("--root", required=True, help="the benchmark's folder, as published")
     p.add_argument("--split", default="val")
@@ -76,10 +77,10 @@ def build_model(args: argparse.Namespace):
 def run_eval(method, name: str, root: str, split: str, args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate one benchmark (``fashioniq`` = its three categories and their means), drawing
     ``--grid`` pictures and writing ``--submission`` files as asked."""
-    from composir.eval.run import EvalOptions, evaluate_split, write_submission
+    from composir.eval.run import EvalOptions, evaluate_split, submittable, write_submission
 
-    if args.submission and name not in ("cirr", "circo"):
-        raise ComposirError(f"no test-server submission format for {name!r} (CIRR and CIRCO have one)")
+    if args.submission and name not in submittable():
+        raise ComposirError(f"no test-server submission format for {name!r} ({', '.join(submittable())} have one)")
     options = EvalOptions(args.batch_size, args.frames, args.device, args.workers, args.allow_missing)
     out, bench, result = evaluate_split(
         method, name, root, split, options, lambda b, r, suffix: _pictures(method, b, r, args, suffix)

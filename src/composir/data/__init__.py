@@ -1,35 +1,22 @@
-"""Benchmark records and readers. ``load_benchmark(name, root, split)`` is the one entry point."""
+"""Benchmark records and readers. ``load_benchmark(name, root, split)`` is the one entry point; each
+benchmark registers itself (reader, protocol, submission writer) in its reader's module."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
+# Importing the reader modules registers their benchmarks.
+from composir.data import circo, cirr, fashioniq, synthetic, webvid_covr  # noqa: F401
 from composir.data.captions import attach_captions, read_captions
 from composir.data.chains import attach_chains, read_chains
-from composir.data.circo import load_circo
-from composir.data.cirr import load_cirr
-from composir.data.fashioniq import CATEGORIES, load_fashioniq
 from composir.data.records import PROTOCOLS, Benchmark, GalleryItem, Protocol, Triplet
-from composir.data.synthetic import load_synthetic
-from composir.data.webvid_covr import load_webvid_covr
+from composir.data.registry import BENCHMARKS, BenchmarkSpec, benchmark_spec, readable_benchmarks, register_benchmark
 from composir.errors import ConfigError
-
-READERS: dict[str, Callable[..., Benchmark]] = {
-    "cirr": load_cirr,
-    "circo": load_circo,
-    "webvid-covr": load_webvid_covr,
-    "synthetic": load_synthetic,
-    **{f"fashioniq-{c}": partial(load_fashioniq, category=c) for c in CATEGORIES},
-}
 
 
 def protocol_of(name: str) -> Protocol:
     """The evaluation protocol of a benchmark name (``load_benchmark``'s), without reading it."""
-    if name not in READERS:
-        raise ConfigError(f"unknown benchmark {name!r}; known: {sorted(READERS)}")
-    return PROTOCOLS["fashioniq" if name.startswith("fashioniq") else name]
+    return benchmark_spec(name).protocol
 
 
 def load_benchmark(
@@ -44,11 +31,10 @@ def load_benchmark(
     """Read a benchmark's annotations (never its pixels) into queries and a gallery; ``captions``: a
     caption cache (``data.target_captions``) whose ``caption_stage`` becomes the targets' captions;
     ``chains``: reasoning chains per query (``data.chains``, ``composir annotate-cot``)."""
-    try:
-        reader = READERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown benchmark {name!r}; known: {sorted(READERS)}") from None
-    bench = reader(Path(root), split, **kwargs)
+    spec = benchmark_spec(name)
+    if spec.reader is None:
+        raise ConfigError(f"{name} is evaluated as its parts ({', '.join(spec.parts)}); read one of them")
+    bench = spec.reader(Path(root), split, **kwargs)
     if captions is not None:
         attach_captions(bench, read_captions(captions, caption_stage))
     if chains is not None:
@@ -56,4 +42,17 @@ def load_benchmark(
     return bench
 
 
-__all__ = ["PROTOCOLS", "READERS", "Benchmark", "GalleryItem", "Protocol", "Triplet", "load_benchmark", "protocol_of"]
+__all__ = [
+    "BENCHMARKS",
+    "PROTOCOLS",
+    "Benchmark",
+    "BenchmarkSpec",
+    "GalleryItem",
+    "Protocol",
+    "Triplet",
+    "benchmark_spec",
+    "load_benchmark",
+    "protocol_of",
+    "readable_benchmarks",
+    "register_benchmark",
+]

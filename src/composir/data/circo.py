@@ -17,6 +17,8 @@ from pathlib import Path
 
 from composir.data._json import expect_type, field, read_json
 from composir.data.records import PROTOCOLS, Benchmark, GalleryItem, Triplet
+from composir.data.registry import BenchmarkSpec, register_benchmark
+from composir.data.submission import write_circo_submission
 from composir.errors import AnnotationError
 
 COCO_DIR = "COCO2017_unlabeled"
@@ -93,3 +95,15 @@ def load_circo(root: str | Path, split: str) -> Benchmark:
         media=media,
         info={"gallery_complete": complete},
     )
+
+
+def _submit(folder: Path, split: str, bench: Benchmark, result) -> list[Path]:
+    path = Path(folder) / f"circo_{split}_submission.json"
+    return [write_circo_submission(path, result.query_ids, result.ranked_ids)]
+
+
+register_benchmark(
+    BenchmarkSpec(
+        "circo", PROTOCOLS["circo"], load_circo, "CIRCO (COCO images, several targets, mAP@K)", submission=_submit
+    )
+)

@@ -12,6 +12,8 @@ from pathlib import Path
 from composir.data._json import expect_type, field, read_json, str_list
 from composir.data.media import media_type_of
 from composir.data.records import PROTOCOLS, Benchmark, GalleryItem, Triplet
+from composir.data.registry import BenchmarkSpec, register_benchmark
+from composir.data.submission import write_cirr_submission
 from composir.errors import AnnotationError
 
 SPLIT_ALIASES = {"test": "test1", "dev": "val"}
@@ -90,3 +92,15 @@ def load_cirr_layout(root: Path, split: str, *, name: str) -> Benchmark:
 
 def load_cirr(root: str | Path, split: str) -> Benchmark:
     return load_cirr_layout(Path(root), split, name="cirr")
+
+
+def _submit(folder: Path, split: str, bench: Benchmark, result) -> list[Path]:
+    return list(write_cirr_submission(folder, result.query_ids, result.ranked_ids, result.subset_ranked_ids,
+                                      [q.reference_id for q in bench.queries]))  # fmt: skip
+
+
+register_benchmark(
+    BenchmarkSpec(
+        "cirr", PROTOCOLS["cirr"], load_cirr, "CIRR (real images, Recall@K and Recall_subset@K)", submission=_submit
+    )
+)

@@ -9,10 +9,12 @@ and <second, stripped>"); training usually joins them in random order (both kept
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from composir.data._json import expect_type, field, read_json, str_list
 from composir.data.records import PROTOCOLS, Benchmark, GalleryItem, Triplet
+from composir.data.registry import BenchmarkSpec, register_benchmark
 from composir.errors import AnnotationError
 
 CATEGORIES = ("dress", "shirt", "toptee")
@@ -76,3 +78,23 @@ def load_fashioniq(root: str | Path, split: str, category: str) -> Benchmark:
         has_targets=has_targets,
         media=media,
     )
+
+
+for _category in CATEGORIES:
+    register_benchmark(
+        BenchmarkSpec(
+            f"fashioniq-{_category}",
+            PROTOCOLS["fashioniq"],
+            partial(load_fashioniq, category=_category),
+            f"FashionIQ {_category}",
+        )
+    )
+register_benchmark(
+    BenchmarkSpec(
+        "fashioniq",
+        PROTOCOLS["fashioniq"],
+        None,
+        "FashionIQ: its three categories and their means (the papers' protocol)",
+        parts=tuple(f"fashioniq-{c}" for c in CATEGORIES),
+    )
+)

@@ -12,6 +12,7 @@ from pathlib import Path
 from composir.data.captions import attach_captions, read_captions
 from composir.data.cirr import load_cirr_layout
 from composir.data.records import PROTOCOLS, Benchmark
+from composir.data.registry import BenchmarkSpec, register_benchmark
 from composir.errors import ConfigError
 
 FAMILIES = ("explicit", "multi", "implicit")
@@ -37,3 +38,10 @@ def load_synthetic(root: str | Path, split: str) -> Benchmark:
         bench.queries = [q for q in bench.queries if q.extra.get("family") == family]
         bench.split = split
     return bench
+
+
+register_benchmark(
+    BenchmarkSpec(
+        "synthetic", PROTOCOLS["synthetic"], load_synthetic, "the controlled synthetic benchmark (composir synth)"
+    )
+)

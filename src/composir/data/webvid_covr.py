@@ -15,6 +15,7 @@ import csv
 from pathlib import Path
 
 from composir.data.records import PROTOCOLS, Benchmark, GalleryItem, Triplet
+from composir.data.registry import BenchmarkSpec, register_benchmark
 from composir.errors import AnnotationError
 
 REQUIRED_COLUMNS = ("pth1", "pth2", "edit")
@@ -102,3 +103,8 @@ def load_webvid_covr(root: str | Path, split: str, video_root: str | Path | None
         has_targets=True,
         media=media,
     )
+
+
+register_benchmark(
+    BenchmarkSpec("webvid-covr", PROTOCOLS["webvid-covr"], load_webvid_covr, "WebVid-CoVR (composed video retrieval)")
+)

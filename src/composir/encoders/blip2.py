@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from composir.encoders.base import Encoder, Tokens
+from composir.encoders.registry import register_encoder
 from composir.errors import WeightsNotFound
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -288,3 +289,37 @@ def _from_pretrained(cls, where: str):
             "folder written by save_pretrained, or a hub id already in ~/.cache/huggingface (huggingface-cli "
             f"download {where} on a machine with network, then copy the cache; HF_HUB_OFFLINE=1 uses it)"
         ) from exc
+
+
+def _example(workdir: Path) -> Encoder:
+    """A random two-layer BLIP-2 and a word-level BERT tokenizer saved in the hub's own layout, loaded
+    back as a user's checkpoint folder is."""
+    from transformers import BertTokenizerFast, Blip2Config, Blip2ForImageTextRetrieval
+
+    layers = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config = Blip2Config(
+        vision_config={**layers, "image_size": 32, "patch_size": 8},
+        qformer_config={
+            **layers,
+            "vocab_size": 64,
+            "max_position_embeddings": 32,
+            "encoder_hidden_size": 32,
+            "cross_attention_frequency": 1,
+            "use_qformer_text_input": True,
+        },
+        num_query_tokens=4,
+        image_text_hidden_size=16,
+    )
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "make", "it", "red", "blue", "a", "the", "cat"]
+    vocab = workdir / "vocab.txt"
+    vocab.write_text("\n".join(words + [f"w{i}" for i in range(64 - len(words))]) + "\n")
+    hub = workdir / "blip2-example"
+    Blip2ForImageTextRetrieval(config).save_pretrained(hub)
+    BertTokenizerFast(str(vocab)).save_pretrained(hub)
+    return load_blip2(str(hub))
+
+
+@register_encoder("blip2", example=_example)
+def build_blip2(pretrained: str | None = None, config: dict[str, Any] | None = None) -> Encoder:
+    """BLIP-2 (transformers' Blip2ForImageTextRetrieval): a hub id or a local folder."""
+    return load_blip2(pretrained, config)

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from composir.encoders.base import Encoder, Tokens
+from composir.encoders.registry import register_encoder
 from composir.errors import WeightsNotFound
 
 
@@ -124,3 +125,21 @@ def load_openclip(pretrained: str | None, config: dict[str, Any] | None = None) 
         finally:
             logging.disable(logging.NOTSET)
     return OpenClipEncoder(model.float(), preprocess, open_clip.get_tokenizer(name), name)
+
+
+# A two-layer ViT and text tower at 32 px (open_clip's own classes, random weights).
+_EXAMPLE_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def _example(workdir: Path) -> Encoder:
+    return load_openclip(None, {"model": "composir-example-vit", "model_config": _EXAMPLE_CONFIG})
+
+
+@register_encoder("openclip", example=_example)
+def build_openclip(pretrained: str | None = None, config: dict[str, Any] | None = None) -> Encoder:
+    """An open_clip model: a pretrained tag or a checkpoint file."""
+    return load_openclip(pretrained, config)

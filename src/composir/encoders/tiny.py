@@ -11,11 +11,14 @@ import re
 import zlib
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 from torch import nn
 
+from composir.encoders.base import Encoder
 from composir.encoders.blip2 import Blip2Encoder, Blip2Options
+from composir.encoders.registry import register_encoder
 
 _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
@@ -151,3 +154,16 @@ class TinyEncoder(Blip2Encoder):
         )
         super().__init__(model, HashTokenizer(cfg.vocab_size, cfg.context_length), options)
         self.config = cfg
+
+
+@register_encoder("tiny", example=lambda workdir: build_tiny(config={"width": 32, "embed_dim": 16, "heads": 2}))
+def build_tiny(pretrained: str | None = None, config: dict[str, Any] | None = None) -> Encoder:
+    """A small BLIP-2-shaped model trained from scratch (CPU set-ups, tests); weights: a safetensors file."""
+    from composir.utils.typed import build_dataclass
+
+    encoder = TinyEncoder(build_dataclass(TinyConfig, config or {}, "encoder.config"))
+    if pretrained:
+        from safetensors.torch import load_file
+
+        encoder.load_state_dict(load_file(pretrained))
+    return encoder

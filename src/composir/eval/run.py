@@ -30,9 +30,9 @@ OnResult = Callable[[Any, Any, str], None]
 def evaluate_split(
     method, name: str, root: str, split: str, options: EvalOptions, on_result: OnResult | None = None
 ) -> tuple[dict[str, Any], Any, Any]:
-    """(the metrics JSON, the last benchmark, the last result); ``fashioniq``: the category means."""
-    from composir.data import load_benchmark
-    from composir.data.fashioniq import CATEGORIES
+    """(the metrics JSON, the last benchmark, the last result); a benchmark of parts (FashionIQ):
+    each part evaluated, and their means."""
+    from composir.data import benchmark_spec, load_benchmark
     from composir.data.media_check import require_media
     from composir.eval import metrics as M
     from composir.eval.evaluate import evaluate
@@ -46,28 +46,33 @@ def evaluate_split(
             on_result(bench, result, suffix)
         return bench, result
 
-    if name != "fashioniq":
+    spec = benchmark_spec(name)
+    if not spec.parts:
         bench, result = run_one(name, "")
         return result.to_json(), bench, result
-    per_cat: dict[str, dict[str, float]] = {}
+    per_part: dict[str, dict[str, float]] = {}
     n, skipped = 0, []  # type: int, list[tuple[str, str]]
-    for cat in CATEGORIES:
-        bench, result = run_one(f"fashioniq-{cat}", f"-{cat}")
-        per_cat[cat], n, skipped = result.metrics, n + len(result.query_ids), skipped + result.failures
-    out: dict[str, Any] = {"benchmark": name, "split": split, "metrics": M.fashioniq_metrics(per_cat), "n_queries": n}
+    for part in spec.parts:
+        short = part.removeprefix(f"{name}-")
+        bench, result = run_one(part, f"-{short}")
+        per_part[short], n, skipped = result.metrics, n + len(result.query_ids), skipped + result.failures
+    out: dict[str, Any] = {"benchmark": name, "split": split, "metrics": M.fashioniq_metrics(per_part), "n_queries": n}
     if skipped:
         out["skipped_media"] = [{"id": i, "error": e} for i, e in skipped]
     return out, bench, result
 
 
 def write_submission(name: str, split: str, folder: str | Path, bench, result) -> list[Path]:
-    """The test server's files for ``result`` (CIRR and CIRCO have a format)."""
-    from composir.eval.submission import write_circo_submission, write_cirr_submission
+    """The test server's files for ``result``, in the benchmark's own format."""
+    from composir.data import benchmark_spec
 
-    if name == "cirr":
-        return list(write_cirr_submission(folder, result.query_ids, result.ranked_ids, result.subset_ranked_ids,
-                                          [q.reference_id for q in bench.queries]))  # fmt: skip
-    if name == "circo":
-        return [write_circo_submission(Path(folder) / f"circo_{split}_submission.json", result.query_ids,
-                                       result.ranked_ids)]  # fmt: skip
-    raise ComposirError(f"no test-server submission format for {name!r} (CIRR and CIRCO have one)")
+    spec = benchmark_spec(name)
+    if spec.submission is None:
+        raise ComposirError(f"no test-server submission format for {name!r} ({', '.join(submittable())} have one)")
+    return spec.submission(Path(folder), split, bench, result)
+
+
+def submittable() -> list[str]:
+    from composir.data import BENCHMARKS
+
+    return sorted(n for n, s in BENCHMARKS.items() if s.submission is not None)

@@ -56,7 +56,12 @@ def absolute_uri(uri: str) -> str:
     return str(Path(uri).resolve()) if uri.endswith(_LITE_SUFFIX) and "://" not in uri else uri
 
 
-@register_store("milvus", _holds_milvus, "a Milvus collection (Milvus Lite file or a server/cluster URI)")
+@register_store(
+    "milvus",
+    _holds_milvus,
+    "a Milvus collection (Milvus Lite file or a server/cluster URI)",
+    example=lambda folder, workdir: MilvusIndex(folder, uri=str(workdir / "milvus.db")),
+)
 class MilvusIndex:
     """``GalleryIndex``'s interface (``update``, ``search``, ``lookup``, ``key_to_id``, ``items``,
     ``info``) over a Milvus collection."""

@@ -116,18 +116,24 @@ class StoreSpec:
     cls: type
     holds: Callable[[Path], bool]  # is this folder one of this store's indexes?
     help: str
+    # A new empty store for index folder ``folder``, anything else it needs kept in ``workdir``
+    # (tests and smoke runs: every store passes the same contract tests through it).
+    example: Callable[[Path, Path], Any]
 
 
 STORES: dict[str, StoreSpec] = {}
 
 
-def register_store(name: str, holds: Callable[[Path], bool], help: str) -> Callable[[type], type]:
-    """Register a store class under ``name``; ``holds(folder)`` recognises its index folders."""
+def register_store(
+    name: str, holds: Callable[[Path], bool], help: str, example: Callable[[Path, Path], Any] | None = None
+) -> Callable[[type], type]:
+    """Register a store class under ``name``; ``holds(folder)`` recognises its index folders;
+    ``example(folder, workdir)`` opens a new one (default: ``cls(folder)``)."""
 
     def add(cls: type) -> type:
         if name in STORES:
             raise ValueError(f"index store {name!r} is registered twice")
-        STORES[name] = StoreSpec(name, cls, holds, help)
+        STORES[name] = StoreSpec(name, cls, holds, help, example or (lambda folder, workdir: cls(folder)))
         return cls
 
     return add

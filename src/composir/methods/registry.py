@@ -12,12 +12,21 @@ _METHODS: dict[str, type] = {}
 
 
 def register_method(name: str):
+    """Register a ``RetrievalMethod`` subclass under ``name``; a name is taken once."""
+
     def wrap(cls):
+        if name in _METHODS and _METHODS[name] is not cls:
+            raise ValueError(f"method {name!r} is registered twice ({_METHODS[name].__qualname__}, {cls.__qualname__})")
         cls.name = name
         _METHODS[name] = cls
         return cls
 
     return wrap
+
+
+def unregister_method(name: str) -> None:
+    """Remove a registration (a test's probe method, say)."""
+    _METHODS.pop(name, None)
 
 
 def _method_class(name: str):

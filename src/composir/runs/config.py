@@ -170,7 +170,7 @@ _LOWER_BOUNDS = [
 def validate_config(cfg: RunConfig) -> None:
     """Every value of a run config checked against what it can be, before anything is built:
     ranges, names of benchmarks, encoders, methods, augmentations, metrics and devices."""
-    from composir.data import READERS, protocol_of
+    from composir.data import protocol_of, readable_benchmarks
     from composir.data.augment import AUGMENTATIONS
     from composir.data.captions import STAGES
     from composir.encoders import available_encoders
@@ -181,7 +181,8 @@ def validate_config(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: {message}")
 
     d, t = cfg.data, cfg.train
-    need(d.benchmark in READERS, "data.benchmark", f"unknown benchmark {d.benchmark!r}; known: {sorted(READERS)}")
+    known = readable_benchmarks()
+    need(d.benchmark in known, "data.benchmark", f"unknown benchmark {d.benchmark!r}; known: {known}")
     need(bool(d.root), "data.root", "must name the benchmark's folder")
     need(bool(d.train_split), "data.train_split", "must name a split")
     need(bool(d.val_splits) and all(d.val_splits), "data.val_splits", "must list at least one split name")
