@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +9,7 @@ import pytest
 import torch
 
 from composir.errors import ConfigError
-from composir.eval.claims import BASELINE, contrast, difference, judge, query_hits, verdict
+from composir.experiments.verdicts import BASELINE, contrast, difference, judge, query_hits, verdict
 from composir.methods.claims import Claim, Gain, LosesGain, Parity, Shrinks, Variant, registered_claims
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,10 +181,8 @@ def test_imagine_diagnostics_read_the_libraries():
 
 
 def test_board_renders_a_claim(tmp_path):
-    spec = importlib.util.spec_from_file_location("claims_board", REPO / "benchmarks" / "claims.py")
-    board = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = board  # dataclasses look their module up there
-    spec.loader.exec_module(board)
+    from composir.experiments import board
+
     claim = Claim(
         "Paper X", "v helps on few", Variant("base"), {"v": Variant("m"), "abl": Variant("m", {"off": True})},
         (Gain("v", ("schema-1shot",), "R@1", 4.0), LosesGain("abl", "v", ("schema-1shot",), "R@1")),
@@ -207,12 +203,9 @@ def test_board_renders_a_claim(tmp_path):
 
 
 def _compare_module():
-    sys.path.insert(0, str(REPO / "benchmarks"))  # compare.py imports claims.py as a sibling
-    spec = importlib.util.spec_from_file_location("compare_runs", REPO / "benchmarks" / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    from composir.experiments import compare
+
+    return compare
 
 
 def test_inference_only_variants_share_one_training_run(tmp_path):

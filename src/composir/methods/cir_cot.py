@@ -1,39 +1,6 @@
 """CIR-CoT: a multimodal language model writes caption -> reasoning -> conclusion, then a ``<ret>``
-token's last hidden state is the query embedding.
-
-Sequence (left-padded): the reference's image placeholders (``<image>`` x P, filled with its
-visual tokens; Qwen2-VL's ``<|vision_start|><|image_pad|>...<|vision_end|>``) + the modification
-text + ``<caption>`` c + ``<reason>`` r + ``<conclusion>`` o + ``<ret>``. Training is
-teacher-forced on the annotated chain (``extra["cot"]``: the synthetic benchmark's own, or
-``composir annotate-cot`` output): the contrastive loss between the ``<ret>`` embedding and the
-target's, plus ``lm_weight`` x the next-token loss on the chain and ``<ret>`` (prompt and
-visual-prefix positions are ignored). At inference (``mode``):
-
-* ``reason``: the model writes the chain greedily (``transformers``' ``generate``, at most
-  ``max_chain_tokens``, stopping at ``<ret>``; ``<ret>`` is appended when the limit cuts it off),
-  then one forward pass over prompt + chain + ``<ret>`` gives the embedding. The chain is the
-  explanation (``encode_query_explained``: search JSON, the web page).
-* ``direct``: ``<ret>`` right after the prompt (no chain; for speed).
-* ``zero_shot``: the generated conclusion embedded by the encoder's text tower against the
-  encoder's image features of the targets.
-
-Choices where the paper summary is silent (docs/methods.md):
-
-* Back-ends (``backend``, encoders/causal_lm.py): ``decoder``, a small ``Qwen2ForCausalLM``
-  trained from scratch over the encoder's Q-Former query outputs (BLIP-2's way of feeding an LLM;
-  patch tokens for encoders without a Q-Former), projected and spliced in at ``<image>``
-  placeholders, with a word-level tokenizer over the synthetic generator's vocabulary or any
-  ``tokenizer.json`` (``tokenizer``): nothing is downloaded. ``qwen2_vl``: a
-  ``Qwen2VLForConditionalGeneration`` with its own vision tower, M-RoPE and tokenizer -- a real
-  checkpoint from ``lm_path`` (folder or cached hub id; vision tower frozen unless
-  ``lm_freeze_vision: false``) or a random one of the same class from ``lm_config``; the chain's
-  tokens are added to its tokenizer (embeddings resized when needed).
-* Targets: ``target_side = lm`` embeds them by the same model's image path (visual prefix +
-  ``<ret>``, the same projection), ``encoder`` by the shared image encoder.
-* Chain ablations (``chain``): ``full``, ``no_reason``, ``no_caption``, ``none`` (trained to put
-  ``<ret>`` right after the prompt: the paper's no-CoT baseline).
-* Generated chains are cached per (reference pixels, text, mode) while the model is in eval mode
-  (cleared when it trains again), so repeated queries never generate twice; targets never generate.
+token's last hidden state is the query embedding; back-ends, modes and chain ablations are
+switches (``CIRCoTConfig``). Design notes: docs/methods.md.
 """
 
 from __future__ import annotations

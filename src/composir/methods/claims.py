@@ -1,7 +1,7 @@
 """Papers' claims as data: the variants that test one, and what its numbers must show.
 
 A method file registers its paper's claim next to the method (``register_claim``), so the claims
-board (``benchmarks/claims.py``) runs every registered method and its ablations without being
+board (``benchmarks/board.py``) runs every registered method and its ablations without being
 edited. A claim names its *baseline* and *variants* (a method and its config, each trained the
 same way from the same starting point) and *checks*: statements about paired differences on
 benchmark buckets (the schema benchmark's ``schema-1shot`` ... ``schema-gate`` and the three

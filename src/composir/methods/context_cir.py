@@ -1,27 +1,6 @@
-"""ConText-CIR: text tokens cross-attend to the reference's patches; each noun phrase must attend
-the same way inside the sentence as on its own (concept consistency).
-
-Paper: shared/papers/002_* (and the authors' public code, mvrl/ConText-CIR, read for the loss's
-form and constants, not copied). Every part is a switch (``ConTextCIRConfig``):
-
-- **Concept-aware fusion.** The encoder's text tower gives token features (``text_tokens``); they
-  cross-attend to the reference's patch tokens (``image_tokens``) in ``layers`` blocks (pre-norm
-  multi-head cross-attention + MLP, default 4); the masked mean of the attended tokens, projected,
-  is added to the reference's image feature and normalised: the query. Targets are image features
-  (the same image path). The fusion returns its attention maps (heads and layers averaged).
-- **Concepts**: noun phrases by spaCy's small English pipeline (``methods/noun_phrases.py``), at
-  most ``max_concepts`` per text, mapped to token positions through the tokenizer's character
-  offsets (``Tokens.token_span``), so any of our tokenizers works, words split in pieces included.
-- **Concept-consistency loss** (``cc_weight``, 0 disables): for each concept, its attention over
-  patches inside the full text (the mean over its tokens) and alone (the phrase through the same
-  text tower and fusion against the same reference); each map scaled to a maximum of 1 so that the
-  ``margin`` (0.05) does not depend on the number of patches; L_CC = mean over concepts and patches
-  of ReLU(|A_context - A_alone| - margin), weight 0.08.
-- ``reference_negative``: each query's reference image is an extra negative column (the model must
-  not answer with the unmodified reference); masked where a reference is that query's target.
-
-Needs an encoder with token-level features of both towers (the ``TokenFeatures`` capability):
-``openclip`` (the paper's CLIP set-up), ``blip2``, ``tiny``.
+"""ConText-CIR: concept-aware fusion of text tokens and reference patches, with a concept-consistency
+loss over noun phrases (each phrase must attend the same way inside the sentence as alone); every
+part a switch (``ConTextCIRConfig``). Design notes: docs/methods.md.
 """
 
 from __future__ import annotations

@@ -1,49 +1,6 @@
-"""CSMCIR: one Q-Former for both sides, captioned targets, an entropy-selected memory bank.
-
-The paper (shared/papers/000_*, abstract only) says query and target features made by
-*different* encoders sit in separate clusters from initialisation, and that running both sides
-through the *same* Q-Former -- the target with a generated caption, as the query has its text --
-closes the gap and trains faster; an entropy-based, model-consistent memory bank gives better
-negatives. Every part is a switch (``CSMCIRConfig``):
-
-- **Symmetric tower.** Query = Q-Former fusion of (reference frames, modification text), pooled
-  and projected as ``Encoder.pool_fusion`` does; target = the *same* module, same weights, fusing
-  (target frames, target caption) and pooled the same way. ``target_side: image`` makes the
-  target the Q-Former's image-only feature (``qformer_fusion``'s asymmetric target);
-  ``shared: false`` gives the target side a second, independently trained copy of the encoder
-  (made at build time from the same weights; the vision tower is copied too, since our encoders
-  expose the Q-Former only as part of the encoder -- with ``encoder.freeze_vision`` both copies'
-  vision towers stay the frozen pretrained one).
-- **Captions.** Targets read their caption from the batch (``extra["target_caption"]``) and, at
-  evaluation and indexing, from ``GalleryItem.caption`` -- both filled from a caption cache
-  (``data.target_captions``, ``composir caption``: the multi-level chain of thought of a
-  multimodal LLM, data/captions.py). The synthetic benchmark ships its own cache (the generator's
-  caption levels). A missing caption is the empty text.
-- **Memory bank** (``methods/memory_bank.py``): ``bank: none | fifo | entropy``, ``bank_size``
-  entries of recent target features as extra negatives for the query, never a query's own
-  positive; ``max_age`` steps before an entry is dropped. Filled after each optimizer step
-  (``after_step``) with the step's targets, gathered across ranks; saved in checkpoints.
-  ``bank_keys`` says what makes the entries and how they enter the loss:
-
-  - ``momentum`` (default; MoCo, He et al. 2020): a *key encoder*, an exponential moving average
-    (``momentum``) of the target side's encoder that receives no gradient, embeds each step's
-    targets; they fill the bank, and the bank term is a separate InfoNCE of each query against
-    its key-encoded positive and the bank (gradient through the query only): the loss term
-    ``bank`` beside the ordinary in-batch ``contrastive`` (weigh it with ``loss_weights``; it is
-    0 while the bank is empty). Entries from the last ``max_age`` steps
-    then come from nearly the same function -- the "model-consistent" bank. Costs a copy of the
-    encoder and one gradient-free target pass per step (docs/benchmarks.md).
-  - ``online``: the trained target features themselves enter the bank and the bank's columns are
-    appended to the in-batch loss. Measured to collapse training on the synthetic benchmark (all
-    features reach cosine 0.99 within 15 steps): the bank's columns take no gradient, so each
-    target is pulled to its query with nearly no push back. Kept to reproduce that finding.
-
-Choices where the abstract is silent: the target caption's text tokens are fused exactly like the
-modification text (no separate caption prompt); the bank holds targets only (the paper speaks of
-negatives for the query); entropy is that of the model's distribution over {positive, entry}
-(memory_bank.py); the bank's negatives are used in the query -> target direction only; entries
-are kept consistent by a momentum key encoder (the abstract names no mechanism) and entries
-older than ``max_age`` are dropped rather than re-encoded (the bank keeps no pixels).
+"""CSMCIR: one Q-Former for the query (reference + text) and the captioned target, and an
+entropy-selected, momentum-keyed memory bank; every part a switch (``CSMCIRConfig``). Design notes:
+docs/methods.md.
 """
 
 from __future__ import annotations

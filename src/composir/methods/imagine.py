@@ -1,48 +1,5 @@
-"""IMAGINE: adaptive schema-imagery enhanced composition (composed video and image retrieval).
-
-Three modules on a BLIP-2-style encoder (``blip2`` or ``tiny``), each part a config switch:
-
-**Schema Imagery Construction (SIC).** Two prototype libraries of K vectors -- one for the
-visual side (shared by reference and target), one for text -- that follow the global features
-g (visual: mean of the Q-Former query outputs; text: the text-only Q-Former's first token)
-after every optimizer step (``after_step``; ``update_every: epoch`` once per epoch). The update
-rule is ``methods/prototypes.py``: by default features are centred by a running mean and
-normalised, the prototypes are placed on the first features by k-means++, and prototypes
-*compete* for samples (``assignment`` = competitive_soft | hard | sinkhorn) with a mass-weighted
-momentum step (alpha = 0.9), so different prototypes follow different subsets of the data.
-``assignment: batch_softmax`` with ``centre_features: false, prototype_init: query_tokens`` is
-the rule as first implemented from the paper's text (a softmax over the *batch* per prototype,
-raw features, query-token init), which collapses every library to one vector (docs/benchmarks.md,
-IMAGINE probe); it stays for the ablation. A sample's imagery vector: scores s_j = cos(g, p_j)
-in the library's space, the top-k prototypes (k = 10), pooled with weights softmax(s_topk / tau_s),
-then a learned projection to the imagery width (256), without bias by default (``imagery_bias``:
-with one, L_schema has an exact zero at a constant m). The reference-side and text-side vectors
-are fused with two learned weights (a softmax pair) into the shared imagery vector m.
-Switches: ``selection`` = topk | random | all; ``update`` = momentum | replace | static;
-``aggregation`` = attention | average.
-
-**Imagery-guided Multimodal Composition (IMC).** The concrete composed feature f_c is the
-Q-Former fusion of the reference frames and the text, average-pooled over query tokens and
-projected (``Encoder.encode_query``). A modulation network maps m to a per-dimension scale and
-shift (gamma, beta); a confidence network maps [m; f_c] to c in (0, 1); the composed feature is
-f = f_c * (1 + c * gamma) + c * beta; the modulation's last layer starts small, not zero
-(``modulation_init``: at exactly zero the gate c gets no gradient). Switches: ``composition`` =
-modulation | add (f_c + W m) | cross_attention (f_c attends to the selected prototypes) | none;
-``use_scale``; ``use_shift``.
-
-**Dual Space Alignment (DSA).** L = L_concrete + lambda * L_schema with L_concrete the batch
-contrastive loss between normalised f and the target's Q-Former image feature (cosine,
-temperature) and L_schema = 1 - cos(m, m_target), m_target from the same visual SIC branch
-applied to the target (lambda = 0.5), under a stop-gradient (``detach_schema_target``; without
-it both sides drift to each other). Switches: ``schema_metric`` = cosine | euclidean;
-``schema_target`` = imagery | concrete (align m, projected, to the target's concrete feature);
-``schema_weight`` = 0 drops the schema loss.
-
-Choices where the paper's equations were lost in extraction: prototypes compete for samples
-(its "prototypes attend to distinct sample subsets"; the literal batch softmax collapses), the
-pooled imagery passes through a learned linear map (prototypes themselves are not trained by
-gradients, so this is where the imagery space gets learnable capacity), and the
-modulation/confidence networks are two-layer MLPs. Each choice and why: docs/methods.md.
+"""IMAGINE: schema-imagery prototypes and a confidence-gated modulation of the composed feature,
+on a BLIP-2-style encoder; every module a switch (``ImagineConfig``). Design notes: docs/methods.md.
 """
 
 from __future__ import annotations
@@ -407,7 +364,7 @@ IMAGINE_CLAIM = register_claim(
             LosesGain("no schema loss", "IMAGINE", _FEW_SHOT, "R@1"),
         ),
         diagnose=("IMAGINE",),
-        note="Prototype update as fixed for issue 12 (competitive, centred, k-means++ init).",
+        note="Prototype update: competitive, centred, k-means++ init (docs/methods.md).",
     )
 )
 register_claim(

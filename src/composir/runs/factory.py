@@ -12,11 +12,12 @@ import torch
 from composir.encoders import build_encoder
 from composir.errors import ComposirError, ConfigError
 from composir.methods import build_method
+from composir.methods.base import RetrievalMethod
 from composir.runs import checkpoint as ckpt
 from composir.runs.config import RunConfig, config_from_dict
 
 
-def build_from_config(cfg: RunConfig) -> torch.nn.Module:
+def build_from_config(cfg: RunConfig) -> RetrievalMethod:
     """The method (with its encoder) a run config describes, freshly initialised from ``cfg.train.seed``."""
     torch.manual_seed(cfg.train.seed)
     encoder = build_encoder(cfg.encoder.name, pretrained=cfg.encoder.pretrained, config=cfg.encoder.config)

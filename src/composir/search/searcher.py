@@ -45,7 +45,7 @@ class Searcher:
     """Loads the index and the model that built it once; answers many queries.
 
     A search is two steps so that a server can decode references outside its model lock:
-    ``load_reference`` (file or index id -> frames) and ``search_loaded`` (the forward pass and
+    ``load_reference`` (file or index id -> frames) and ``search_explained`` (the forward pass and
     the index lookup). ``refresh`` switches to a newer generation written by ``composir index``.
     """
 
@@ -125,10 +125,6 @@ class Searcher:
         return Reference(load_query_frames(self.method, path, self.num_frames, max_pixels), own_id)
 
     @torch.no_grad()
-    def query_vector(self, reference: Reference | None, text: str | None) -> torch.Tensor:
-        return self.explained_query(reference, text)[0]
-
-    @torch.no_grad()
     def explained_query(self, reference: Reference | None, text: str | None) -> tuple[torch.Tensor, Any]:
         """The query embedding and, for a composed query, the method's explanation (one pass)."""
         if reference is None and not text:
@@ -148,9 +144,6 @@ class Searcher:
         tokens = self.method.encoder.tokenize([text]).to(self.device)
         return F.normalize(self.method.encoder.encode_text(tokens), dim=-1)
 
-    def search_loaded(self, reference: Reference | None, text: str | None, k: int = 10) -> list[SearchResult]:
-        return self.search_explained(reference, text, k)[0]
-
     def search_explained(
         self, reference: Reference | None, text: str | None, k: int = 10
     ) -> tuple[list[SearchResult], Any]:
@@ -164,6 +157,11 @@ class Searcher:
         meta = self.index.lookup([i for i, _ in hits])
         return [SearchResult(meta[i][0], meta[i][1], s, meta[i][2]) for i, s in hits if i in meta], explanation
 
-    def search(self, reference: str | Path | None = None, text: str | None = None, k: int = 10) -> list[SearchResult]:
-        loaded = self.load_reference(reference) if reference is not None else None
-        return self.search_loaded(loaded, text, k)
+    def search(
+        self, reference: str | Path | Reference | None = None, text: str | None = None, k: int = 10
+    ) -> list[SearchResult]:
+        """The ``k`` best items for a reference (a file, an id in the index, or one already loaded)
+        and/or a text."""
+        if reference is not None and not isinstance(reference, Reference):
+            reference = self.load_reference(reference)
+        return self.search_explained(reference, text, k)[0]

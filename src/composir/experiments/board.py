@@ -3,7 +3,7 @@
 For each claim registered by a method file (``composir.methods.claims``), every variant (the
 method, its ablations, the baseline) is trained the same way and scored per test query, over N
 seeds; each check of the claim is judged from a paired two-level bootstrap interval
-(``composir.eval.claims``) and the claim gets a verdict.
+(``composir.experiments.verdicts``) and the claim gets a verdict.
 
 Two stages, as the papers fine-tune pretrained backbones: a ``qformer_fusion`` backbone is
 trained once on a plain synthetic image set (no schemas, its own data seed) -- the stand-in for
@@ -12,7 +12,7 @@ schema constellations, new references) and every variant fine-tunes the backbone
 training seed s (new modules' initialisation, batch order) and is evaluated on its test split.
 Variants with identical settings share runs across claims (the baseline is trained once per seed).
 
-    .venv/bin/python benchmarks/claims.py [--quick] [--seeds 0 1 2 3 4] [--jobs 2]
+    .venv/bin/python benchmarks/board.py [--quick] [--seeds 0 1 2 3 4] [--jobs 2]
         [--papers IMAGINE ...] [--out runs/claims] [--doc docs/claims.md]
 
 Everything is cached under --out: a repeated command reuses finished runs (an interrupted run
@@ -37,11 +37,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from composir.eval.claims import BASELINE, CheckResult, difference, judge_claim, query_hits
+from composir.experiments.verdicts import BASELINE, CheckResult, difference, judge_claim, query_hits
 from composir.methods.claims import Claim, Variant, registered_claims
 from composir.utils.io import atomic_open, atomic_write_json
 
-REPO = Path(__file__).resolve().parents[1]
+# The repository checkout (configs/, docs/, runs/): experiments run from a development install.
+REPO = Path(__file__).resolve().parents[3]
 CONFIG = REPO / "configs" / "tiny-synthetic-video-imagine.yaml"
 BUCKETS = (
     "schema-1shot", "schema-4shot", "schema-16shot", "schema-64shot", "schema-transfer", "schema-gate",
@@ -337,11 +338,11 @@ def write_board(doc: Path, header: list[str], claims: dict[str, Claim], results:
 
 def header_lines(args, size: BoardSize, seconds: float | None, results: dict) -> list[str]:
     run_minutes = statistics.mean(r["seconds"] for r in results.values()) / 60 if results else 0.0
-    command = "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/claims.py" + (" --quick" if args.quick else "")
+    command = "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/board.py" + (" --quick" if args.quick else "")
     return [
         "# The claims board",
         "",
-        "Written by `benchmarks/claims.py` (do not edit by hand). Each paper's claim, as registered by its",
+        "Written by `benchmarks/board.py` (do not edit by hand). Each paper's claim, as registered by its",
         "method file (`composir.methods.claims`), tested on the synthetic schema benchmark",
         "(`composir synth --schemas`, docs/benchmarks.md).",
         "",
