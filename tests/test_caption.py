@@ -24,7 +24,7 @@ from helpers import free_port
 class FakeLLM(BaseHTTPRequestHandler):
     """Answers chat completions like an OpenAI-compatible server; ``mode`` decides how it misbehaves."""
 
-    mode = "ok"  # ok | fail500 | slow | malformed
+    mode = "ok"  # ok | fail500 | slow | paced | malformed | drip | huge | html
     requests: ClassVar[list[dict]] = []
 
     def log_message(self, *args):  # quiet
@@ -38,6 +38,8 @@ class FakeLLM(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
+        if self.mode == "html":
+            return self._send(200, b"<html><body>not an API</body></html>", "text/html")
         self._send(200, json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]}).encode())
 
     def do_POST(self):
@@ -47,8 +49,24 @@ class FakeLLM(BaseHTTPRequestHandler):
             return self._send(500, b'{"error": {"message": "boom"}}')
         if self.mode == "slow":
             time.sleep(2.0)
+        if self.mode == "paced":
+            time.sleep(0.3)
         if self.mode == "malformed":
             return self._send(200, b'{"choices": [ this is not json')
+        if self.mode == "html":
+            return self._send(200, b"<html><body>not an API</body></html>", "text/html")
+        if self.mode == "huge":
+            return self._send(200, b'{"choices": [], "pad": "' + b"x" * (3 << 20) + b'"}')
+        if self.mode == "drip":  # a byte at a time: every read is quick, the answer never ends
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "4096")
+            self.end_headers()
+            for _ in range(4096):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.05)
+            return None
         turn = sum(m["role"] == "user" for m in body["messages"])
         image = body["messages"][0]["content"][0]["image_url"]["url"]
         answer = f"stage {turn} of an image of {len(image)} chars"
@@ -123,6 +141,7 @@ def test_resume_skips_done_ids_drops_a_cut_line_and_retries_failures(server, tmp
     FakeLLM.requests.clear()
     counts = caption_items(items, out, _cfg(server), progress=False)
     # img0, img1 skipped; img2 is a broken file: recorded and skipped; img3 captioned.
+    assert counts.pop("first_error").startswith("img2: MediaError")
     assert counts == {"images": 4, "already": 2, "captioned": 1, "failed": 1}
     assert len(FakeLLM.requests) == 4
     lines = out.read_text().splitlines()
@@ -260,3 +279,76 @@ def test_chain_records_are_checked(tmp_path):
     bad.write_text('{"id": "1", "cot": {"caption": "c", "reasoning": "r"}}\n')
     with pytest.raises(AnnotationError, match=r'line 1: "cot" must be an object with strings caption, reasoning'):
         read_chain_records(bad)
+
+
+@pytest.mark.parametrize(("mode", "why"), [("drip", "took longer"), ("huge", "larger than"), ("html", "")])
+def test_a_request_is_bounded_in_time_and_size_whatever_the_server_does(server, tmp_path, mode, why):
+    FakeLLM.mode = mode
+    out = tmp_path / "captions.jsonl"
+    start = time.monotonic()
+    counts = caption_items(
+        _items(tmp_path, 1), out, _cfg(server, timeout=1.0, max_answer_bytes=1 << 20), progress=False
+    )
+    assert time.monotonic() - start < 6  # the drip would take 200 s; per-read time-outs never fire
+    assert counts["failed"] == 1 and why in counts["first_error"]
+    assert "error" in read_caption_records(out)["img0"]
+
+
+def test_a_second_run_on_the_same_cache_refuses_at_once(server, tmp_path):
+    from composir.annotate.client import CaptionCache
+    from composir.errors import ComposirError
+
+    out = tmp_path / "captions.jsonl"
+    holder = CaptionCache(out)  # another run, still writing
+    try:
+        with pytest.raises(ComposirError, match="another composir run is writing this file"):
+            caption_items(_items(tmp_path, 1), out, _cfg(server), progress=False)
+    finally:
+        holder.close()
+    assert caption_items(_items(tmp_path, 1), out, _cfg(server), progress=False)["captioned"] == 1
+
+
+SLOW_RUN = """
+import sys
+from pathlib import Path
+from PIL import Image
+from composir.annotate.captions import caption_items
+from composir.annotate.client import CaptionerConfig
+from composir.data.records import GalleryItem
+
+folder = Path(sys.argv[2])
+items = []
+for i in range(200):
+    path = folder / f"img{i}.png"
+    Image.new("RGB", (8, 8)).save(path)
+    items.append(GalleryItem(id=f"img{i}", path=path))
+print("ready", flush=True)
+caption_items(items, folder / "c.jsonl", CaptionerConfig(url=sys.argv[1], model="m", retries=0, concurrency=4,
+              timeout=30), progress=False)
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_the_client_at_once_and_keeps_what_was_answered(server, tmp_path, signal_name):
+    import signal
+    import subprocess
+    import sys
+
+    FakeLLM.mode = "paced"  # 0.3 s per answer, 4 in flight: requests are on their way when the signal comes
+    script = tmp_path / "run.py"
+    script.write_text(SLOW_RUN)
+    code = "import signal, runpy, sys; signal.signal(signal.SIGTERM, signal.default_int_handler); "
+    code += "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(script), server, str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(3.0)  # the first answers are in
+    sent_before = len(FakeLLM.requests)
+    start = time.monotonic()
+    proc.send_signal(getattr(signal, signal_name))
+    proc.wait(timeout=20)
+    assert time.monotonic() - start < 2.5, "still running long after the signal"
+    time.sleep(0.5)
+    assert len(FakeLLM.requests) <= sent_before + 4  # at most what was already on its way
+    lines = (tmp_path / "c.jsonl").read_text().splitlines()
+    assert lines and all(json.loads(line)["id"].startswith("img") for line in lines)  # whole lines only

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from composir.annotate.client import CaptionCache, CaptionerConfig, annotate, converse, picture
+from composir.annotate.client import CaptionCache, CaptionerConfig, annotate, converse, describe, picture
 from composir.data.captions import STAGES
 from composir.data.records import GalleryItem
 
@@ -42,22 +42,26 @@ def _caption_one(client, cfg: CaptionerConfig, item: GalleryItem) -> dict[str, A
     try:
         return {"id": item.id, "stages": caption_stages(client, cfg, item), "model": cfg.model}
     except Exception as exc:  # one bad image or answer is recorded and skipped
-        return {"id": item.id, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        return {"id": item.id, "error": describe(exc)}
 
 
 def caption_items(
     items: Iterable[GalleryItem], out: str | Path, cfg: CaptionerConfig, progress: bool = True, client=None
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Caption every item not yet in the cache ``out``; returns counts (done before, captioned, failed)."""
     cache = CaptionCache(out)
-    items = list({i.id: i for i in items}.values())
-    todo = [i for i in items if not cache.done(i.id)]
-    counts = annotate(todo, cache, _caption_one, cfg, "captions", progress, client)
+    try:
+        items = list({i.id: i for i in items}.values())
+        todo = [i for i in items if not cache.done(i.id)]
+        counts = annotate(todo, cache, _caption_one, cfg, "captions", progress, client)
+    finally:
+        cache.close()
     return {
         "images": len(items),
         "already": len(items) - len(todo),
         "captioned": counts["done"],
         "failed": counts["failed"],
+        **({"first_error": counts["first_error"]} if "first_error" in counts else {}),
     }
 
 

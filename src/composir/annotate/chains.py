@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from composir.annotate.client import CaptionCache, CaptionerConfig, annotate, converse, picture
+from composir.annotate.client import CaptionCache, CaptionerConfig, annotate, converse, describe, picture
 from composir.data.chains import read_chain_records
 from composir.data.records import Benchmark, Triplet
 
@@ -46,7 +46,7 @@ def chain_for(client, cfg: CaptionerConfig, query: Triplet, bench: Benchmark) ->
 
 def annotate_queries(
     bench: Benchmark, out: str | Path, cfg: CaptionerConfig, progress: bool = True, client=None
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """A chain for every query of ``bench`` with a target and none in the cache ``out`` yet."""
     cache = CaptionCache(out, reader=read_chain_records)
     queries = [q for q in bench.queries if q.target_ids]
@@ -56,7 +56,10 @@ def annotate_queries(
         try:
             return {"id": query.query_id, "cot": chain_for(client, cfg, query, bench), "model": cfg.model}
         except Exception as exc:  # one unreadable image or bad answer is recorded and skipped
-            return {"id": query.query_id, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            return {"id": query.query_id, "error": describe(exc)}
 
-    counts = annotate(todo, cache, one, cfg, "chains", progress, client)
+    try:
+        counts = annotate(todo, cache, one, cfg, "chains", progress, client)
+    finally:
+        cache.close()
     return {"queries": len(queries), "already": len(queries) - len(todo), **counts}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from composir.cli.llm import add_llm_arguments, llm_config
 
@@ -26,4 +27,6 @@ def run(args: argparse.Namespace) -> int:
         f"{args.out}: {counts['done']} chains written, {counts['failed']} failed (recorded; re-run to retry), "
         f"{counts['already']} already done, of {counts['queries']} queries (train with --set data.chains={args.out})"
     )
+    if counts.get("first_error"):
+        print(f"first failure: {counts['first_error']}", file=sys.stderr)
     return 0 if counts["failed"] == 0 else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from composir.cli.llm import add_llm_arguments, llm_config
 
@@ -27,4 +28,6 @@ def run(args: argparse.Namespace) -> int:
         f"{args.out}: {counts['captioned']} captioned, {counts['failed']} failed (recorded; re-run to retry), "
         f"{counts['already']} already done, of {counts['images']} images"
     )
+    if counts.get("first_error"):
+        print(f"first failure: {counts['first_error']}", file=sys.stderr)
     return 0 if counts["failed"] == 0 else 1

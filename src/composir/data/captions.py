@@ -34,7 +34,10 @@ def read_records(path: str | Path, check, what: str) -> dict[str, dict[str, Any]
     if not path.is_file():
         raise AnnotationError(path, f"{what} not found")
     records: dict[str, dict[str, Any]] = {}
-    lines = path.read_text(encoding="utf-8").split("\n")
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(path, f"not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
