@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=24.0,
         help="largest uploaded image (megapixels; JPEGs decode reduced)",
     )
+    p.add_argument("--max-decodes", type=positive_int, default=2, help="references decoded at once")
+    p.add_argument("--max-decode-mb", type=positive_int, default=256, help="memory one reference's decode may take")
     p.add_argument("--max-k", type=positive_int, default=100)
     p.add_argument("--max-text", type=positive_int, default=500)
     p.add_argument("--run", default=None)
@@ -48,10 +50,19 @@ def run(args: argparse.Namespace) -> int:
         max_k=args.max_k,
         max_text_chars=args.max_text,
         token=args.token,
+        max_decodes=args.max_decodes,
+        max_decode_bytes=args.max_decode_mb * 1024 * 1024,
     )
     examples = _serve_examples(args, searcher)
     print(f"serving {len(searcher.index)} items on http://{args.host}:{args.port}/ (API docs at /docs)")
-    uvicorn.run(create_app(searcher, settings, examples), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(
+        create_app(searcher, settings, examples),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_keep_alive=settings.idle_timeout_s,
+        limit_concurrency=settings.max_connections,
+    )
     return 0
 
 

@@ -7,8 +7,10 @@ skip the item and report it. An image is returned as one frame; a video as ``num
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -30,6 +32,30 @@ def media_type_of(path: str | Path) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one decode may cost, checked from the file's header before decoding (and, for a
+    video's time, while decoding). None: no limit."""
+
+    max_pixels: int | None = None  # per image or video frame (a JPEG is first decoded reduced)
+    max_bytes: int | None = None  # memory of one image's decode: pixels x (its bands + 3 for RGB)
+    max_video_frames: int | None = None  # frames in the stream
+    max_seconds: float | None = None  # wall time of one video's decode
+
+    @classmethod
+    def of(cls, limits: DecodeLimits | None, max_pixels: int | None) -> DecodeLimits:
+        limits = limits or cls()
+        return limits if max_pixels is None else replace(limits, max_pixels=max_pixels)
+
+
+def _bound_bytes(img: Image.Image, path: Path, max_bytes: int | None) -> None:
+    needed = img.width * img.height * (len(img.getbands()) + 3)  # the decoded image and its RGB copy
+    if max_bytes and needed > max_bytes:
+        raise MediaError(
+            path, f"decoding it would take {needed / 2**20:.0f} MiB; the limit is {max_bytes / 2**20:.0f} MiB"
+        )
+
+
 def _bound_pixels(img: Image.Image, path: Path, max_pixels: int | None) -> None:
     """Refuse (before decoding) an image of more than ``max_pixels``; a JPEG is first asked to
     decode at 1/2, 1/4 or 1/8 scale (``draft``), which costs a fraction of a full decode."""
@@ -48,12 +74,14 @@ def _bound_pixels(img: Image.Image, path: Path, max_pixels: int | None) -> None:
         )
 
 
-def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
-    """Open an image as RGB with its EXIF orientation applied; ``max_pixels`` bounds the decode."""
+def load_image(path: str | Path, max_pixels: int | None = None, limits: DecodeLimits | None = None) -> Image.Image:
+    """Open an image as RGB with its EXIF orientation applied; ``max_pixels`` / ``limits`` bound the decode."""
     path = Path(path)
+    limits = DecodeLimits.of(limits, max_pixels)
     try:
         with Image.open(path) as img:
-            _bound_pixels(img, path, max_pixels)
+            _bound_pixels(img, path, limits.max_pixels)
+            _bound_bytes(img, path, limits.max_bytes)
             img.load()
             return ImageOps.exif_transpose(img).convert("RGB")
     except MediaError:
@@ -74,12 +102,18 @@ def uniform_indices(num_available: int, num_frames: int) -> list[int]:
     return [min(num_available - 1, int((i + 0.5) * num_available / num_frames)) for i in range(num_frames)]
 
 
-def load_video(path: str | Path, num_frames: int = 8, max_pixels: int | None = None) -> list[Image.Image]:
+def load_video(
+    path: str | Path, num_frames: int = 8, max_pixels: int | None = None, limits: DecodeLimits | None = None
+) -> list[Image.Image]:
     """Decode ``num_frames`` frames sampled uniformly over the whole video (frames of more than
-    ``max_pixels`` refused before decoding)."""
+    ``max_pixels``, or a stream over ``limits.max_video_frames``, refused before decoding; a decode
+    past ``limits.max_seconds`` stopped)."""
     import av
 
     path = Path(path)
+    limits = DecodeLimits.of(limits, max_pixels)
+    max_pixels = limits.max_pixels
+    deadline = time.monotonic() + limits.max_seconds if limits.max_seconds else None
     if not path.is_file():
         raise MediaError(path, "file not found")
     try:
@@ -97,6 +131,8 @@ def load_video(path: str | Path, num_frames: int = 8, max_pixels: int | None = N
                 # Some containers do not store a frame count: count packets without decoding.
                 total = sum(1 for packet in container.demux(stream) if packet.size)
                 container.seek(0)
+            if limits.max_video_frames and total > limits.max_video_frames:
+                raise MediaError(path, f"video has {total} frames; the limit is {limits.max_video_frames}")
             wanted = uniform_indices(total, num_frames)
             if not wanted:
                 raise MediaError(path, "video has no frames")
@@ -104,6 +140,8 @@ def load_video(path: str | Path, num_frames: int = 8, max_pixels: int | None = N
             decoded: dict[int, Image.Image] = {}
             last = max(needed)
             for index, frame in enumerate(container.decode(stream)):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise MediaError(path, f"decoding took longer than {limits.max_seconds:g} s")
                 if index in needed:
                     decoded[index] = frame.to_image().convert("RGB")
                 if index >= last:
@@ -120,14 +158,19 @@ def load_video(path: str | Path, num_frames: int = 8, max_pixels: int | None = N
 
 
 def load_media(
-    path: str | Path, num_frames: int = 8, media_type: str | None = None, max_pixels: int | None = None
+    path: str | Path,
+    num_frames: int = 8,
+    media_type: str | None = None,
+    max_pixels: int | None = None,
+    limits: DecodeLimits | None = None,
 ) -> list[Image.Image]:
-    """Frames of an image (one) or a video (``num_frames``); ``max_pixels`` bounds each frame."""
+    """Frames of an image (one) or a video (``num_frames``); ``max_pixels`` bounds each frame,
+    ``limits`` what one decode may cost."""
     kind = media_type or media_type_of(path)
     if kind == "video":
-        return load_video(path, num_frames, max_pixels)
+        return load_video(path, num_frames, max_pixels, limits)
     if kind == "image":
-        return [load_image(path, max_pixels)]
+        return [load_image(path, max_pixels, limits)]
     raise MediaError(path, f"unsupported file type {Path(path).suffix!r}")
 
 

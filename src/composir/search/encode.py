@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from composir.data.media import load_media
+from composir.data.media import DecodeLimits, load_media
 from composir.data.records import GalleryItem
 
 
@@ -34,6 +34,8 @@ def model_encoder(method, num_frames: int, device: str | torch.device = "cpu", b
     return encode
 
 
-def load_query_frames(method, path: str | Path, num_frames: int, max_pixels: int | None = None) -> torch.Tensor:
-    frames = load_media(path, num_frames, max_pixels=max_pixels)
+def load_query_frames(
+    method, path: str | Path, num_frames: int, max_pixels: int | None = None, limits: DecodeLimits | None = None
+) -> torch.Tensor:
+    frames = load_media(path, num_frames, max_pixels=max_pixels, limits=limits)
     return torch.stack([method.encoder.preprocess(f) for f in frames]).unsqueeze(0)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from composir.data.media import DecodeLimits
 from composir.errors import ComposirError
 from composir.index import IndexDamagedError, inside, open_index
 from composir.search.encode import load_query_frames
@@ -110,7 +111,9 @@ class Searcher:
             return None
         return inside(self.media_root, Path(row[1]))
 
-    def load_reference(self, reference: str | Path, max_pixels: int | None = None) -> Reference:
+    def load_reference(
+        self, reference: str | Path, max_pixels: int | None = None, limits: DecodeLimits | None = None
+    ) -> Reference:
         """Frames of the reference (a file, or an id in the index) and its id in the index."""
         ref = str(reference)
         own_id = self.index.key_to_id(ref)
@@ -122,7 +125,7 @@ class Searcher:
             path = Path(ref)
             if not path.is_file():
                 raise ComposirError(f"reference {ref!r} is neither a file nor an id in the index")
-        return Reference(load_query_frames(self.method, path, self.num_frames, max_pixels), own_id)
+        return Reference(load_query_frames(self.method, path, self.num_frames, max_pixels, limits), own_id)
 
     @torch.no_grad()
     def explained_query(self, reference: Reference | None, text: str | None) -> tuple[torch.Tensor, Any]:

@@ -22,6 +22,7 @@ to the media folder), never by a server path. A new index generation written by
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import secrets
@@ -30,13 +31,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import HTTPBearer
 
-from composir.data.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, media_type_of
+from composir.data.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, DecodeLimits, media_type_of
 from composir.errors import ComposirError, MediaError
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,19 @@ class ServiceSettings:
     max_k: int = 100
     max_text_chars: int = 500
     token: str | None = None
+    # The decode budget: at most ``max_decodes`` references decode at once (a request waits up to
+    # ``decode_wait_s`` for a slot, then gets a 503), each within ``max_decode_bytes`` estimated
+    # from the header, a video within ``max_video_frames`` and ``max_decode_s``.
+    max_decodes: int = 2
+    decode_wait_s: float = 10.0
+    max_decode_bytes: int = 256 * 1024 * 1024
+    max_video_frames: int = 100_000
+    max_decode_s: float = 10.0
+    idle_timeout_s: int = 5  # keep-alive connections with no request are closed after this
+    max_connections: int = 64  # more at once are answered 503 by the server
+
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(self.max_upload_pixels, self.max_decode_bytes, self.max_video_frames, self.max_decode_s)
 
 
 class _BodyTooLarge(Exception):
@@ -134,6 +149,7 @@ def create_app(
         title="composir", description="Composed image/video retrieval over an indexed collection", version="0.1.0"
     )
     model_lock = threading.Lock()  # one forward pass at a time: the model is shared by all requests
+    decode_slots = threading.BoundedSemaphore(settings.max_decodes)
     refresh_lock = threading.Lock()
     # Declares the scheme in the OpenAPI document; the check itself is RequestGuard's, on raw headers.
     bearer = [Depends(HTTPBearer(auto_error=False))] if settings.token is not None else []
@@ -184,11 +200,14 @@ def create_app(
 
     @app.post("/search", dependencies=bearer)
     def search(
+        request: Request,
         text: Annotated[str, Form()] = "",
         k: Annotated[int | None, Form()] = None,
         id: Annotated[str | None, Form()] = None,
         file: Annotated[UploadFile | None, File()] = None,
     ) -> dict:
+        if request.headers.get("content-type", "").startswith("application/json"):
+            raise HTTPException(415, "POST /search takes multipart/form-data: fields text, k, id and file (an upload)")
         k = k if k is not None else min(12, settings.max_k)
         if not 1 <= k <= settings.max_k:
             raise HTTPException(400, f"k must be between 1 and {settings.max_k}, got {k}")
@@ -202,7 +221,14 @@ def create_app(
         index = current_index()
         if id and index.key_to_id(id) is None:
             raise HTTPException(404, f"no item {id!r} in the index")
-        reference = _load_reference(searcher, file, id, settings)  # decoding: outside the model lock
+        if (file is not None or id) and not decode_slots.acquire(timeout=settings.decode_wait_s):
+            raise HTTPException(503, "busy decoding other references; try again in a moment")
+        try:
+            reference = _load_reference(searcher, file, id, settings)  # decoding: outside the model lock
+        finally:
+            if file is not None or id:
+                decode_slots.release()
+                _return_freed_memory()
         try:
             with model_lock:  # one forward pass gives the results and the explanation
                 results, explanation = searcher.search_explained(reference, text, k)
@@ -210,7 +236,12 @@ def create_app(
             raise HTTPException(400, str(exc)) from exc
         return {
             "results": [
-                {"id": r.id, "score": round(float(r.score), 6), "media_type": r.media_type, "url": f"/media/{r.id}"}
+                {
+                    "id": r.id,
+                    "score": round(float(r.score), 6),
+                    "media_type": r.media_type,
+                    "url": "/media/" + quote(r.id),
+                }
                 for r in results
             ],
             "explanation": explanation,
@@ -226,7 +257,7 @@ def _load_reference(searcher, file: UploadFile | None, item_id: str | None, sett
         return None
     tmp_path = _save_upload(file, settings.max_upload_bytes) if file is not None else None
     try:
-        return searcher.load_reference(tmp_path or item_id, max_pixels=settings.max_upload_pixels)
+        return searcher.load_reference(tmp_path or item_id, limits=settings.decode_limits())
     except MediaError as exc:
         name = file.filename if file is not None else item_id
         raise HTTPException(400, f"cannot read the reference {name!r}: {exc.args[0].split(': ', 1)[-1]}") from exc
@@ -235,6 +266,13 @@ def _load_reference(searcher, file: UploadFile | None, item_id: str | None, sett
     finally:
         if tmp_path is not None:
             tmp_path.unlink(missing_ok=True)
+
+
+def _return_freed_memory() -> None:
+    """Give the pages a large decode freed back to the system (glibc keeps them in its arenas
+    otherwise: a burst of uploads would leave the server's RSS at its peak for good)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _save_upload(file: UploadFile, limit: int) -> Path:
