@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from composir.cli import main
+from composir.errors import ComposirError
 from composir.index import STORES as REGISTERED
 from composir.index import MilvusIndex, open_index, shard_of
 from composir.search import Searcher
@@ -144,3 +145,60 @@ def test_milvus_index_searched_from_the_cli(synth_root, tiny_run, tmp_path, caps
     assert main(["search", "--index", str(out), "--id", first, "--text", "add a cat", "--k", "3", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["results"]) == 3
     assert main([*argv[:-2], "--store", "milvus"]) == 2  # --uri is required
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_ids_with_any_characters_are_looked_up(store, tmp_path):
+    media = tmp_path / "media"
+    names = ["café.png", "日本.png", 'q"uote.png', "back\\slash.png", "x%20y #1.png"]
+    media.mkdir()
+    from PIL import Image
+
+    for i, name in enumerate(names):
+        Image.new("RGB", (8, 8), (20 * i, 7, 7)).save(media / name)
+    index = _open(store, tmp_path)
+    assert index.update(media, _encoder(), INFO, progress=False)["total"] == len(names)
+    for name in names:
+        found = index.key_to_id(name)
+        assert found is not None and index.lookup([found])[found][0] == name
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_rebuild_starts_the_index_afresh(store, tmp_path):
+    media = tmp_path / "media"
+    _images(media, 6)
+    _open(store, tmp_path).update(media, _encoder(), INFO, progress=False)
+    for extra in sorted(media.glob("*.png"))[3:]:
+        extra.unlink()
+    counting = _encoder()
+    report = _open(store, tmp_path).update(media, counting, INFO, progress=False, rebuild=True)
+    assert (report["added"], report["total"]) == (3, 3)  # every remaining file encoded again
+
+
+def test_a_milvus_lite_file_another_process_holds_is_named_as_such(tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "held.db"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from composir.index.milvus_store import _connect; "
+        f"c = _connect({str(db)!r}); print('open', flush=True); time.sleep(60)"
+    )], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(ComposirError, match="another process has this Milvus Lite file open"):
+            MilvusIndex(tmp_path / "index", uri=str(db))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_relative_milvus_lite_uri_is_stored_absolute(tmp_path, monkeypatch):
+    media = tmp_path / "media"
+    _images(media, 3)
+    monkeypatch.chdir(tmp_path)
+    MilvusIndex(tmp_path / "index", uri="rel.db").update(media, _encoder(), INFO, progress=False)
+    saved = json.loads((tmp_path / "index" / "milvus.json").read_text())
+    assert saved["uri"] == str(tmp_path / "rel.db")
+    monkeypatch.chdir(media)  # searched from another folder: the same collection, not a new empty file
+    assert len(open_index(tmp_path / "index")) == 3

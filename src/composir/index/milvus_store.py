@@ -19,8 +19,10 @@ live: a search sees a flush as soon as it lands, so there are no generations to 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +45,7 @@ def item_id(key: str, size: int, mtime: float) -> int:
 
 def _literal(text: str) -> str:
     """A Milvus filter string literal (double-quoted, backslash-escaped like JSON)."""
-    return json.dumps(text)
+    return json.dumps(text, ensure_ascii=False)  # Milvus parses \" and \\ but not \u escapes
 
 
 def _holds_milvus(root: Path) -> bool:
@@ -291,9 +293,53 @@ def _connect(uri: str):
     except ImportError as exc:
         raise ComposirError("--store milvus needs pymilvus (and milvus-lite for a local file): pip install "
                             "pymilvus milvus-lite") from exc  # fmt: skip
-    if uri.endswith(_LITE_SUFFIX):
+    lite = uri.endswith(_LITE_SUFFIX) and "://" not in uri
+    if lite:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        if str(Path(uri).resolve()) not in _LITE_OPEN_HERE:  # this process's own server is shared
+            _check_lite_free(Path(uri))
     try:
-        return MilvusClient(uri)
+        with _quiet_milvus_logs():
+            client = MilvusClient(uri)
+        if lite:
+            _LITE_OPEN_HERE.add(str(Path(uri).resolve()))
+        return client
     except Exception as exc:  # pymilvus raises its own and grpc errors for an unreachable server
         raise ComposirError(f"Milvus at {uri!r} cannot be reached: {str(exc).splitlines()[0][:200]}") from exc
+
+
+_LITE_OPEN_HERE: set[str] = set()  # Milvus Lite files this process runs a server for
+
+
+def _check_lite_free(path: Path) -> None:
+    """Milvus Lite opens a .db folder in one process at a time (it holds ``LOCK`` inside it): say
+    so plainly, before its own logger prints a traceback."""
+    import fcntl
+
+    lock = path / "LOCK"
+    if not lock.is_file():
+        return
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ComposirError(
+                f"{path}: another process has this Milvus Lite file open (Milvus Lite allows one process at a time; "
+                "is `composir serve` running on it?). Stop it, or use a Milvus server (--uri http://host:19530)"
+            ) from None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _quiet_milvus_logs():
+    """pymilvus and milvus-lite log errors (with tracebacks) for conditions we report ourselves in one
+    line; silence them around our calls."""
+    loggers = [logging.getLogger(name) for name in ("pymilvus", "milvus_lite", "grpc")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
