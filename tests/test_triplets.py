@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def test_make_triplets_needs_captioned_images(tmp_path, capsys):
     code = main(["make-triplets", "--images", str(tmp_path / "img"), "--captions", str(tmp_path / "c.jsonl"),
                  "--out", str(tmp_path / "o")])  # fmt: skip
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error: ") and "fewer than 2 images with a caption" in err
+    assert code == 2 and err.startswith("error: ") and "fewer than 2 readable images with a usable caption" in err
 
 
 @pytest.mark.parametrize("match", ["model"])
@@ -72,3 +73,53 @@ def test_model_matching_needs_a_run(tmp_path, match, capsys):
     code = main(["make-triplets", "--images", str(tmp_path), "--captions", str(tmp_path / "c.jsonl"),
                  "--out", str(tmp_path / "o"), "--match", match])  # fmt: skip
     assert code == 2 and "--match must be captions, or model with --run" in capsys.readouterr().err
+
+
+def _captioned_folder(tmp_path, captions: dict[str, str]):
+    from PIL import Image
+
+    img = tmp_path / "img"
+    img.mkdir(exist_ok=True)
+    for i, key in enumerate(captions):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(img / f"{key}.png")
+    lines = [json.dumps({"id": k, "stages": {"final": v}}, ensure_ascii=False) for k, v in captions.items()]
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    return img
+
+
+def test_bad_captions_and_images_are_skipped_and_listed_not_fatal(tmp_path, capsys):
+    good = {f"g{i}": f"a {c} circle on a {b} background" for i, (c, b) in
+            enumerate([("red", "blue"), ("blue", "red"), ("green", "blue"), ("red", "green")])}  # fmt: skip
+    bad = {"empty": "", "punct": "!!! ...", "huge": "a cat " * 300_000}
+    img = _captioned_folder(tmp_path, {**good, **bad})
+    (img / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with open(tmp_path / "c.jsonl", "a") as f:
+        f.write(json.dumps({"id": "broken", "stages": {"final": "a red square"}}) + "\n")
+    out = tmp_path / "o"
+    code = main(["make-triplets", "--images", str(img), "--captions", str(tmp_path / "c.jsonl"), "--out", str(out),
+                 "--quiet"])  # fmt: skip
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "4 skipped" in printed.out and "data.benchmark=cirr" in printed.out
+    skipped = {s["id"]: s["error"] for s in json.loads((out / "skipped.json").read_text())}
+    assert set(skipped) == {"empty", "punct", "huge", "broken"}
+    assert "unreadable image" in skipped["broken"] and "noun phrase" in skipped["punct"]
+    used = json.loads((out / "image_splits" / "split.rc2.train.json").read_text())
+    assert set(used) <= set(good)
+
+
+@pytest.mark.parametrize("which", ["images-missing", "images-a-file", "out-a-file", "latin1"])
+def test_bad_paths_and_files_are_one_error_line(tmp_path, capsys, which):
+    img = _captioned_folder(tmp_path, {"a": "a red circle", "b": "a blue square"})
+    images, out, captions = img, tmp_path / "o", tmp_path / "c.jsonl"
+    if which == "images-missing":
+        images = tmp_path / "nowhere"
+    elif which == "images-a-file":
+        images = captions
+    elif which == "out-a-file":
+        out.write_text("x")
+    else:
+        captions.write_bytes('{"id": "a", "stages": {"final": "a caf\u00e9"}}\n'.encode("latin-1"))
+    code = main(["make-triplets", "--images", str(images), "--captions", str(captions), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err and "Traceback" not in err

@@ -178,12 +178,23 @@ def make_triplets(cfg: TripletConfig, progress: bool = True) -> dict[str, int]:
     """Write the CIRR-layout triplets; returns counts (images, edits tried, kept per split)."""
     if cfg.match not in ("captions", "model") or (cfg.match == "model" and cfg.run is None):
         raise ConfigError("--match must be captions, or model with --run")
-    captions = read_captions(cfg.captions, cfg.stage)
+    _check_paths(cfg)
+    captions, skipped = usable_captions(read_captions(cfg.captions, cfg.stage))
     files = {p.stem: p for p in sorted(Path(cfg.images).iterdir()) if media_type_of(p) and p.stem in captions}
-    if len(files) < 2:
-        raise ConfigError(f"{cfg.images}: fewer than 2 images with a caption in {cfg.captions}")
+    for stem, path in list(files.items()):
+        problem = _unreadable(path)
+        if problem:
+            skipped.append({"id": stem, "file": path.name, "error": problem})
+            del files[stem]
     ids = list(files)
     spans = NounPhrases()([captions[i] for i in ids])
+    for i, s in zip(list(ids), spans):
+        if not s:  # nothing to edit: "..." or "hello!" names no object
+            skipped.append({"id": i, "error": "the caption names no noun phrase"})
+    keep = [k for k, s in enumerate(spans) if s]
+    ids, spans = [ids[k] for k in keep], [spans[k] for k in keep]
+    if len(ids) < 2:
+        raise ConfigError(f"{cfg.images}: fewer than 2 readable images with a usable caption in {cfg.captions}")
     phrase_sets = [frozenset(phrase_key(captions[i][a:b]) for a, b in s) for i, s in zip(ids, spans)]
     inventory = sorted({p for s in phrase_sets for p in s})
     model_score = _model_scorer(cfg.run, [files[i] for i in ids]) if cfg.match == "model" else None
@@ -236,4 +247,54 @@ def make_triplets(cfg: TripletConfig, progress: bool = True) -> dict[str, int]:
     for split, items in entries.items():
         atomic_write_json(out / "captions" / f"cap.rc2.{split}.json", items)
         atomic_write_json(out / "image_splits" / f"split.rc2.{split}.json", paths)
-    return {"images": len(ids), "edits": tried, "train": len(entries["train"]), "val": len(entries["val"])}
+    if skipped:
+        atomic_write_json(out / "skipped.json", skipped, indent=1)
+    return {"images": len(ids), "edits": tried, "train": len(entries["train"]), "val": len(entries["val"]),
+            "skipped": len(skipped)}  # fmt: skip
+
+
+MAX_CAPTION_CHARS = 2_000  # a caption is a sentence or two; longer text is not one
+
+
+def usable_captions(captions: dict[str, str]) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """(captions fit to parse, the others with the reason): not empty, not huge, valid text."""
+    ok, skipped = {}, []
+    for key, text in captions.items():
+        if not text.strip():
+            skipped.append({"id": key, "error": "empty caption"})
+        elif len(text) > MAX_CAPTION_CHARS:
+            skipped.append({"id": key, "error": f"caption of {len(text)} characters (limit {MAX_CAPTION_CHARS})"})
+        elif not _is_text(text):
+            skipped.append({"id": key, "error": "caption is not valid text (lone surrogates)"})
+        else:
+            ok[key] = text
+    return ok, skipped
+
+
+def _is_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why a file cannot be a triplet's image (checked from its data, without a full decode), or None."""
+    from PIL import Image, UnidentifiedImageError
+
+    if media_type_of(path) != "image":
+        return None  # videos are checked when their frames are read
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        return f"unreadable image ({exc})"
+    return None
+
+
+def _check_paths(cfg: TripletConfig) -> None:
+    if not Path(cfg.images).is_dir():
+        raise ConfigError(f"--images {cfg.images}: not a folder")
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise ConfigError(f"--out {cfg.out}: is a file, not a folder")

@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     counts = make_triplets(cfg, progress=not args.quiet)
     print(
         f"{args.out}: {counts['train']} train + {counts['val']} val triplets kept of {counts['edits']} edits "
-        f"from {counts['images']} captioned images (train with --benchmark cirr --root {args.out})"
+        f"from {counts['images']} captioned images; {counts['skipped']} skipped"
+        + (f" (listed in {args.out}/skipped.json)" if counts["skipped"] else "")
+        + f"\ntrain on them with: composir train --config CONFIG --set data.benchmark=cirr data.root={args.out}"
     )
     return 0
