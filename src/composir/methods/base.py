@@ -15,15 +15,18 @@ from composir.encoders.base import Encoder
 from composir.errors import ConfigError
 from composir.methods.batch import TripletCollator
 from composir.methods.losses import hn_nce, info_nce
+from composir.utils.typed import bounded
+
+LOSSES = ("infonce", "hnnce")
 
 
 @dataclass
 class MethodConfig:
-    temperature: float = 0.07
+    temperature: float = bounded(0.07, 0, 100, low_open=True)
     learn_temperature: bool = True
     loss: str = "infonce"  # "infonce" or "hnnce" (hard-negative NCE; alpha=1, beta=0 equals InfoNCE)
-    hn_alpha: float = 1.0
-    hn_beta: float = 0.0
+    hn_alpha: float = bounded(1.0, 0)
+    hn_beta: float = bounded(0.0, 0)
     symmetric: bool = False  # add the target -> query direction
     # Weight of each loss term by its name (``losses``' keys); a term not named weighs 1.
     loss_weights: dict[str, float] = field(default_factory=dict)
@@ -31,6 +34,11 @@ class MethodConfig:
     # with their gradients (open_clip's gather_with_grad): the loss equals one process's on the
     # global batch. Off: each rank contrasts within its own slice.
     gather_negatives: bool = False
+
+    def __post_init__(self) -> None:
+        # Every method's own ``validate`` adds its rules; these hold for all of them.
+        if self.loss not in LOSSES:
+            raise ConfigError(f"method.config.loss must be one of {list(LOSSES)}, got {self.loss!r}")
 
     def training_settings(self) -> dict[str, Any]:
         """The settings that change what training does. Two configs equal here train the same model

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from composir.errors import ConfigError
 from composir.methods.base import MethodConfig, RetrievalMethod
 from composir.methods.claims import Claim, Gain, LosesGain, Shrinks, Variant, register_claim
 from composir.methods.registry import register_method
+from composir.utils.typed import bounded
 
 CAPTION, REASON, CONCLUSION, RET = "<caption>", "<reason>", "<conclusion>", "<ret>"
 CHAIN_TOKENS = (CAPTION, REASON, CONCLUSION, RET)
@@ -33,17 +35,17 @@ MODES = ("reason", "direct", "zero_shot")
 class CIRCoTConfig(MethodConfig):
     chain: str = "full"  # full | no_reason | no_caption | none
     mode: str = "reason"  # reason | direct | zero_shot (inference)
-    lm_weight: float = 1.0
+    lm_weight: float = bounded(1.0, 0)
     target_side: str = "lm"  # lm | encoder
     backend: str = "decoder"  # decoder (trained from scratch) | qwen2_vl (encoders/causal_lm.py)
     lm_path: str | None = None  # qwen2_vl: a checkpoint folder or cached hub id; None: random, from lm_config
     lm_config: dict[str, Any] = field(default_factory=dict)  # decoder: Qwen2Config fields; qwen2_vl: text/vision_config
     lm_freeze_vision: bool = True  # qwen2_vl: keep its vision tower frozen
     tokenizer: str | None = None  # a tokenizer.json; None: word-level over the synthetic vocabulary
-    max_text_tokens: int = 32
-    max_section_tokens: int = 48
-    max_chain_tokens: int = 128
-    chain_cache_size: int = 20_000
+    max_text_tokens: int = bounded(32, 1, 4096)
+    max_section_tokens: int = bounded(48, 1, 4096)
+    max_chain_tokens: int = bounded(128, 1, 8192)
+    chain_cache_size: int = bounded(20_000, 0, 10_000_000)
 
     def validate(self) -> None:
         if self.chain not in SECTIONS:
@@ -62,6 +64,42 @@ class CIRCoTConfig(MethodConfig):
             raise ConfigError("cir_cot.max_text_tokens, .max_section_tokens and .max_chain_tokens must be >= 1")
         if self.mode == "reason" and self.chain == "none":
             raise ConfigError("cir_cot.mode=reason needs a chain to generate (chain=none is trained for mode=direct)")
+        if self.tokenizer is not None and not Path(self.tokenizer).is_file():
+            raise ConfigError(f"cir_cot.tokenizer: {self.tokenizer!r} is not a tokenizer.json file")
+        self._check_lm_config()
+
+    def _check_lm_config(self) -> None:
+        """Unknown or negative back-end settings named now, not as a transformers error mid-build."""
+        from transformers import Qwen2Config, Qwen2VLConfig
+
+        if self.backend == "decoder":
+            known = set(Qwen2Config().to_dict())
+            sections = {"": self.lm_config}
+        else:
+            vl: Any = Qwen2VLConfig()
+            known_sections = {
+                "text_config": set(vl.text_config.to_dict()),
+                "vision_config": set(vl.vision_config.to_dict()),
+            }
+            extra = sorted(set(self.lm_config) - set(known_sections))
+            if extra:
+                raise ConfigError(
+                    f"cir_cot.lm_config: unknown key(s) {extra}; qwen2_vl takes text_config, vision_config"
+                )
+            for name, part in self.lm_config.items():
+                if not isinstance(part, dict):
+                    raise ConfigError(f"cir_cot.lm_config.{name}: expected a mapping")
+                unknown = sorted(set(part) - known_sections[name])
+                if unknown:
+                    raise ConfigError(f"cir_cot.lm_config.{name}: unknown key(s) {unknown}")
+            return
+        for where, part in sections.items():
+            unknown = sorted(set(part) - known)
+            if unknown:
+                raise ConfigError(f"cir_cot.lm_config{where}: unknown key(s) {unknown}")
+            for key, value in part.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value < 2**31:
+                    raise ConfigError(f"cir_cot.lm_config.{key}: must be a non-negative number, got {value!r}")
 
     def training_settings(self) -> dict[str, Any]:
         """``reason`` and ``direct`` train alike (the chain is teacher-forced either way); the

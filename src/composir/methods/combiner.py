@@ -17,13 +17,14 @@ from torch import nn
 
 from composir.methods.base import LateFusion, MethodConfig
 from composir.methods.registry import register_method
+from composir.utils.typed import bounded
 
 
 @dataclass
 class CombinerConfig(MethodConfig):
-    projection_dim: int = 512
-    hidden_dim: int = 1024
-    dropout: float = 0.5
+    projection_dim: int = bounded(512, 1, 65536)
+    hidden_dim: int = bounded(1024, 1, 65536)
+    dropout: float = bounded(0.5, 0, 1, high_open=True)
     freeze_encoder: bool = False
 
 

@@ -19,20 +19,23 @@ from composir.methods.base import MethodConfig, RetrievalMethod
 from composir.methods.batch import TripletCollator
 from composir.methods.claims import Claim, Gain, LosesGain, Shrinks, Variant, register_claim
 from composir.methods.registry import register_method
+from composir.utils.typed import bounded
 
 
 @dataclass
 class ConTextCIRConfig(MethodConfig):
-    layers: int = 4
-    heads: int = 4
-    cc_weight: float = 0.08
-    margin: float = 0.05
-    max_concepts: int = 10
+    layers: int = bounded(4, 1, 64)
+    heads: int = bounded(4, 1, 256)
+    cc_weight: float = bounded(0.08, 0)
+    margin: float = bounded(0.05, 0)
+    max_concepts: int = bounded(10, 0, 1000)
     reference_negative: bool = True
     concept_model: str = DEFAULT_MODEL  # an installed spaCy pipeline
     concept_cache: str | None = None  # a JSON file of extracted spans (read, and written after training)
 
     def validate(self) -> None:
+        if not self.concept_model.strip():
+            raise ConfigError("context_cir.concept_model must name an installed spaCy pipeline")
         if self.layers < 1 or self.heads < 1 or self.max_concepts < 0:
             raise ConfigError("context_cir.layers and .heads must be >= 1, .max_concepts >= 0")
         if self.cc_weight < 0 or self.margin < 0:
@@ -115,6 +118,8 @@ class ConTextCIR(RetrievalMethod):
             text_width = encoder.text_tokens(encoder.tokenize(["a"])).shape[-1]
             size = encoder.image_size
             vision_width = encoder.image_tokens(torch.zeros(1, 1, 3, size, size))[0].shape[-1]
+        if text_width % cfg.heads:
+            raise ConfigError(f"context_cir.heads: {cfg.heads} must divide the text width {text_width}")
         self.fusion = ConceptFusion(text_width, vision_width, text_width, cfg.layers, cfg.heads, encoder.embed_dim)
         self.phrases = NounPhrases(cfg.concept_model, cfg.concept_cache)
 

@@ -19,6 +19,7 @@ from composir.methods.batch import CaptionedCollator, TripletCollator
 from composir.methods.claims import Claim, Gain, LosesGain, Variant, register_claim
 from composir.methods.memory_bank import MemoryBank, target_key
 from composir.methods.registry import register_method
+from composir.utils.typed import bounded
 
 
 @dataclass
@@ -26,11 +27,13 @@ class CSMCIRConfig(MethodConfig):
     target_side: str = "image_caption"  # image_caption | image
     shared: bool = True  # False: the target side has its own copy of the encoder
     bank: str = "entropy"  # none | fifo | entropy
-    bank_size: int = 1024
-    max_age: int = 200  # optimizer steps an entry may stay in the bank (0: no limit)
-    bank_smoothing: float = 0.5  # exponential average of an entry's entropy score over steps
+    bank_size: int = bounded(1024, 1, 1_000_000)
+    max_age: int = bounded(200, 0)  # optimizer steps an entry may stay in the bank (0: no limit)
+    bank_smoothing: float = bounded(
+        0.5, 0, 1, high_open=True
+    )  # exponential average of an entry's entropy score over steps
     bank_keys: str = "momentum"  # momentum | online (see the module docstring)
-    momentum: float = 0.99  # the key encoder's moving-average coefficient
+    momentum: float = bounded(0.99, 0, 1, high_open=True)  # the key encoder's moving-average coefficient
 
     def validate(self) -> None:
         if self.target_side not in ("image_caption", "image"):

@@ -17,16 +17,17 @@ from composir.methods.base import MethodConfig, RetrievalMethod, all_gather_tens
 from composir.methods.claims import Claim, Gain, LosesGain, Parity, Shrinks, Variant, register_claim
 from composir.methods.prototypes import ASSIGNMENTS, PrototypeLibrary, mean_pairwise_cosine
 from composir.methods.registry import register_method
+from composir.utils.typed import bounded
 
 
 @dataclass
 class ImagineConfig(MethodConfig):
-    hidden_dim: int = 256
-    top_k: int = 10
-    momentum: float = 0.9  # alpha of the prototype update
-    update_temperature: float = 0.1  # tau_u of the batch-wise attention
-    select_temperature: float = 0.1  # tau_s of the top-k pooling weights
-    schema_weight: float = 0.5  # lambda
+    hidden_dim: int = bounded(256, 1, 65536)
+    top_k: int = bounded(10, 1, 4096)
+    momentum: float = bounded(0.9, 0, 1)  # alpha of the prototype update
+    update_temperature: float = bounded(0.1, 0, low_open=True)  # tau_u of the batch-wise attention
+    select_temperature: float = bounded(0.1, 0, low_open=True)  # tau_s of the top-k pooling weights
+    schema_weight: float = bounded(0.5, 0)  # lambda
     use_sic: bool = True  # False: no imagery at all (the qformer_fusion baseline plus nothing)
     # Where SIC's global features come from: "separate" Q-Former passes (image-only for the
     # reference, text-only for the text, as the paper describes) or "fused": the query-token mean
@@ -56,7 +57,7 @@ class ImagineConfig(MethodConfig):
     detach_schema_target: bool = True
     # Std of the modulation network's last layer at init: exactly 0 gives the confidence gate zero
     # gradient at the start (c multiplies a zero scale and shift); small keeps f ~ f_c.
-    modulation_init: float = 1e-3
+    modulation_init: float = bounded(1e-3, 0)
 
     def validate(self) -> None:
         choices = {

@@ -35,13 +35,14 @@ from composir.errors import ConfigError
 from composir.methods.base import MethodConfig, RetrievalMethod
 from composir.methods.batch import CaptionedCollator, TripletCollator
 from composir.methods.registry import register_method
+from composir.utils.typed import bounded
 
 
 @dataclass
 class QFormerFusionConfig(MethodConfig):
     token_norm: bool = False
     frozen_targets: bool = False
-    caption_weight: float = 0.0
+    caption_weight: float = bounded(0.0, 0)
     reference_frames: str = "all"  # all | middle
     target_pooling: str = "tokens"  # tokens (vision tokens averaged over frames) | embedding
 

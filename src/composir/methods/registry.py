@@ -38,7 +38,10 @@ def _method_class(name: str):
 
 def _method_config(name: str, config: dict[str, Any] | None):
     """The method's config dataclass from ``config`` (defaults filled in, checked)."""
-    return build_dataclass(_method_class(name).config_class, config or {}, "method.config")
+    built = build_dataclass(_method_class(name).config_class, config or {}, "method.config")
+    if hasattr(built, "validate"):  # the method's own cross-field rules, before anything is built
+        built.validate()
+    return built
 
 
 def build_method(name: str, encoder: Encoder, config: dict[str, Any] | None = None):

@@ -14,11 +14,12 @@ from torch import nn
 
 from composir.methods.base import LateFusion, MethodConfig
 from composir.methods.registry import register_method
+from composir.utils.typed import bounded
 
 
 @dataclass
 class TirgConfig(MethodConfig):
-    hidden_dim: int = 512
+    hidden_dim: int = bounded(512, 1, 65536)
 
 
 @register_method("tirg")

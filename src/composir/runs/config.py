@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,10 @@ _SECTIONS = {"data": DataConfig, "encoder": EncoderSection, "method": MethodSect
 
 
 def _build(data: Any, where: str) -> RunConfig:
+    if isinstance(data, dict):
+        for section in _SECTIONS:
+            if section in data and data[section] is None:  # "--set train=null" would mean every default
+                raise ConfigError(f"{section}: a section cannot be null; set its keys (e.g. {section}.KEY=VALUE)")
     return build_dataclass(RunConfig, data, where, nested=_SECTIONS)
 
 
@@ -111,7 +116,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0]
+            raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({first})") from None
     return out
 
 
@@ -129,9 +138,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if data is None:
+            raise ConfigError(f"{path}: the config is empty (it needs at least data.root and method.name)")
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (data, encoder, method, train), "
+                              f"got {type(data).__name__}")  # fmt: skip
     for pair in overrides or []:  # in order: "method.config=null" then "method.config={...}" replaces
         data = _merge(data, parse_overrides([pair]))
     try:
@@ -147,6 +163,7 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 
 
 _AMP_MODES = ("auto", "bf16", "fp16", "off")
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")  # a path, not a tag or a hub id
 # (section, key, lowest allowed value) for the numbers that must be positive or non-negative.
 _LOWER_BOUNDS = [
     ("data", "num_frames", 1),
@@ -193,6 +210,10 @@ def validate_config(cfg: RunConfig) -> None:
         value = getattr(getattr(cfg, section), key)
         need(value is None or value >= low, f"{section}.{key}", f"must be at least {low}, got {value}")
     need(t.lr > 0, "train.lr", f"must be positive, got {t.lr}")
+    if t.warmup_steps > t.max_steps:  # a short smoke run of a real config: said, not refused
+        logging.getLogger(__name__).warning(
+            "train.warmup_steps %d is longer than the run (train.max_steps %d): the learning rate never "
+            "reaches train.lr", t.warmup_steps, t.max_steps)  # fmt: skip
     need(t.encoder_lr is None or t.encoder_lr >= 0, "train.encoder_lr", f"must not be negative, got {t.encoder_lr}")
     need(t.amp in _AMP_MODES, "train.amp", f"must be one of {list(_AMP_MODES)}, got {t.amp!r}")
     metrics = protocol_of(d.benchmark).metric_names()
@@ -207,10 +228,27 @@ def validate_config(cfg: RunConfig) -> None:
         "method.name",
         f"unknown method {cfg.method.name!r}; known: {available_methods()}",
     )
+    from composir.methods.registry import resolved_config
+
+    resolved_config(cfg.method.name, cfg.method.config)  # every method setting checked now
     need(bool(cfg.output_dir), "output_dir", "must name the run folder")
     check_device(t.device, "train.device")
     if t.init_from:
         need(Path(t.init_from).exists(), "train.init_from", f"{t.init_from} does not exist")
+
+
+def check_files(cfg: RunConfig) -> None:
+    """The files a run config names exist (a training run checks this before writing its folder;
+    loading a config does not, so that a shared config with another machine's paths still loads)."""
+    d = cfg.data
+    for key, named in (("data.target_captions", d.target_captions), ("data.chains", d.chains),
+                       ("data.feature_cache", d.feature_cache)):  # fmt: skip
+        if named is not None and not Path(named).exists():
+            raise ConfigError(f"{key}: {named} does not exist")
+    weights = cfg.encoder.pretrained
+    a_path = weights and (Path(weights).suffix in _WEIGHT_SUFFIXES or weights.startswith(("/", "./", "../")))
+    if a_path and not Path(weights).exists():
+        raise ConfigError(f"encoder.pretrained: {weights} does not exist")
 
 
 def check_device(name: str, key: str = "device") -> None:

@@ -28,7 +28,7 @@ from composir.data import Benchmark, load_benchmark
 from composir.data.media_check import require_media
 from composir.errors import ConfigError, TrainingDiverged, WorkInterrupted
 from composir.runs import checkpoint as ckpt
-from composir.runs.config import RunConfig, save_config, validate_config
+from composir.runs.config import RunConfig, check_files, save_config, validate_config
 from composir.runs.factory import build_from_config
 from composir.train.dataset import ResumableBatchSampler, TripletDataset
 from composir.train.metrics_log import MetricsLog
@@ -163,6 +163,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, resume: bool = True, progress: bool = True):
         validate_config(cfg)
+        check_files(cfg)  # before anything is built or the run folder is written
         self.cfg = cfg
         self.progress = progress
         self.device = resolve_device(cfg.train.device)

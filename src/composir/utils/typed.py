@@ -9,6 +9,7 @@ expected.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Union
@@ -34,7 +35,61 @@ def build_dataclass(cls: type, data: Any, where: str, nested: dict[str, type] | 
             kwargs[name] = build_dataclass(nested[name], value, key)
         else:
             kwargs[name] = coerce(value, hints[name], key)
+            check_range(kwargs[name], fields[name].metadata.get("range", DEFAULT_RANGE), key)
     return cls(**kwargs)
+
+
+INT_LIMIT = 2**31 - 1  # sizes and counts past this are a typo, and overflow what torch and numpy take
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric config field may take (declared with ``bounded``). Every number must be
+    finite; a whole number without a declared range must be in [0, INT_LIMIT]."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def problem(self, value: float) -> str | None:
+        if not math.isfinite(value):
+            return "must be a finite number"
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return f"must be {'more than' if self.low_open else 'at least'} {self.low:g}"
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return f"must be {'less than' if self.high_open else 'at most'} {self.high:g}"
+        return None
+
+
+DEFAULT_RANGE = None  # numbers: finite; whole numbers: [0, INT_LIMIT]
+
+
+def bounded(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+            high_open: bool = False) -> Any:  # fmt: skip
+    """A dataclass field whose value must lie in the range (checked when the config is built)."""
+    return dataclasses.field(default=default, metadata={"range": Range(low, high, low_open, high_open)})
+
+
+def check_range(value: Any, declared: Range | None, where: str) -> None:
+    """Every number in ``value`` (lists and mappings too) finite and within its range."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            check_range(item, declared, where)
+        return
+    if isinstance(value, dict):
+        for k, item in value.items():
+            check_range(item, declared, f"{where}.{k}")
+        return
+    if isinstance(value, (int, float)):
+        rule = declared or (Range(0, INT_LIMIT) if isinstance(value, int) else Range())
+        if isinstance(value, int) and declared is not None and rule.high is None:
+            rule = dataclasses.replace(rule, high=INT_LIMIT)
+        problem = rule.problem(float(value))
+        if problem:
+            raise ConfigError(f"{where}: {problem}, got {value!r:.60}")
 
 
 def _describe(hint: Any) -> str:
@@ -56,7 +111,7 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     """``value`` as ``hint`` (str, int, float, bool, X | None, list[X], dict[...], Any) or a ConfigError."""
     try:
         return _coerce(value, hint)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite whole number
         raise ConfigError(f"{where}: expected {_describe(hint)}, got {value!r:.60}") from None
 
 
@@ -86,6 +141,9 @@ def _coerce(value: Any, hint: Any) -> Any:
             return {}
         if not isinstance(value, dict):
             raise TypeError
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] in (int, float, str, bool):
+            return {k: _coerce(v, args[1]) for k, v in value.items()}
         return value
     if hint is bool:
         if not isinstance(value, bool):
