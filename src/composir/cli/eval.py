@@ -71,6 +71,8 @@ def build_model(args: argparse.Namespace):
             args.frames = cfg.data.num_frames
         return method
     spec = {"encoder": args.encoder, "pretrained": args.pretrained, "method": args.method, "seed": args.seed}
+    if args.model:
+        spec["model"] = args.model
     return build_untrained(spec, args.device)
 
 

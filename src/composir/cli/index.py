@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--encoder", help="zero-shot, no training: an encoder (openclip, blip2, tiny) with --pretrained weights"
     )
     p.add_argument("--pretrained", default=None, help="with --encoder: a tag, hub id or local path of its weights")
+    p.add_argument(
+        "--model", default=None, help="with --encoder openclip: the architecture (default RN50x4; e.g. ViT-B-32)"
+    )
     p.add_argument("--method", default="sum", help="with --encoder: a training-free method (sum, image_only, ...)")
     p.add_argument("--seed", type=seed_int, default=0, help="with --encoder: seed of any randomly initialised part")
     p.add_argument("--media", required=True)
@@ -112,6 +115,8 @@ def _model(args: argparse.Namespace):
     from composir.runs import build_untrained
 
     spec = {"encoder": args.encoder, "pretrained": args.pretrained, "method": args.method, "seed": args.seed}
+    if args.model:
+        spec["model"] = args.model
     return build_untrained(spec, args.device), args.frames or 1, {"model": spec, "method": args.method}
 
 

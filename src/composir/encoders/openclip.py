@@ -105,8 +105,10 @@ def load_openclip(pretrained: str | None, config: dict[str, Any] | None = None) 
     config = dict(config or {})
     name = config.pop("model", "RN50x4")
     model_config = config.pop("model_config", None)
+    quick_gelu = quick_gelu_for(name, pretrained, config.pop("quick_gelu", None))
     if config:
         raise ValueError(f"openclip: unknown config key(s) {sorted(config)}")
+    _check_tag(name, pretrained, model_config)
     with tempfile.TemporaryDirectory(prefix="composir-openclip-") as folder:
         if model_config is not None:
             # open_clip only takes architectures from config files; it reads them when registered.
@@ -114,17 +116,72 @@ def load_openclip(pretrained: str | None, config: dict[str, Any] | None = None) 
             open_clip.add_model_config(folder)
         logging.disable(logging.ERROR)  # open_clip logs the failure itself; ours is the one line shown
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
-        except (RuntimeError, OSError, ValueError) as exc:  # unknown tag, missing file, no network
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, force_quick_gelu=quick_gelu
+            )
+        except (AssertionError, KeyError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and "loading state_dict" not in str(exc):
+                raise _weights_not_found(name, pretrained, exc) from exc
+            # A checkpoint of another architecture: open_clip asserts on widths, torch on shapes.
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip()[:120]
             raise WeightsNotFound(
-                f"openclip {name!r}: weights {pretrained!r} could not be loaded ({str(exc).splitlines()[0][:160]}). "
-                f"Give --pretrained a local checkpoint file, or a tag open_clip knows for {name} "
-                f"({', '.join(open_clip.list_pretrained_tags_by_model(name)[:4]) or 'none'}) that is already in "
-                "~/.cache/huggingface (fetched once on a machine with network; HF_HUB_OFFLINE=1 then uses it)"
-            ) from exc
+                f"openclip {name!r}: {pretrained!r} does not hold a {name} model ({detail}); "
+                "name its architecture with --model (e.g. ViT-B-32, RN50x4)"
+            ) from None
+        except (OSError, ValueError) as exc:  # unknown tag, missing file, no network
+            raise _weights_not_found(name, pretrained, exc) from exc
         finally:
             logging.disable(logging.NOTSET)
     return OpenClipEncoder(model.float(), preprocess, open_clip.get_tokenizer(name), name)
+
+
+def _weights_not_found(name: str, pretrained: str | None, exc: BaseException) -> WeightsNotFound:
+    import open_clip
+
+    return WeightsNotFound(
+        f"openclip {name!r}: weights {pretrained!r} could not be loaded ({str(exc).splitlines()[0][:160]}). "
+        f"Give --pretrained a local checkpoint file, or a tag open_clip knows for {name} "
+        f"({', '.join(open_clip.list_pretrained_tags_by_model(name)[:4]) or 'none'}) that is already in "
+        "~/.cache/huggingface (fetched once on a machine with network; HF_HUB_OFFLINE=1 then uses it)"
+    )
+
+
+def quick_gelu_for(name: str, pretrained: str | None, explicit: bool | None = None) -> bool:
+    """Whether the weights were trained with QuickGELU: OpenAI's CLIP models were, and open_clip's
+    pretrained table says so per tag (``quick_gelu``); open_clip 3 builds nn.GELU regardless of the
+    tag and only warns, so the activation is forced here. A checkpoint file says nothing about it:
+    ``quick_gelu: true`` in the encoder config for OpenAI-trained files (CLIP4Cir's, say)."""
+    import open_clip
+
+    if explicit is not None:
+        return bool(explicit)
+    if name.endswith("-quickgelu"):
+        return True
+    if pretrained and not Path(pretrained).exists():  # a tag
+        return bool((open_clip.get_pretrained_cfg(name, pretrained) or {}).get("quick_gelu"))
+    return False
+
+
+def _check_tag(name: str, pretrained: str | None, model_config: dict | None) -> None:
+    """A pretrained tag must be one open_clip has for this architecture (checked before anything is
+    built or fetched); a file path is left to the loader."""
+    import open_clip
+
+    if pretrained is None or model_config is not None or Path(pretrained).exists():
+        return
+    if name not in open_clip.list_models():
+        raise WeightsNotFound(f"openclip: unknown architecture {name!r}; e.g. {', '.join(open_clip.list_models()[:6])}")
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    known = f"{', '.join(tags[:8]) or 'none'}{', ...' if len(tags) > 8 else ''}"
+    if "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        raise WeightsNotFound(
+            f"openclip {name!r}: the checkpoint file {pretrained} does not exist (or give a pretrained tag: {known})"
+        )
+    if pretrained not in tags:
+        raise WeightsNotFound(
+            f"openclip {name!r}: {pretrained!r} is not a pretrained tag of this architecture; its tags: {known} "
+            "(another architecture: --model)"
+        )
 
 
 # A two-layer ViT and text tower at 32 px (open_clip's own classes, random weights).

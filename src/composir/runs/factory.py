@@ -47,6 +47,15 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu"):
     return method.to(device).eval(), cfg
 
 
+def encoder_config(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The encoder config a zero-shot spec implies: ``model`` names an open_clip architecture."""
+    if spec.get("model"):
+        if spec["encoder"] != "openclip":
+            raise ConfigError(f"--model names an open_clip architecture; the {spec['encoder']} encoder takes none")
+        return {"model": spec["model"]}
+    return None
+
+
 def build_untrained(spec: dict[str, Any], device: str = "cpu"):
     """A zero-shot model from its spec (encoder, pretrained weights, training-free method, seed): what
     ``composir index --encoder`` used, rebuilt identically for searching (same seed, same weights)."""
@@ -54,5 +63,5 @@ def build_untrained(spec: dict[str, Any], device: str = "cpu"):
     from composir.methods import build_method
 
     torch.manual_seed(int(spec.get("seed", 0)))
-    encoder = build_encoder(spec["encoder"], pretrained=spec.get("pretrained"))
+    encoder = build_encoder(spec["encoder"], pretrained=spec.get("pretrained"), config=encoder_config(spec))
     return build_method(spec.get("method", "sum"), encoder).to(device).eval()
