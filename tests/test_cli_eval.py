@@ -28,13 +28,14 @@ def test_eval_json_schema(synth_root, tmp_path, capsys):
             "val",
             "--method",
             "sum",
+            "--random-weights",
             "--json",
             str(out),
         ]
     )
     assert rc == 0
     data = json.loads(out.read_text())
-    assert data["benchmark"] == "synthetic" and data["split"] == "val"
+    assert data["benchmark"] == "synthetic" and data["split"] == "val" and data["random_weights"] is True
     assert data["n_queries"] == len(load_benchmark("synthetic", synth_root, "val").queries)
     assert {"R@1", "R@5", "R@10", "R@50", "Rsubset@1"} <= set(data["metrics"])
     assert all(isinstance(v, float) for v in data["metrics"].values())
@@ -63,7 +64,7 @@ def test_reference_never_ranked_and_bad_media_skipped(synth_root, tmp_path):
 
 
 def test_unknown_method_is_a_clear_error(synth_root, capsys):
-    rc = main(["eval", "--benchmark", "synthetic", "--root", str(synth_root), "--method", "nope"])
+    rc = main(["eval", "--benchmark", "synthetic", "--root", str(synth_root), "--method", "nope", "--random-weights"])
     assert rc == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
 
@@ -115,3 +116,20 @@ def _frames(method, item):
     from composir.data.media import load_media
 
     return torch.stack([method.encoder.preprocess(f) for f in load_media(item.path, 1, item.media_type)])[None]
+
+
+def test_eval_without_weights_refuses_before_reading_anything(tmp_path, capsys):
+    rc = main(["eval", "--benchmark", "cirr", "--root", str(tmp_path / "nowhere"), "--method", "sum"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: no trained or pretrained weights") and "--random-weights" in err
+
+
+def test_bad_data_is_named_before_a_model_is_built(tmp_path, capsys, monkeypatch):
+    import composir.runs.factory as factory
+
+    built = []
+    monkeypatch.setattr(factory, "build_encoder", lambda *a, **k: built.append(1))
+    rc = main(
+        ["eval", "--benchmark", "cirr", "--root", str(tmp_path / "nowhere"), "--method", "sum", "--random-weights"]
+    )
+    assert rc == 2 and "annotation file not found" in capsys.readouterr().err and built == []

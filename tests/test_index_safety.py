@@ -116,7 +116,19 @@ def test_index_options_out_of_range_are_one_line_before_any_work(option, tmp_pat
     media = tmp_path / "media"
     _images(media, 3)
     with pytest.raises(SystemExit) as exit_:
-        main(["index", "--encoder", "tiny", "--media", str(media), "--out", str(tmp_path / "o"), *option])
+        main(
+            [
+                "index",
+                "--encoder",
+                "tiny",
+                "--random-weights",
+                "--media",
+                str(media),
+                "--out",
+                str(tmp_path / "o"),
+                *option,
+            ]
+        )
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"argument {option[0]}" in err
@@ -127,5 +139,8 @@ def test_index_out_naming_a_file_is_one_line(tmp_path, capsys):
     media = tmp_path / "media"
     _images(media, 3)
     (tmp_path / "o").write_text("x")
-    assert main(["index", "--encoder", "tiny", "--media", str(media), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["index", "--encoder", "tiny", "--random-weights", "--media", str(media), "--out", str(tmp_path / "o")])
+        == 2
+    )
     assert "is a file, not an index folder" in capsys.readouterr().err

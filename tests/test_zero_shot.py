@@ -24,10 +24,11 @@ def _photos(folder, n=8):
 def test_an_index_without_training(tmp_path, capsys):
     photos = _photos(tmp_path / "photos")
     out = tmp_path / "index"
-    assert main(["index", "--encoder", "tiny", "--method", "sum", "--media", str(tmp_path / "photos"),
-                 "--out", str(out)]) == 0  # fmt: skip
+    argv = ["index", "--encoder", "tiny", "--random-weights", "--method", "sum", "--media", str(tmp_path / "photos")]
+    assert main([*argv, "--out", str(out)]) == 0
     info = json.loads(next(out.glob("gen-*/info.json")).read_text())
     assert info["model"] == {"encoder": "tiny", "pretrained": None, "method": "sum", "seed": 0} and "run" not in info
+    assert info["random_weights"] is True  # said in the index, as the user asked for it
     searcher = Searcher(out)  # the same model, rebuilt from the spec: its fingerprint matches
     results = searcher.search(photos[0], None, k=3)
     assert results[0].id == photos[0].name  # an image finds itself first
@@ -39,7 +40,21 @@ def test_an_index_without_training(tmp_path, capsys):
     assert main(["search", "--index", str(out), "--id", photos[1].name, "--text", "make it red", "--json"]) == 0
     assert photos[1].name not in [r["id"] for r in json.loads(capsys.readouterr().out)["results"]]
     assert (
-        main(["index", "--encoder", "tiny", "--seed", "1", "--media", str(tmp_path / "photos"), "--out", str(out)]) == 2
+        main(
+            [
+                "index",
+                "--encoder",
+                "tiny",
+                "--random-weights",
+                "--seed",
+                "1",
+                "--media",
+                str(tmp_path / "photos"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
     )  # fmt: skip  (another model: refused, as for runs)
 
 

@@ -77,6 +77,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", default="tiny", help="encoder name (tiny, openclip, blip2)")
     p.add_argument("--pretrained", default=None, help="encoder weights: a tag or a local path")
     p.add_argument("--model", default=None, help="openclip: the architecture (ViT-B-32, ViT-L-14, RN50x4, ...)")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="allow a model with no trained or pretrained weights (smoke tests)",
+    )
     p.add_argument("--method", default="sum", help="method name (see `composir methods`)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=seed_int, default=0)

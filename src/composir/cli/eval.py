@@ -45,12 +45,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from composir.eval.run import check_data, submittable
     from composir.utils.io import atomic_write_json
 
+    untrained = _check_weights(args)
+    if args.submission and args.benchmark not in submittable():
+        raise ComposirError(f"no test-server submission format for {args.benchmark!r} "
+                            f"({', '.join(submittable())} have one)")  # fmt: skip
+    check_data(args.benchmark, args.root, args.split, args.allow_missing)  # cheap: before any model is loaded
     method = build_model(args)
     if args.frames is None:
         args.frames = 8
     out = run_eval(method, args.benchmark, args.root, args.split, args)
+    if untrained:
+        out["random_weights"] = True
+        print("note: these numbers come from randomly initialised weights (--random-weights)", file=sys.stderr)
     print(f"{out['benchmark']} {out['split']} ({out['n_queries']} queries): {format_metrics(out['metrics'])}")
     for fam, m in out.get("per_family", {}).items():
         print(f"  {fam:9s} {format_metrics(m)}")
@@ -59,6 +68,17 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_json(args.json, out, indent=2)
     return 0
+
+
+def _check_weights(args: argparse.Namespace) -> bool:
+    """True when the model will have random weights, which must be asked for (--random-weights)."""
+    untrained = not getattr(args, "run", None) and not args.pretrained
+    if untrained and not args.random_weights:
+        raise ComposirError(
+            "no trained or pretrained weights: give --run RUN, or --encoder E --pretrained WEIGHTS; "
+            "--random-weights evaluates a randomly initialised model on purpose (smoke tests)"
+        )
+    return untrained
 
 
 def build_model(args: argparse.Namespace):
@@ -79,10 +99,8 @@ def build_model(args: argparse.Namespace):
 def run_eval(method, name: str, root: str, split: str, args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate one benchmark (``fashioniq`` = its three categories and their means), drawing
     ``--grid`` pictures and writing ``--submission`` files as asked."""
-    from composir.eval.run import EvalOptions, evaluate_split, submittable, write_submission
+    from composir.eval.run import EvalOptions, evaluate_split, write_submission
 
-    if args.submission and name not in submittable():
-        raise ComposirError(f"no test-server submission format for {name!r} ({', '.join(submittable())} have one)")
     options = EvalOptions(args.batch_size, args.frames, args.device, args.workers, args.allow_missing)
     out, bench, result = evaluate_split(
         method, name, root, split, options, lambda b, r, suffix: _pictures(method, b, r, args, suffix)

@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--method", default="sum", help="with --encoder: a training-free method (sum, image_only, ...)")
     p.add_argument("--seed", type=seed_int, default=0, help="with --encoder: seed of any randomly initialised part")
+    p.add_argument(
+        "--random-weights", action="store_true", help="with --encoder and no --pretrained: index with random weights"
+    )
     p.add_argument("--media", required=True)
     p.add_argument("--out", required=True)
     p.add_argument(
@@ -114,10 +117,16 @@ def _model(args: argparse.Namespace):
     # zero-shot: a (pretrained) encoder and a training-free method, no run folder
     from composir.runs import build_untrained
 
+    if not args.pretrained and not args.random_weights:
+        raise ComposirError(
+            f"--encoder {args.encoder} without --pretrained weights would index with random weights; "
+            "give --pretrained (a tag, hub id or file), or --random-weights on purpose (smoke tests)"
+        )
     spec = {"encoder": args.encoder, "pretrained": args.pretrained, "method": args.method, "seed": args.seed}
     if args.model:
         spec["model"] = args.model
-    return build_untrained(spec, args.device), args.frames or 1, {"model": spec, "method": args.method}
+    info = {"model": spec, "method": args.method, **({"random_weights": True} if not args.pretrained else {})}
+    return build_untrained(spec, args.device), args.frames or 1, info
 
 
 def _run_sharded(args: argparse.Namespace, index, encode, info: dict, settings, world: int) -> int:

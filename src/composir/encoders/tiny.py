@@ -19,22 +19,23 @@ from torch import nn
 from composir.encoders.base import Encoder
 from composir.encoders.blip2 import Blip2Encoder, Blip2Options
 from composir.encoders.registry import register_encoder
+from composir.utils.typed import bounded
 
 _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
 
 @dataclass
 class TinyConfig:
-    image_size: int = 64
-    patch_size: int = 8
-    width: int = 128
-    embed_dim: int = 128
-    vision_layers: int = 2
-    qformer_layers: int = 2
-    heads: int = 4
-    num_query_tokens: int = 8
-    vocab_size: int = 4096
-    context_length: int = 32
+    image_size: int = bounded(64, 1, 4096)
+    patch_size: int = bounded(8, 1, 512)
+    width: int = bounded(128, 1, 65536)
+    embed_dim: int = bounded(128, 1, 65536)
+    vision_layers: int = bounded(2, 1, 64)
+    qformer_layers: int = bounded(2, 1, 64)
+    heads: int = bounded(4, 1, 256)
+    num_query_tokens: int = bounded(8, 1, 1024)
+    vocab_size: int = bounded(4096, 1, 10_000_000)
+    context_length: int = bounded(32, 1, 8192)
     # "conv": a small CNN producing the patch tokens (learns colour/shape/layout from scratch far
     # faster than a ViT on a CPU budget); "vit": BLIP-2's own ViT at this size.
     vision: str = "conv"

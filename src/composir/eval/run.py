@@ -62,6 +62,17 @@ def evaluate_split(
     return out, bench, result
 
 
+def check_data(name: str, root: str, split: str, allow_missing: bool = False) -> None:
+    """The split's annotations read and its media counted (every part of a benchmark of parts):
+    bad data is one line before any model is loaded."""
+    from composir.data import benchmark_spec, load_benchmark
+    from composir.data.media_check import require_media
+
+    spec = benchmark_spec(name)
+    for part in spec.parts or (name,):
+        require_media(load_benchmark(part, root, split), allow_missing, "pass --allow-missing")
+
+
 def write_submission(name: str, split: str, folder: str | Path, bench, result) -> list[Path]:
     """The test server's files for ``result``, in the benchmark's own format."""
     from composir.data import benchmark_spec

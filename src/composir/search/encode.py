@@ -25,6 +25,7 @@ def model_encoder(method, num_frames: int, device: str | torch.device = "cpu", b
             0,
             device,
             desc="encoding",
+            progress=False,  # the index shows its own bar, per file
             tokenize=method.encoder.tokenize if method.target_text else None,
         )
         feats = res.features.numpy()

@@ -45,7 +45,7 @@ INT_LIMIT = 2**31 - 1  # sizes and counts past this are a typo, and overflow wha
 @dataclasses.dataclass(frozen=True)
 class Range:
     """The values a numeric config field may take (declared with ``bounded``). Every number must be
-    finite; a whole number without a declared range must be in [0, INT_LIMIT]."""
+    finite; a whole number without a declared range must be within +-INT_LIMIT."""
 
     low: float | None = None
     high: float | None = None
@@ -62,7 +62,7 @@ class Range:
         return None
 
 
-DEFAULT_RANGE = None  # numbers: finite; whole numbers: [0, INT_LIMIT]
+DEFAULT_RANGE = None  # numbers: finite; whole numbers: within +-INT_LIMIT
 
 
 def bounded(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
@@ -84,7 +84,7 @@ def check_range(value: Any, declared: Range | None, where: str) -> None:
             check_range(item, declared, f"{where}.{k}")
         return
     if isinstance(value, (int, float)):
-        rule = declared or (Range(0, INT_LIMIT) if isinstance(value, int) else Range())
+        rule = declared or (Range(-INT_LIMIT, INT_LIMIT) if isinstance(value, int) else Range())
         if isinstance(value, int) and declared is not None and rule.high is None:
             rule = dataclasses.replace(rule, high=INT_LIMIT)
         problem = rule.problem(float(value))
