@@ -41,7 +41,7 @@ composir eval --run acc-runs/tiny-synthetic-combiner --benchmark synthetic --roo
   --json acc-out/combiner.json --grid acc-out/combiner-grid.png
 composir eval --run acc-runs/tiny-synthetic-cir-cot --benchmark synthetic --root demo-out/data --split test-explicit \
   --grid acc-out/cir-cot-grid.png --grid-queries 4
-test -s acc-out/combiner-grid.png && test -s acc-out/recall_at_k.png && test -s acc-out/cir-cot-grid.png
+test -s acc-out/combiner-grid.png && test -s acc-out/combiner-grid-recall_at_k.png && test -s acc-out/cir-cot-grid.png
 
 step "index + search (FAISS, --kind auto) and the same on Milvus Lite"
 TEST_IMAGES=(demo-out/data/test/*.png)  # not `ls | head`: under pipefail, ls's SIGPIPE fails the step

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from composir.cli import main
@@ -51,5 +52,18 @@ def test_recall_curves_and_the_eval_command(synth_root, tiny_run, tmp_path, caps
     argv = ["eval", "--benchmark", "synthetic", "--root", str(synth_root), "--split", "val", "--run", str(tiny_run)]
     assert main([*argv, "--grid", str(grid), "--grid-queries", "3", "--grid-k", "3"]) == 0
     printed = capsys.readouterr().out
-    assert grid.is_file() and (tmp_path / "out" / "recall_at_k.png").is_file()
+    assert grid.is_file() and (tmp_path / "out" / "grid-recall_at_k.png").is_file()  # named after its grid
     assert f"grid: {grid}" in printed
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--grid-queries", "100000"], "argument --grid-queries"), (["--json", "."], "is a folder")],
+)
+def test_grid_and_json_arguments_are_bounded(synth_root, tiny_run, tmp_path, capsys, extra, message):
+    argv = ["eval", "--benchmark", "synthetic", "--root", str(synth_root), "--split", "val", "--run", str(tiny_run)]
+    try:
+        code = main([*argv, "--grid", str(tmp_path / "g.png"), *extra])
+    except SystemExit as exit_:  # argparse's own refusal
+        code = exit_.code
+    assert code == 2 and message in capsys.readouterr().err

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from composir.cli.args import add_model_args, non_negative_int, positive_int
+from composir.cli.args import add_model_args, check_writable, int_in, non_negative_int, positive_int
 from composir.data import BENCHMARKS
 from composir.errors import ComposirError
 
@@ -26,8 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="write the metrics JSON here")
     p.add_argument("--submission", default=None, help="write test-server submission files into this folder")
     p.add_argument("--grid", default=None, help="also draw sampled queries and their top results to this PNG")
-    p.add_argument("--grid-queries", type=positive_int, default=8, help="queries in the --grid picture")
-    p.add_argument("--grid-k", type=positive_int, default=5, help="results per query in the --grid picture")
+    p.add_argument("--grid-queries", type=int_in(1, 64), default=8, help="queries in the --grid picture")
+    p.add_argument("--grid-k", type=int_in(1, 20), default=5, help="results per query in the --grid picture")
     p.add_argument(
         "--allow-missing",
         action="store_true",
@@ -49,6 +49,11 @@ def run(args: argparse.Namespace) -> int:
     from composir.utils.io import atomic_write_json
 
     untrained = _check_weights(args)
+    for option, target in (("--json", args.json), ("--grid", args.grid)):
+        if target and Path(target).is_dir():
+            raise ComposirError(f"{option} {target}: is a folder; name a file")
+        if target:
+            check_writable(target, option)
     if args.submission and args.benchmark not in submittable():
         raise ComposirError(f"no test-server submission format for {args.benchmark!r} "
                             f"({', '.join(submittable())} have one)")  # fmt: skip
@@ -121,6 +126,9 @@ def _pictures(method, bench, result, args: argparse.Namespace, suffix: str = "")
     from composir.eval.pictures import render_grid, render_recall_curves
 
     grid = getattr(args, "grid", None)
+    if grid and not result.query_ids:
+        print(f"grid: {bench.name} {bench.split} has no queries to draw", file=sys.stderr)
+        grid = None
     if grid:
         path = Path(grid)
         path = path.with_name(f"{path.stem}{suffix}{path.suffix or '.png'}")
@@ -128,9 +136,11 @@ def _pictures(method, bench, result, args: argparse.Namespace, suffix: str = "")
             bench, result, path, n=args.grid_queries, k=args.grid_k, explain=_explainer(method, bench, result, args)
         )
         print(f"grid: {path}")
-    folder = Path(grid).parent if grid else Path(args.json).parent if getattr(args, "json", None) else None
-    if folder is not None and result.per_family:
-        curves = render_recall_curves(result.metrics, result.per_family, folder / f"recall_at_k{suffix}.png")
+    beside = Path(grid) if grid else Path(args.json) if getattr(args, "json", None) else None
+    if beside is not None and result.per_family:  # named after the output it belongs to: runs never overwrite
+        curves = render_recall_curves(
+            result.metrics, result.per_family, beside.with_name(f"{beside.stem}-recall_at_k{suffix}.png")
+        )
         print(f"recall@K curves: {curves}")
 
 

@@ -106,11 +106,15 @@ def render_recall_curves(metrics: dict[str, float], per_family: dict[str, dict[s
     """R@K against K (log scale) for all queries and each family."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    ks: set[int] = set()
     for name, values in [("all", metrics), *sorted(per_family.items())]:
         points = sorted((int(key[2:]), v) for key, v in values.items() if key.startswith("R@") and key[2:].isdigit())
         if points:
             ax.plot(*zip(*points), marker="o", label=name, linewidth=2.5 if name == "all" else 1.2)
+            ks.update(k for k, _ in points)
     ax.set_xscale("log")
+    ax.set_xticks(sorted(ks), [str(k) for k in sorted(ks)])  # K = 1, 5, 10, 50: not 10^0, 10^1
+    ax.minorticks_off()
     ax.set_xlabel("K")
     ax.set_ylabel("R@K (%)")
     ax.set_ylim(0, 100)
