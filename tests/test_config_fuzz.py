@@ -13,7 +13,7 @@ from composir.cli import main
 from composir.encoders import build_encoder
 from composir.errors import ConfigError
 from composir.methods import available_methods, build_method
-from composir.methods.registry import _method_class, resolved_config
+from composir.methods.registry import method_class, resolved_config
 from helpers import CONFIG
 from test_registries import _batch
 
@@ -34,7 +34,7 @@ def _yaml(value) -> str:
 @pytest.mark.parametrize("name", available_methods())
 def test_every_config_field_refuses_nonsense_or_trains_with_it(name, tmp_path, capsys):
     checked = 0
-    for field in dataclasses.fields(_method_class(name).config_class):
+    for field in dataclasses.fields(method_class(name).config_class):
         for value in BAD:
             try:
                 resolved_config(name, {field.name: value})

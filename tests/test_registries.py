@@ -97,3 +97,19 @@ def test_a_name_is_registered_once_in_every_registry():
 
 def test_the_stores_are_registered():
     assert {"faiss", "milvus"} <= set(STORES)
+
+
+def test_methods_lists_what_each_needs(capsys):
+    from composir.cli import main
+
+    assert main(["methods"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert set(available_methods()) <= set(lines) and set(available_encoders()) <= set(lines)
+    assert "no training" in lines["sum"] and "trained" in lines["imagine"] and "Q-Former" in lines["imagine"]
+
+
+def test_a_method_refuses_an_encoder_without_the_capability_it_needs(tmp_path):
+    encoder = example_encoder("openclip", tmp_path)  # token features, no Q-Former
+    with pytest.raises(ComposirError, match="qformer_fusion needs an encoder with a Q-Former fusion"):
+        build_method("qformer_fusion", encoder)
+    build_method("context_cir", encoder)  # token features are what context_cir needs

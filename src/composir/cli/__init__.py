@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except ComposirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 130 if isinstance(exc, WorkInterrupted) else 2
+    except BrokenPipeError:  # `composir methods | head`: the reader left; nothing to report
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (no flush error from the interpreter at exit)
+        return 0
     except KeyboardInterrupt:
         print(f"interrupted: composir {args.command} stopped before it finished", file=sys.stderr)
         return 130

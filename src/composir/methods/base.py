@@ -57,11 +57,22 @@ class RetrievalMethod(nn.Module):
     # Whether ``encode_target`` reads the item's caption (``GalleryItem.caption``) besides its
     # frames: evaluation, indexing and search then tokenize captions for it.
     target_text = False
+    # The encoder capability the method needs (a runtime-checkable protocol from encoders.base), and
+    # how ``composir methods`` names it; None: any Encoder.
+    backbone: Any = None
+    backbone_text = "any encoder"
+    # A method whose every weight is the encoder's: usable zero-shot with pretrained weights.
+    training_free = False
 
     def __init__(self, encoder: Encoder, config: MethodConfig | None = None):
         super().__init__()
         self.encoder = encoder
         self.config = config or self.config_class()
+        # The common preamble, once: the config's own rules, then the backbone capability.
+        if hasattr(self.config, "validate"):
+            self.config.validate()
+        if self.backbone is not None and not isinstance(encoder, self.backbone):
+            raise ConfigError(f"{self.name} needs {self.backbone_text}; {encoder.name!r} has none")
         scale = torch.tensor(math.log(1.0 / self.config.temperature))
         self.logit_scale = nn.Parameter(scale, requires_grad=self.config.learn_temperature)
 

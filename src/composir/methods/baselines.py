@@ -13,6 +13,8 @@ from composir.methods.registry import register_method
 class ImageOnly(RetrievalMethod):
     """Query = the reference's image feature; ignores the text."""
 
+    training_free = True
+
     # The text tower gets no gradient: DDP must look for the unused parameters.
     ddp_find_unused_parameters = True
 
@@ -27,6 +29,8 @@ class ImageOnly(RetrievalMethod):
 class TextOnly(RetrievalMethod):
     """Query = the modification text's feature; ignores the reference."""
 
+    training_free = True
+
     def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.encoder.encode_text(tokens), dim=-1)
 
@@ -34,6 +38,8 @@ class TextOnly(RetrievalMethod):
 @register_method("sum")
 class Sum(LateFusion):
     """Query = normalised image feature + normalised text feature (the late-fusion baseline)."""
+
+    training_free = True
 
     def combine(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return F.normalize(F.normalize(image, dim=-1) + F.normalize(text, dim=-1), dim=-1)

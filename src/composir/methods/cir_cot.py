@@ -128,10 +128,11 @@ class Chain:
 class CIRCoT(RetrievalMethod):
     config_class = CIRCoTConfig
 
+    backbone_text = "an encoder with visual tokens (tiny, blip2, openclip)"
+
     def __init__(self, encoder, config: CIRCoTConfig | None = None):
         super().__init__(encoder, config)
         cfg: CIRCoTConfig = self.config
-        cfg.validate()
         self.lm = build_causal_lm(cfg.backend, encoder, CHAIN_TOKENS, cfg.tokenizer, cfg.lm_path, cfg.lm_config,
                                   cfg.lm_freeze_vision)  # fmt: skip
         self.tokenizer = self.lm.tokenizer

@@ -107,13 +107,12 @@ class ConceptCollator(TripletCollator):
 @register_method("context_cir")
 class ConTextCIR(RetrievalMethod):
     config_class = ConTextCIRConfig
+    backbone = TokenFeatures
+    backbone_text = "token-level text and image features"
 
     def __init__(self, encoder, config: ConTextCIRConfig | None = None):
         super().__init__(encoder, config)
         cfg: ConTextCIRConfig = self.config
-        cfg.validate()
-        if not isinstance(encoder, TokenFeatures):
-            raise ConfigError(f"context_cir needs token-level text and image features; {encoder.name!r} has none")
         with torch.no_grad():  # the towers' token widths, from one tiny pass
             text_width = encoder.text_tokens(encoder.tokenize(["a"])).shape[-1]
             size = encoder.image_size

@@ -53,13 +53,12 @@ class CSMCIRConfig(MethodConfig):
 @register_method("csmcir")
 class CSMCIR(RetrievalMethod):
     config_class = CSMCIRConfig
+    backbone = QFormerBackbone
+    backbone_text = "an encoder with a Q-Former fusion"
 
     def __init__(self, encoder, config: CSMCIRConfig | None = None):
         super().__init__(encoder, config)
         cfg: CSMCIRConfig = self.config
-        cfg.validate()
-        if not isinstance(encoder, QFormerBackbone):
-            raise ConfigError(f"csmcir needs an encoder with a Q-Former fusion; {encoder.name!r} has none")
         self.target_tower = None if cfg.shared else copy.deepcopy(encoder)
         self.bank = None
         self.key_encoder = None

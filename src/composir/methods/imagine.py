@@ -80,13 +80,12 @@ class ImagineConfig(MethodConfig):
 @register_method("imagine")
 class Imagine(RetrievalMethod):
     config_class = ImagineConfig
+    backbone = QFormerBackbone
+    backbone_text = "an encoder with a Q-Former fusion"
 
     def __init__(self, encoder, config: ImagineConfig | None = None):
         super().__init__(encoder, config)
         cfg: ImagineConfig = self.config
-        cfg.validate()
-        if not isinstance(encoder, QFormerBackbone):
-            raise ConfigError(f"imagine needs an encoder with a Q-Former fusion; {encoder.name!r} has none")
         queries = encoder.query_token_init()  # (K, width)
         self.num_prototypes, width = queries.shape
         self.k = min(cfg.top_k, self.num_prototypes)

@@ -58,13 +58,12 @@ class QFormerFusionConfig(MethodConfig):
 @register_method("qformer_fusion")
 class QFormerFusion(RetrievalMethod):
     config_class = QFormerFusionConfig
+    backbone = QFormerBackbone
+    backbone_text = "an encoder with a Q-Former fusion"
 
     def __init__(self, encoder, config: QFormerFusionConfig | None = None):
         super().__init__(encoder, config)
         cfg: QFormerFusionConfig = self.config
-        cfg.validate()
-        if not isinstance(encoder, QFormerBackbone):
-            raise ConfigError(f"qformer_fusion needs an encoder with a Q-Former fusion; {encoder.name!r} has none")
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False).eval() if cfg.frozen_targets else None
 
     @property

@@ -29,7 +29,7 @@ def unregister_method(name: str) -> None:
     _METHODS.pop(name, None)
 
 
-def _method_class(name: str):
+def method_class(name: str):
     _import_all()
     if name not in _METHODS:
         raise ConfigError(f"unknown method {name!r}; known: {sorted(_METHODS)}")
@@ -38,14 +38,14 @@ def _method_class(name: str):
 
 def _method_config(name: str, config: dict[str, Any] | None):
     """The method's config dataclass from ``config`` (defaults filled in, checked)."""
-    built = build_dataclass(_method_class(name).config_class, config or {}, "method.config")
+    built = build_dataclass(method_class(name).config_class, config or {}, "method.config")
     if hasattr(built, "validate"):  # the method's own cross-field rules, before anything is built
         built.validate()
     return built
 
 
 def build_method(name: str, encoder: Encoder, config: dict[str, Any] | None = None):
-    return _method_class(name)(encoder, _method_config(name, config))
+    return method_class(name)(encoder, _method_config(name, config))
 
 
 def resolved_config(name: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
