@@ -48,3 +48,48 @@ def test_excluded_entries_are_left_out_exactly(loss):
     rows = [fn(sim[i : i + 1, [j for j in range(6) if not exclude[i, j]]], 10.0, labels=torch.tensor([i]))
             for i in range(3)]  # fmt: skip
     torch.testing.assert_close(full, torch.stack(rows).mean())
+
+
+def _covr_by_loops(q: torch.Tensor, t: torch.Tensor, temp: float, alpha: float, beta: float) -> torch.Tensor:
+    """CoVR's HardNegativeNCE (src/model/loss.py, called as loss(query, target, temp)) restated
+    entry by entry: s = q t^T / temp; w_v2t[i, j] = (B-1) e^{beta s_ij} / (sum_k e^{beta s_jk} -
+    e^{beta s_jj}) (its broadcast divides by row j's sum), w_t2v[i, j] = (B-1) e^{beta s_ij} /
+    (sum_k e^{beta s_kj} - e^{beta s_jj}); diagonals alpha; the loss sums the two directions' means."""
+    s = q @ t.T / temp
+    n = len(s)
+    e = torch.exp(beta * s)
+    total_v2t, total_t2v = 0.0, 0.0
+    for i in range(n):
+        row = sum((alpha if j == i else (n - 1) * e[i, j] / (e[j].sum() - e[j, j])) * torch.exp(s[i, j])
+                  for j in range(n))  # fmt: skip
+        total_v2t = total_v2t + torch.log(row) - s[i, i]
+    for j in range(n):
+        col = sum((alpha if i == j else (n - 1) * e[i, j] / (e[:, j].sum() - e[j, j])) * torch.exp(s[i, j])
+                  for i in range(n))  # fmt: skip
+        total_t2v = total_t2v + torch.log(col) - s[j, j]
+    return total_v2t / n + total_t2v / n
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 2.0])
+def test_covr_hard_negative_nce_is_what_covr_computes_gradients_included(beta):
+    from composir.methods.losses import covr_hn_nce
+
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(6, 8, dtype=torch.float64), dim=-1).requires_grad_(True)
+    t = torch.nn.functional.normalize(torch.randn(6, 8, dtype=torch.float64), dim=-1).requires_grad_(True)
+    ours = covr_hn_nce(q @ t.T, 1 / 0.07, alpha=1.0, beta=beta)
+    theirs = _covr_by_loops(q, t, 0.07, 1.0, beta)
+    torch.testing.assert_close(ours.double(), theirs, rtol=1e-5, atol=1e-5)
+    g_ours = torch.autograd.grad(ours, (q, t))
+    g_theirs = torch.autograd.grad(theirs, (q, t))  # the weights' own gradient is part of it
+    for a, b in zip(g_ours, g_theirs):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+
+
+def test_covr_form_differs_from_the_one_direction_detached_form():
+    from composir.methods.losses import covr_hn_nce, hn_nce
+
+    torch.manual_seed(1)
+    q = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    assert abs(float(covr_hn_nce(q @ t.T, 14.0, beta=0.5)) - float(hn_nce(q @ t.T, 14.0, beta=0.5))) > 0.1

@@ -14,17 +14,19 @@ from torch import nn
 from composir.encoders.base import Encoder
 from composir.errors import ConfigError
 from composir.methods.batch import TripletCollator
-from composir.methods.losses import hn_nce, info_nce
+from composir.methods.losses import covr_hn_nce, hn_nce, info_nce
 from composir.utils.typed import bounded
 
-LOSSES = ("infonce", "hnnce")
+LOSSES = ("infonce", "hnnce", "hnnce_covr")  # hnnce_covr: CoVR's own form (both directions, summed)
 
 
 @dataclass
 class MethodConfig:
     temperature: float = bounded(0.07, 0, 100, low_open=True)
     learn_temperature: bool = True
-    loss: str = "infonce"  # "infonce" or "hnnce" (hard-negative NCE; alpha=1, beta=0 equals InfoNCE)
+    # "infonce", "hnnce" (hard-negative NCE; alpha=1, beta=0 equals InfoNCE) or "hnnce_covr" (CoVR's
+    # own computation of it: both directions summed, weights in the graph; methods/losses.py)
+    loss: str = "infonce"
     hn_alpha: float = bounded(1.0, 0)
     hn_beta: float = bounded(0.0, 0)
     symmetric: bool = False  # add the target -> query direction
@@ -117,6 +119,10 @@ class RetrievalMethod(nn.Module):
         if self.config.gather_negatives and dist.is_available() and dist.is_initialized():
             all_query, all_target = gather_with_grad(query), gather_with_grad(target)
             offset = dist.get_rank() * len(query)
+        if self.config.loss == "hnnce_covr":  # CoVR's form: the (gathered) square batch, both directions
+            if extra_negatives is not None and len(extra_negatives):
+                raise ConfigError("loss hnnce_covr is CoVR's in-batch loss; it takes no memory bank")
+            return covr_hn_nce(all_query @ all_target.T, scale, self.config.hn_alpha, self.config.hn_beta)
         labels = torch.arange(len(query), device=query.device) + offset
         sim = query @ all_target.T
         exclude = None
@@ -138,7 +144,9 @@ class RetrievalMethod(nn.Module):
             return info_nce(sim, scale, labels, exclude)
         if c.loss == "hnnce":
             return hn_nce(sim, scale, c.hn_alpha, c.hn_beta, labels, exclude)
-        raise ValueError(f"unknown loss {c.loss!r}; expected 'infonce' or 'hnnce'")
+        if c.loss == "hnnce_covr":  # the caption term and other pairs: the square in-batch matrix
+            return covr_hn_nce(sim, scale, c.hn_alpha, c.hn_beta)
+        raise ValueError(f"unknown loss {c.loss!r}; expected one of {list(LOSSES)}")
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         # DDP hooks gradient sync onto forward(), so training calls the losses through it.

@@ -61,3 +61,30 @@ def hn_nce(
     weighted_negatives = torch.logsumexp((negatives + log_w).masked_fill(left_out, float("-inf")), dim=1)
     denominator = torch.logaddexp(positive + torch.log(torch.tensor(alpha, device=logits.device)), weighted_negatives)
     return (denominator - positive).mean()
+
+
+def covr_hn_nce(sim: torch.Tensor, scale: torch.Tensor | float, alpha: float = 1.0, beta: float = 0.0) -> torch.Tensor:
+    """Hard-negative NCE as CoVR's own code computes it (``HardNegativeNCE`` called with the query
+    features first and the targets second), the loss CoVR-2 trains with; ``sim`` is the square
+    query x target cosine matrix of a batch.
+
+    Where it differs from ``hn_nce``: both directions are computed and *summed* (query -> target
+    over each row, target -> query over each column); the weights w stay in the autograd graph, so
+    the gradient also flows through them; and each direction's weight for entry (i, j) divides
+    e^{beta s_ij} by the exp-sum its code broadcasts against column j -- row j's sum for the
+    query -> target direction (not row i's), column j's for the other. We follow the code.
+    """
+    logits = (sim * scale).float()
+    n = logits.shape[0]
+    if logits.shape != (n, n):
+        raise ValueError("covr_hn_nce needs the square in-batch similarity matrix")
+    e = torch.exp(beta * logits)
+    own = torch.diagonal(e)
+    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    # (B, B) / (B,) broadcasts over the last dimension: entry (i, j) is divided by entry j of the sums.
+    w_qt = ((n - 1) * e / (e.sum(dim=1) - own)).masked_fill(eye, alpha)
+    w_tq = ((n - 1) * e / (e.sum(dim=0) - own)).masked_fill(eye, alpha)
+    positive = torch.diagonal(logits)
+    query_to_target = torch.logsumexp(logits + torch.log(w_qt), dim=1)  # log sum_j w_ij e^{s_ij}
+    target_to_query = torch.logsumexp(logits + torch.log(w_tq), dim=0)
+    return (query_to_target - positive).mean() + (target_to_query - positive).mean()
