@@ -49,6 +49,25 @@ def test_token_norm_normalises_each_query_token_before_the_mean():
         assert not torch.allclose(expected, _method().eval().encode_query(frames, tokens))
 
 
+def test_covr2_scores_the_mean_of_unit_tokens_without_normalising_it_again():
+    method = _method(token_norm=True, renormalize_mean=False).eval()
+    enc = method.encoder
+    frames, tokens = _video(frames=1), enc.tokenize(TEXTS)
+    with torch.no_grad():
+        hidden = enc.fusion_hidden(frames, tokens)
+        expected = F.normalize(enc.project_text(hidden[:, :4]), dim=-1).mean(1)  # CoVR-2's blip2_cir.py
+        query = method.encode_query(frames, tokens)
+        torch.testing.assert_close(query, expected)
+        target = method.encode_target(frames)
+        torch.testing.assert_close(
+            target, F.normalize(enc.project_image(enc.image_query_outputs(frames)), dim=-1).mean(1)
+        )
+        assert (query.norm(dim=-1) < 1 - 1e-4).all()  # a mean of unit vectors, left as it is
+        renormalised = _method(token_norm=True).eval()
+        renormalised.load_state_dict(method.state_dict())
+        assert not torch.allclose(renormalised.encode_target(frames), target)
+
+
 def test_frozen_targets_stay_put_while_the_query_side_trains_and_are_not_saved():
     method = _method(frozen_targets=True).train()
     frames, tokens = _video(frames=1), method.encoder.tokenize(TEXTS)

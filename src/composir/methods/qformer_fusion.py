@@ -9,6 +9,7 @@ trained model, a learned temperature, InfoNCE). The switches below make it CoVR-
 does it (``configs/covr2-webvid-covr.yaml`` sets them all):
 
 - ``token_norm``: each projected query token normalised before the mean (query and target);
+  ``renormalize_mean: false`` leaves that mean unnormalised, as CoVR-2's code scores it;
 - ``frozen_targets``: targets embedded by a frozen copy of the encoder as it was built (the
   pretrained model), as CoVR-2 embeds them once before training; it is not saved in checkpoints
   (rebuilt from ``pretrained``) unless the run started from another run's weights;
@@ -41,6 +42,9 @@ from composir.utils.typed import bounded
 @dataclass
 class QFormerFusionConfig(MethodConfig):
     token_norm: bool = False
+    # With token_norm: the mean of the unit tokens normalised again (true), or left as it is (false),
+    # as CoVR-2's code scores it -- a mean's length then weighs in the inner product, and rankings differ.
+    renormalize_mean: bool = True
     frozen_targets: bool = False
     caption_weight: float = bounded(0.0, 0)
     reference_frames: str = "all"  # all | middle
@@ -96,6 +100,8 @@ class QFormerFusion(RetrievalMethod):
         """(B, Q, D) projected query tokens -> (B, D), normalised."""
         if self.config.token_norm:
             projected = F.normalize(projected, dim=-1)
+            if not self.config.renormalize_mean:
+                return projected.mean(1)
         return F.normalize(projected.mean(1), dim=-1)
 
     def _composed(self, hidden: torch.Tensor) -> torch.Tensor:
