@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-synthetic-combiner.yaml"
@@ -122,3 +123,85 @@ def _encoder(dim: int = 8):
 
 
 INFO = {"fingerprint": "test"}
+
+
+# ---- small random models and batches shared by several test modules
+OPENCLIP_TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+BLIP2_TINY = {
+    "vision_config": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+        "initializer_range": 0.02,
+    },
+    "qformer_config": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "vocab_size": 64,
+        "max_position_embeddings": 32,
+        "cross_attention_frequency": 1,
+        "encoder_hidden_size": 32,
+        "use_qformer_text_input": True,
+    },
+    "num_query_tokens": 4,
+    "image_text_hidden_size": 16,
+}
+WORDS = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "make",
+    "the",
+    "red",
+    "circle",
+    "blue",
+    "a",
+    "dog",
+    "it",
+    "night",
+    "add",
+    "cat",
+]
+
+
+def _hub_blip2(tmp_path):
+    """A random BLIP-2 retrieval model and a fast BERT tokenizer saved in the hub's own layout
+    (``save_pretrained``: config.json, model.safetensors, tokenizer files), as users' checkpoints are."""
+    from transformers import BertTokenizerFast, Blip2Config, Blip2ForImageTextRetrieval
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(WORDS + [f"w{i}" for i in range(64 - len(WORDS))]) + "\n")
+    torch.manual_seed(0)
+    model = Blip2ForImageTextRetrieval(Blip2Config(**BLIP2_TINY)).eval()
+    with torch.no_grad():  # a checkpoint's query tokens are not zero
+        model.query_tokens.normal_(0, 0.5)
+    hub = tmp_path / "hub"
+    model.save_pretrained(hub)
+    BertTokenizerFast(str(vocab)).save_pretrained(hub)
+    return model, hub
+
+
+TEXTS = ["make it red", "add a cat", "move it to the left", "make the square big"]
+CHAIN = {"caption": "a red square", "reasoning": "make it blue", "conclusion": "a blue square"}
+
+
+def method_batch(method, encoder) -> dict:
+    """A training batch made by the method's own collator, with the extras any method reads."""
+    items = []
+    for i, text in enumerate(TEXTS):
+        frames = torch.randn(1, 3, encoder.image_size, encoder.image_size)
+        items.append({"index": i, "reference": frames, "target": torch.randn_like(frames), "text": text,
+                      "query_id": f"q{i}", "reference_id": f"r{i}", "target_id": f"t{i}",
+                      "extra": {"target_caption": TEXTS[-1 - i], "cot": CHAIN, "family": "explicit"}})  # fmt: skip
+    return method.collator()(items)

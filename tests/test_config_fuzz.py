@@ -14,8 +14,7 @@ from composir.encoders import build_encoder
 from composir.errors import ConfigError
 from composir.methods import available_methods, build_method
 from composir.methods.registry import method_class, resolved_config
-from helpers import CONFIG
-from test_registries import _batch
+from helpers import CONFIG, method_batch
 
 BAD = [0, -1, 1e30, math.nan, math.inf, "", None, [1]]
 TINY = {"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4}
@@ -51,7 +50,7 @@ def test_every_config_field_refuses_nonsense_or_trains_with_it(name, tmp_path, c
                 torch.manual_seed(0)
                 encoder = build_encoder("tiny", config=TINY)
                 method = build_method(name, encoder, {field.name: value}).train()
-                total = sum(method(_batch(method, encoder)).values())
+                total = sum(method(method_batch(method, encoder)).values())
                 assert torch.isfinite(total), f"{name}.{field.name}={value!r}: loss {float(total)}"
                 total.backward()
             checked += 1

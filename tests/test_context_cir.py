@@ -79,7 +79,7 @@ def test_collator_maps_concepts_to_their_tokens():
 
 @pytest.mark.parametrize("name", ["tiny", "openclip", "blip2"])
 def test_concept_spans_cover_split_words_in_every_tokenizer(name, tmp_path):
-    from test_encoders import OPENCLIP_TINY, _hub_blip2
+    from helpers import OPENCLIP_TINY, _hub_blip2
 
     if name == "blip2":
         enc = build_encoder("blip2", pretrained=str(_hub_blip2(tmp_path)[1]))
@@ -132,7 +132,7 @@ def test_reference_is_an_extra_negative_unless_it_is_the_target():
 
 @pytest.mark.parametrize("name", ["openclip", "blip2"])
 def test_trains_on_other_encoders(name, tmp_path):
-    from test_encoders import OPENCLIP_TINY, _hub_blip2
+    from helpers import OPENCLIP_TINY, _hub_blip2
 
     torch.manual_seed(0)
     if name == "openclip":

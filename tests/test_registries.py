@@ -13,9 +13,7 @@ from composir.errors import ComposirError
 from composir.index import STORES, register_store
 from composir.methods import available_methods, build_method
 from composir.methods.registry import register_method
-
-TEXTS = ["make it red", "add a cat", "move it to the left", "make the square big"]
-CHAIN = {"caption": "a red square", "reasoning": "make it blue", "conclusion": "a blue square"}
+from helpers import TEXTS, method_batch
 
 
 def _images() -> list[Image.Image]:
@@ -39,23 +37,12 @@ def test_every_encoder_embeds_what_it_sees(name, tmp_path):
     assert encoder.fingerprint() == encoder.fingerprint()
 
 
-def _batch(method, encoder) -> dict:
-    """A training batch made by the method's own collator, with the extras any method reads."""
-    items = []
-    for i, text in enumerate(TEXTS):
-        frames = torch.randn(1, 3, encoder.image_size, encoder.image_size)
-        items.append({"index": i, "reference": frames, "target": torch.randn_like(frames), "text": text,
-                      "query_id": f"q{i}", "reference_id": f"r{i}", "target_id": f"t{i}",
-                      "extra": {"target_caption": TEXTS[-1 - i], "cot": CHAIN, "family": "explicit"}})  # fmt: skip
-    return method.collator()(items)
-
-
 @pytest.mark.parametrize("name", available_methods())
 def test_every_method_trains_every_parameter_it_declares_trainable(name):
     torch.manual_seed(0)
     encoder = build_encoder("tiny", config={"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4})
     method = build_method(name, encoder).train()
-    losses = method(_batch(method, encoder))
+    losses = method(method_batch(method, encoder))
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
@@ -64,7 +51,7 @@ def test_every_method_trains_every_parameter_it_declares_trainable(name):
     assert method.ddp_find_unused_parameters or unused == []
     with torch.no_grad():
         method.eval()
-        query = method.encode_query(_batch(method, encoder)["reference"], encoder.tokenize(TEXTS))
+        query = method.encode_query(method_batch(method, encoder)["reference"], encoder.tokenize(TEXTS))
     assert query.shape[0] == len(TEXTS)
 
 
