@@ -202,3 +202,14 @@ def test_a_relative_milvus_lite_uri_is_stored_absolute(tmp_path, monkeypatch):
     assert saved["uri"] == str(tmp_path / "rel.db")
     monkeypatch.chdir(media)  # searched from another folder: the same collection, not a new empty file
     assert len(open_index(tmp_path / "index")) == 3
+
+
+@pytest.mark.parametrize("name", ["9starts-with-a-digit", "has space", "x" * 256, "", "naïve"])
+def test_a_collection_name_milvus_refuses_is_one_line_before_connecting(tmp_path, name, capsys):
+    media = tmp_path / "media"
+    _images(media, 2)
+    code = main(["index", "--run", "unused", "--media", str(media), "--out", str(tmp_path / "i"), "--store", "milvus",
+                 "--uri", str(tmp_path / "m.db"), "--collection", name])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: --collection") and "\n" not in err
+    assert not (tmp_path / "m.db").exists()

@@ -102,6 +102,10 @@ def _open_store(args: argparse.Namespace):
     if args.store == "milvus":
         if args.uri is None:
             raise ComposirError("--store milvus needs --uri (a .db file for Milvus Lite, or http://host:19530)")
+        if args.collection is not None:
+            from composir.index.milvus_store import check_collection_name
+
+            check_collection_name(args.collection)
         return MilvusIndex(args.out, args.uri, args.collection)
     return GalleryIndex(args.out, load=not args.rebuild)
 

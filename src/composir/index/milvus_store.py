@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,7 @@ class MilvusIndex:
         if self.uri is None:
             raise ComposirError(f"{self.root}: no Milvus index here ({POINTER} missing) and no --uri given")
         self.collection = collection or saved.get("collection") or _collection_name(self.root)
+        check_collection_name(self.collection)  # before connecting: Milvus' own refusal is a traceback
         self.client = _connect(self.uri)
         if self.client.has_collection(self.collection):
             # A collection another process wrote is "released" in this one (Milvus Lite, or a
@@ -279,6 +281,19 @@ class MilvusIndex:
             self._saved = True
         self.info = {**info, "count": len(self), "uri": self.uri, "collection": self.collection}
         atomic_write_json(self.root / "info.json", self.info, indent=1)
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+
+
+def check_collection_name(name: str) -> None:
+    """Milvus' rule for collection names: a letter or underscore, then letters, digits and
+    underscores, at most 255 characters."""
+    if not _NAME.fullmatch(name):
+        raise ComposirError(
+            f"--collection {name[:60]!r}: Milvus names start with a letter or _, then letters, digits or _ "
+            "(at most 255 characters)"
+        )
 
 
 def _collection_name(root: Path) -> str:
