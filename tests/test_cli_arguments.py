@@ -115,3 +115,39 @@ def test_a_worker_dies_when_its_parent_is_killed(tmp_path):
     while _alive(child) and time.time() < deadline:
         time.sleep(0.05)
     assert not _alive(child)
+
+
+def _writing_commands():
+    import importlib
+
+    from composir.cli import COMMANDS
+
+    for name in COMMANDS:
+        module = importlib.import_module(f"composir.cli.{name}")
+        for output in getattr(module, "OUTPUTS", ()):
+            yield pytest.param(module.NAME, output, id=f"{module.NAME}--{output}")
+
+
+def _minimal_argv(command: str) -> list[str]:
+    """Placeholder values for a subcommand's required options (the output check runs before any)."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices[command]
+    argv = [command]
+    for group in parser._mutually_exclusive_groups:
+        if group.required:
+            action = group._group_actions[0]
+            argv += [action.option_strings[0], action.choices[0] if action.choices else "x"]
+    for action in parser._actions:
+        if action.required and action.option_strings:
+            argv += [action.option_strings[0], action.choices[0] if action.choices else "x"]
+    return argv
+
+
+@pytest.mark.parametrize(("command", "output"), list(_writing_commands()))
+def test_every_command_that_writes_names_an_impossible_output_before_any_work(command, output, tmp_path, capsys):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder")
+    argv = [*_minimal_argv(command), f"--{output.replace('_', '-')}", str(blocker / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --{output}") and "is a file, not a folder" in err and "\n" not in err

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         module.add_arguments(p)
-        p.set_defaults(func=module.run)
+        p.set_defaults(func=module.run, outputs=getattr(module, "OUTPUTS", ()))
     return parser
 
 
@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             from composir.runs.config import check_device
 
             check_device(args.device, "--device")
+        from composir.cli.args import check_writable
+
+        for name in args.outputs:
+            if getattr(args, name, None):
+                check_writable(getattr(args, name), "--" + name.replace("_", "-"))
         return args.func(args)
     except ComposirError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ from composir.cli.llm import add_llm_arguments, llm_config
 
 NAME = "annotate-cot"
 HELP = "a caption -> reasoning -> conclusion chain per triplet (CIR-CoT)"
+OUTPUTS = ("out",)  # what it writes: checked writable before any work
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

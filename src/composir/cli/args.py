@@ -93,6 +93,8 @@ def check_writable(path: str | Path, what: str) -> None:
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    if existing != path and not existing.is_dir():  # ".../notes.txt/out": it could never be created
+        raise ComposirError(f"{what} {path}: {existing} is a file, not a folder")
     folder = existing if existing.is_dir() else existing.parent
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ComposirError(f"{what} {path}: {folder} is not writable")

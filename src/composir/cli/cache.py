@@ -8,6 +8,7 @@ from composir.cli.args import non_negative_int, positive_int
 
 NAME = "cache"
 HELP = "encode a split's media once with the frozen vision tower (resumable)"
+OUTPUTS = ("out",)  # what it writes: checked writable before any work
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ from composir.cli.llm import add_llm_arguments, llm_config
 
 NAME = "caption"
 HELP = "multi-level CoT captions of a split's target images from a multimodal LLM"
+OUTPUTS = ("out",)  # what it writes: checked writable before any work
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ from composir.cli.args import positive_int, seed_int
 
 NAME = "demo"
 HELP = "synthetic benchmark -> train -> evaluate, end to end"
+OUTPUTS = ("out",)  # what it writes: checked writable before any work
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ from composir.errors import ComposirError
 
 NAME = "eval"
 HELP = "evaluate a model on a benchmark split"
+OUTPUTS = ("json", "grid", "submission")  # what it writes: checked writable before any work
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

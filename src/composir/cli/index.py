@@ -11,6 +11,7 @@ from composir.index.store import DEFAULT_STORE, KINDS, STORES
 
 NAME = "index"
 HELP = "index a folder of images/videos with a trained run (incremental)"
+OUTPUTS = ("out",)  # what it writes: checked writable before any work
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

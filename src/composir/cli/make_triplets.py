@@ -9,6 +9,7 @@ from composir.cli.args import float_in, positive_int, seed_int
 
 NAME = "make-triplets"
 HELP = "training triplets from captioned images (edited captions -> images)"
+OUTPUTS = ("out",)  # what it writes: checked writable before any work
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ from composir.cli.args import int_in, positive_int, seed_int
 
 NAME = "synth"
 HELP = "write the synthetic benchmark"
+OUTPUTS = ("out",)  # what it writes: checked writable before any work
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

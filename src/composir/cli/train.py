@@ -6,6 +6,7 @@ import argparse
 
 NAME = "train"
 HELP = "train a method from a YAML config (resumes the run folder by default)"
+OUTPUTS = ("out",)  # what it writes: checked writable before any work
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
