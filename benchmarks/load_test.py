@@ -1,9 +1,10 @@
 """A bounded load test of `composir serve` on 127.0.0.1: N concurrent clients for T seconds.
 
-Then the hostile phase (issue 10): 4 threads upload a 12000x12000 PNG (a few hundred KB that
+Then the hostile phase: 4 threads upload a 12000x12000 PNG (a few hundred KB that
 decodes to 144 megapixels) 29 times in all while one client sends text queries (their latency is
 what a slow decode under the model lock used to ruin), the server's memory before and after; and
-a 1 GB upload, whose 413 must come before the body is sent.
+a 1 GB upload, whose 413 must come before the body is sent; then 32 uploads at once of a PNG just
+under the pixel limit (its decode is allowed), the server's peak memory and its memory 20 s later.
 
 Builds a small index (a tiny model trained for a few steps on the synthetic benchmark, unless
 --index is given), starts the server as a subprocess on a free loopback port, runs the clients
@@ -158,6 +159,53 @@ def hostile_phase(base: str, server_pid: int, uploads: int = 29) -> None:
     print(f"1 GB upload: {outcome} after {time.perf_counter() - t0:.2f} s; RSS {_rss_mb(server_pid):.0f} MiB")
 
 
+def _just_under_the_limit_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGBA", (5600, 4200), (30, 60, 90, 255)).save(buf, "PNG")  # 23.5 MP, under the 24 MP limit
+    return buf.getvalue()
+
+
+def parallel_decode_phase(base: str, server_pid: int, parallel: int = 32, idle_s: float = 20.0) -> None:
+    """``parallel`` uploads at once of an image each decode may take (a few KB on the wire, ~165 MB
+    decoded): the server's peak memory is what the decode budget bounds."""
+    png = _just_under_the_limit_png()
+    rss_idle = _rss_mb(server_pid)
+    peak = [rss_idle]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mb(server_pid))
+            time.sleep(0.02)
+
+    statuses: list[int] = []
+
+    def upload() -> None:
+        with httpx.Client(base_url=base, timeout=300) as c:
+            r = c.post("/search", data={"text": "x"}, files={"file": ("big.png", png, "image/png")})
+            statuses.append(r.status_code)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=upload) for _ in range(parallel)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    time.sleep(idle_s)
+    done.set()
+    sampler.join()
+    counts = {s: statuses.count(s) for s in sorted(set(statuses))}
+    print(
+        f"parallel decodes: {parallel} uploads of a {len(png) // 1024} KB 5600x4200 RGBA PNG at once "
+        f"in {elapsed:.1f} s, "
+        f"statuses {counts}; server RSS idle {rss_idle:.0f} MiB, peak {peak[0]:.0f} MiB, "
+        f"{idle_s:.0f} s after {_rss_mb(server_pid):.0f} MiB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=16)
@@ -194,6 +242,7 @@ def main() -> None:
             if args.hostile_only:
                 httpx.post(base + "/search", data={"text": "x", "k": "5"})  # the model is warm
                 hostile_phase(base, server.pid, args.hostile_uploads)
+                parallel_decode_phase(base, server.pid)
                 return
             health = httpx.get(base + "/health").json()
             ids = [r["id"] for r in httpx.post(base + "/search", data={"text": "x", "k": "50"}).json()["results"]]
