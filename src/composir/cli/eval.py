@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from composir.cli.args import add_model_args, check_writable, int_in, non_negative_int, positive_int
+from composir.cli.args import add_model_args, int_in, non_negative_int, positive_int
 from composir.data import BENCHMARKS
 from composir.errors import ComposirError
 
@@ -46,23 +46,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from composir.eval.run import check_data, submittable
+    from composir.eval.run import load_checked, submittable
     from composir.utils.io import atomic_write_json
 
     untrained = _check_weights(args)
-    for option, target in (("--json", args.json), ("--grid", args.grid)):
+    for option, target in (("--json", args.json), ("--grid", args.grid)):  # (writable: checked by main)
         if target and Path(target).is_dir():
             raise ComposirError(f"{option} {target}: is a folder; name a file")
-        if target:
-            check_writable(target, option)
     if args.submission and args.benchmark not in submittable():
         raise ComposirError(f"no test-server submission format for {args.benchmark!r} "
                             f"({', '.join(submittable())} have one)")  # fmt: skip
-    check_data(args.benchmark, args.root, args.split, args.allow_missing)  # cheap: before any model is loaded
+    benches = load_checked(args.benchmark, args.root, args.split, args.allow_missing)  # before any model loads
     method = build_model(args)
     if args.frames is None:
         args.frames = 8
-    out = run_eval(method, args.benchmark, args.root, args.split, args)
+    out = run_eval(method, args.benchmark, benches, args)
     if untrained:
         out["random_weights"] = True
         print("note: these numbers come from randomly initialised weights (--random-weights)", file=sys.stderr)
@@ -102,17 +100,17 @@ def build_model(args: argparse.Namespace):
     return build_untrained(spec, args.device)
 
 
-def run_eval(method, name: str, root: str, split: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_eval(method, name: str, benches: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate one benchmark (``fashioniq`` = its three categories and their means), drawing
     ``--grid`` pictures and writing ``--submission`` files as asked."""
     from composir.eval.run import EvalOptions, evaluate_split, write_submission
 
-    options = EvalOptions(args.batch_size, args.frames, args.device, args.workers, args.allow_missing)
+    options = EvalOptions(args.batch_size, args.frames, args.device, args.workers)
     out, bench, result = evaluate_split(
-        method, name, root, split, options, lambda b, r, suffix: _pictures(method, b, r, args, suffix)
+        method, name, benches, options, lambda b, r, suffix: _pictures(method, b, r, args, suffix)
     )
     if args.submission:
-        paths = write_submission(name, split, args.submission, bench, result)
+        paths = write_submission(name, bench.split, args.submission, bench, result)
         print("submission:", ", ".join(map(str, paths)))
     return out
 

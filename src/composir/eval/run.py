@@ -1,4 +1,4 @@
-"""Evaluating a method on a named benchmark split: what ``composir eval`` and the demo call.
+"""Evaluating a method on a named benchmark split: what ``composir eval`` calls.
 
 ``fashioniq`` evaluates its three categories and reports their means (the paper protocol);
 every other name is one benchmark. Missing media are counted before any encoding.
@@ -20,26 +20,36 @@ class EvalOptions:
     num_frames: int = 8
     device: str = "cpu"
     num_workers: int = 0
-    allow_missing: bool = False  # skip (and list) media the benchmark names that are not on disk
 
 
 # Called with (benchmark, result, file-name suffix) after each evaluated split: pictures, say.
 OnResult = Callable[[Any, Any, str], None]
 
 
-def evaluate_split(
-    method, name: str, root: str, split: str, options: EvalOptions, on_result: OnResult | None = None
-) -> tuple[dict[str, Any], Any, Any]:
-    """(the metrics JSON, the last benchmark, the last result); a benchmark of parts (FashionIQ):
-    each part evaluated, and their means."""
+def load_checked(name: str, root: str, split: str, allow_missing: bool = False) -> dict[str, Any]:
+    """Each benchmark ``name`` evaluates (itself, or every part of a benchmark of parts) read and its
+    media counted: bad data is one line before any model is loaded, and the split is read once."""
     from composir.data import benchmark_spec, load_benchmark
     from composir.data.media_check import require_media
+
+    benches = {}
+    for part in benchmark_spec(name).parts or (name,):
+        benches[part] = load_benchmark(part, root, split)
+        require_media(benches[part], allow_missing, "pass --allow-missing")
+    return benches
+
+
+def evaluate_split(
+    method, name: str, benches: dict[str, Any], options: EvalOptions, on_result: OnResult | None = None
+) -> tuple[dict[str, Any], Any, Any]:
+    """(the metrics JSON, the last benchmark, the last result) of ``benches`` (``load_checked``); a
+    benchmark of parts (FashionIQ): each part evaluated, and their means."""
+    from composir.data import benchmark_spec
     from composir.eval import metrics as M
     from composir.eval.evaluate import evaluate
 
     def run_one(bench_name: str, suffix: str):
-        bench = load_benchmark(bench_name, root, split)
-        require_media(bench, options.allow_missing, "pass --allow-missing")
+        bench = benches[bench_name]
         result = evaluate(method, bench, batch_size=options.batch_size, num_frames=options.num_frames,
                           device=options.device, num_workers=options.num_workers)  # fmt: skip
         if on_result is not None:
@@ -56,21 +66,15 @@ def evaluate_split(
         short = part.removeprefix(f"{name}-")
         bench, result = run_one(part, f"-{short}")
         per_part[short], n, skipped = result.metrics, n + len(result.query_ids), skipped + result.failures
-    out: dict[str, Any] = {"benchmark": name, "split": split, "metrics": M.fashioniq_metrics(per_part), "n_queries": n}
+    out: dict[str, Any] = {
+        "benchmark": name,
+        "split": bench.split,
+        "metrics": M.fashioniq_metrics(per_part),
+        "n_queries": n,
+    }
     if skipped:
         out["skipped_media"] = [{"id": i, "error": e} for i, e in skipped]
     return out, bench, result
-
-
-def check_data(name: str, root: str, split: str, allow_missing: bool = False) -> None:
-    """The split's annotations read and its media counted (every part of a benchmark of parts):
-    bad data is one line before any model is loaded."""
-    from composir.data import benchmark_spec, load_benchmark
-    from composir.data.media_check import require_media
-
-    spec = benchmark_spec(name)
-    for part in spec.parts or (name,):
-        require_media(load_benchmark(part, root, split), allow_missing, "pass --allow-missing")
 
 
 def write_submission(name: str, split: str, folder: str | Path, bench, result) -> list[Path]:
