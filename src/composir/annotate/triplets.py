@@ -28,7 +28,7 @@ from composir.data.captions import read_captions
 from composir.data.media import media_type_of
 from composir.data.noun_phrases import NounPhrases
 from composir.errors import ConfigError
-from composir.utils.io import atomic_write_json
+from composir.utils.io import atomic_write_json, is_utf8
 
 ARTICLES = ("the ", "a ", "an ")
 
@@ -264,19 +264,11 @@ def usable_captions(captions: dict[str, str]) -> tuple[dict[str, str], list[dict
             skipped.append({"id": key, "error": "empty caption"})
         elif len(text) > MAX_CAPTION_CHARS:
             skipped.append({"id": key, "error": f"caption of {len(text)} characters (limit {MAX_CAPTION_CHARS})"})
-        elif not _is_text(text):
+        elif not is_utf8(text):
             skipped.append({"id": key, "error": "caption is not valid text (lone surrogates)"})
         else:
             ok[key] = text
     return ok, skipped
-
-
-def _is_text(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _unreadable(path: Path) -> str | None:

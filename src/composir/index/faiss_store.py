@@ -60,7 +60,7 @@ from composir.index.plan import (
     rerank,
 )
 from composir.index.store import Encode, IndexSettings, register_store
-from composir.utils.io import atomic_open, atomic_write_json
+from composir.utils.io import atomic_open, atomic_write_json, is_utf8
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def scan_media(root: Path) -> tuple[list[FileEntry], list[dict]]:
                 continue
             path = Path(dirpath) / name
             key = path.relative_to(root).as_posix()
-            if not _utf8(key):  # the metadata, the ids in answers and URLs are text
+            if not is_utf8(key):  # the metadata, the ids in answers and URLs are text
                 shown = os.fsencode(key).decode("utf-8", "backslashreplace")
                 skipped.append({"file": shown, "error": "file name is not valid UTF-8; rename the file to index it"})
                 continue
@@ -118,14 +118,6 @@ def scan_media(root: Path) -> tuple[list[FileEntry], list[dict]]:
                 continue
             out.append(FileEntry(key, path, kind, st.st_size, st.st_mtime))
     return out, skipped
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # os.walk hands undecodable bytes over as lone surrogates
-        return False
-    return True
 
 
 _SCHEMA = (
@@ -385,8 +377,9 @@ class GalleryIndex:
         exact = self._mapped_vectors(wanted) if self.exact is not None else self._stored_vectors(wanted)
         zero = np.zeros(int(self.info.get("dim") or self.vectors.d), dtype=np.float32)
         have = np.array([int(c) in exact for c in candidates], dtype=bool)
-        mat = np.stack([exact.get(int(c), zero) for c in candidates]) if len(candidates) else zero[None, :0].T[:0]
-        return mat.reshape(len(candidates), len(zero)), have
+        if not len(candidates):
+            return np.zeros((0, len(zero)), dtype=np.float32), have
+        return np.stack([exact.get(int(c), zero) for c in candidates]), have
 
     def _mapped_vectors(self, wanted: list[int]) -> dict[int, np.ndarray]:
         if not wanted or not len(self.exact_ids):

@@ -71,3 +71,13 @@ def remove_leftovers(folder: str | os.PathLike, all_hidden: bool = False) -> lis
                 entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8: names os.walk decoded from undecodable bytes, and
+    strings with lone surrogates, cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
