@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from composir.cli.args import check_writable, memory_size, non_negative_int, positive_int, seed_int, unit_fraction
+from composir.cli.args import memory_size, non_negative_int, positive_int, seed_int, unit_fraction
 from composir.errors import ComposirError
 from composir.index.store import DEFAULT_STORE, KINDS, STORES
 
@@ -80,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ComposirError(f"--out {out}: is a file, not an index folder")
-    check_writable(out, "--out")
     index = _open_store(args)  # a damaged index or an unreachable server is named before any encoding
     method, frames, info = _model(args)
     info.update(fingerprint=method.encoder.fingerprint(), num_frames=frames)

@@ -221,12 +221,13 @@ def create_app(
         index = current_index()
         if id and index.key_to_id(id) is None:
             raise HTTPException(404, f"no item {id!r} in the index")
-        if (file is not None or id) and not decode_slots.acquire(timeout=settings.decode_wait_s):
+        decodes = file is not None or bool(id)
+        if decodes and not decode_slots.acquire(timeout=settings.decode_wait_s):
             raise HTTPException(503, "busy decoding other references; try again in a moment")
         try:
             reference = _load_reference(searcher, file, id, settings)  # decoding: outside the model lock
         finally:
-            if file is not None or id:
+            if decodes:
                 decode_slots.release()
                 _return_freed_memory()
         try:
