@@ -59,9 +59,6 @@ def encoder_config(spec: dict[str, Any]) -> dict[str, Any] | None:
 def build_untrained(spec: dict[str, Any], device: str = "cpu"):
     """A zero-shot model from its spec (encoder, pretrained weights, training-free method, seed): what
     ``composir index --encoder`` used, rebuilt identically for searching (same seed, same weights)."""
-    from composir.encoders import build_encoder
-    from composir.methods import build_method
-
     torch.manual_seed(int(spec.get("seed", 0)))
     encoder = build_encoder(spec["encoder"], pretrained=spec.get("pretrained"), config=encoder_config(spec))
     return build_method(spec.get("method", "sum"), encoder).to(device).eval()
