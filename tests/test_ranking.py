@@ -74,3 +74,25 @@ def test_subset_ranking_still_orders_by_score():
     query = torch.tensor([[0.0, 1.0]])
     order = rank_members(query, gallery, torch.tensor([[0, 2, 1, -1]]))
     assert order[0].tolist() == [1, 2, 0, -1]
+
+
+@pytest.mark.parametrize(("kq", "kg"), [(1, 5), (3, 5)])
+def test_token_embeddings_rank_by_their_best_pair(kq, kg):
+    """(N, K, D) embeddings: chunked ranking and member ranking both score max over token pairs."""
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(30, kq, 6, generator=gen).squeeze(1)
+    g = torch.randn(57, kg, 6, generator=gen)
+    exclude = torch.randint(-1, 57, (30,), generator=gen)
+    qt = q if q.dim() == 3 else q[:, None]
+    brute = torch.einsum("nqd,mkd->nmqk", qt, g).amax(dim=(2, 3))
+    for i, e in enumerate(exclude.tolist()):
+        if e >= 0:
+            brute[i, e] = float("-inf")
+    want = torch.sort(brute, dim=1, descending=True, stable=True).indices[:, :10]
+    _, got = chunked_topk(q, g, 10, exclude, query_chunk=8, gallery_chunk=40)
+    assert torch.equal(got, want)
+    members = torch.randint(0, 57, (30, 6), generator=gen)
+    member_scores = torch.gather(torch.einsum("nqd,mkd->nmqk", qt, g).amax(dim=(2, 3)), 1, members)
+    ranked = rank_members(q, g, members)
+    top = torch.einsum("nqd,nkd->nqk", qt, g[ranked[:, 0]]).amax(dim=(1, 2))
+    torch.testing.assert_close(top, member_scores.amax(dim=1))

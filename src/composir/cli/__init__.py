@@ -16,7 +16,7 @@ from composir.errors import ComposirError, WorkInterrupted
 # In the order ``composir --help`` lists them.
 COMMANDS = (
     "synth", "train", "cache", "eval", "index", "search", "serve",
-    "caption", "annotate_cot", "make_triplets", "demo", "methods",
+    "caption", "annotate_cot", "make_triplets", "convert", "demo", "methods",
 )  # fmt: skip
 
 

@@ -161,5 +161,8 @@ class QFormerBackbone(Protocol):
     def pool_fusion(self, hidden: torch.Tensor) -> torch.Tensor:
         """The composed feature from ``fusion_hidden``'s output."""
 
+    def refine_with_text(self, query_outputs: torch.Tensor, tokens: Tokens) -> torch.Tensor:
+        """[query outputs; text] through the Q-Former without the image (SPRC's second pass)."""
+
     def query_token_init(self) -> torch.Tensor:
         """The learned query tokens (Q, width), detached (IMAGINE starts its prototypes from them)."""

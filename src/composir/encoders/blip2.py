@@ -7,7 +7,8 @@ its learned query tokens and ITC projections, as used by CoVR-2, SPRC and IMAGIN
 - ``encode_query``: the multimodal fusion of CoVR-2/SPRC: query tokens and text tokens go
   through the Q-Former together, cross-attending to the reference's ViT tokens; the query-token
   outputs -> ``text_projection`` -> mean (IMAGINE's average pooling; ``fusion_pool="cls"``
-  takes the first text token instead, as SPRC).
+  takes the first text token of that same pass instead). SPRC's query is another computation (a
+  second, image-free pass: ``refine_with_text``; the ``qformer_fusion`` method's ``query_pool: sprc``).
 - Videos (T > 1): the ViT runs per frame; the frame tokens are averaged (``video_pooling="mean"``,
   CoVR's frame averaging) or concatenated (``"concat"``) before the Q-Former cross-attends to them.
 """
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from composir.encoders import preprocessing as prep
 from composir.encoders.base import Encoder, Tokens
 from composir.encoders.registry import register_encoder
 from composir.errors import WeightsNotFound
@@ -42,6 +44,14 @@ class Blip2Options:
     video_pooling: str = "mean"  # "mean" or "concat" of frame tokens
     fusion_pool: str = "mean"  # "mean" of query tokens or "cls" (first text token)
     gradient_checkpointing: bool = False
+    # The peers' preprocessing (encoders/preprocessing.py): LAVIS/CoVR resize to a square; SPRC
+    # pads to ratio 1.25 and crops; texts through BLIP's pre_caption (CoVR 30 words, SPRC 50).
+    target_pad: float | None = None
+    resize: str = "square"
+    caption_words: int | None = None
+
+    def __post_init__(self) -> None:
+        prep.check_policy(self.target_pad, self.resize, self.caption_words, "blip2")
 
 
 class Blip2Encoder(Encoder):
@@ -74,13 +84,16 @@ class Blip2Encoder(Encoder):
 
     # ---------------------------------------------------------------------------- inputs
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        if image.size != (self.image_size, self.image_size):
-            image = image.resize((self.image_size, self.image_size), Image.BICUBIC)
+        if self.options.target_pad is not None:
+            image = prep.target_pad(image, self.options.target_pad)
+        image = prep.resize(image, self.image_size, self.options.resize).convert("RGB")
         x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
         return (x - self.mean) / self.std
 
     def tokenize(self, texts: list[str]) -> Tokens:
         texts = list(texts)
+        if self.options.caption_words is not None:
+            texts = [prep.pre_caption(t, self.options.caption_words) for t in texts]
         if hasattr(self.tokenizer, "with_offsets"):  # the tiny encoder's word-hash tokenizer
             ids, offsets = self.tokenizer.with_offsets(texts)
         else:
@@ -108,7 +121,13 @@ class Blip2Encoder(Encoder):
 
     def cache_spec(self) -> dict[str, Any]:
         """Everything besides the tower's weights that shapes its output."""
-        return {"image_size": self.image_size, "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+        return {
+            "image_size": self.image_size,
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+            "target_pad": self.options.target_pad,
+            "resize": self.options.resize,
+        }
 
     def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
         """The tower's tokens for each frame: (B, T, N, C)."""
@@ -226,6 +245,15 @@ class Blip2Encoder(Encoder):
             yield
         finally:
             config._attn_implementation = before
+
+    def refine_with_text(self, query_outputs: torch.Tensor, tokens: Tokens) -> torch.Tensor:
+        """SPRC's second pass: [``query_outputs``; the text] through the Q-Former without the image,
+        every position through the text feed-forward (LAVIS's BERT without encoder states; here
+        ``query_length=0``): (B, Q + L, width)."""
+        embeds = self.model.embeddings(input_ids=tokens.ids, query_embeds=query_outputs)
+        query_mask = torch.ones(query_outputs.shape[:2], dtype=tokens.mask.dtype, device=tokens.mask.device)
+        mask = torch.cat([query_mask, tokens.mask], dim=1)
+        return self.model.qformer(query_embeds=embeds, query_length=0, attention_mask=mask).last_hidden_state
 
     def encode_query(self, frames: torch.Tensor, tokens: Tokens) -> torch.Tensor:
         return self.pool_fusion(self.fusion_hidden(frames, tokens))

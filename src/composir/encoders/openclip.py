@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from composir.encoders import preprocessing as prep
 from composir.encoders.base import Encoder, Tokens
 from composir.encoders.registry import register_encoder
 from composir.errors import WeightsNotFound
@@ -25,8 +26,19 @@ from composir.errors import WeightsNotFound
 class OpenClipEncoder(Encoder):
     name = "openclip"
 
-    def __init__(self, model, preprocess, tokenizer, model_name: str):
+    def __init__(
+        self,
+        model,
+        preprocess,
+        tokenizer,
+        model_name: str,
+        target_pad: float | None = None,
+        caption_words: int | None = None,
+    ):
         super().__init__()
+        # The peers' preprocessing switches (encoders/preprocessing.py): CLIP4Cir pads to 1.25.
+        self.target_pad = target_pad
+        self.caption_words = caption_words
         self.model = model
         self._preprocess = preprocess
         self.tokenizer = tokenizer
@@ -43,10 +55,14 @@ class OpenClipEncoder(Encoder):
         self.model.visual.requires_grad_(False)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
+        if self.target_pad is not None:
+            image = prep.target_pad(image, self.target_pad)
         return self._preprocess(image)
 
     def tokenize(self, texts: list[str]) -> Tokens:
         texts = list(texts)
+        if self.caption_words is not None:
+            texts = [prep.pre_caption(t, self.caption_words) for t in texts]
         ids = self.tokenizer(texts)
         offsets = [_align(self.tokenizer, text, row) for text, row in zip(texts, ids.tolist())]
         return Tokens(ids, (ids != 0).long(), offsets, texts)
@@ -106,6 +122,8 @@ def load_openclip(pretrained: str | None, config: dict[str, Any] | None = None) 
     name = config.pop("model", "RN50x4")
     model_config = config.pop("model_config", None)
     quick_gelu = quick_gelu_for(name, pretrained, config.pop("quick_gelu", None))
+    pad, words = config.pop("target_pad", None), config.pop("caption_words", None)
+    prep.check_policy(pad, "shorter_side", words, "openclip")
     if config:
         raise ValueError(f"openclip: unknown config key(s) {sorted(config)}")
     _check_tag(name, pretrained, model_config)
@@ -132,7 +150,7 @@ def load_openclip(pretrained: str | None, config: dict[str, Any] | None = None) 
             raise _weights_not_found(name, pretrained, exc) from exc
         finally:
             logging.disable(logging.NOTSET)
-    return OpenClipEncoder(model.float(), preprocess, open_clip.get_tokenizer(name), name)
+    return OpenClipEncoder(model.float(), preprocess, open_clip.get_tokenizer(name), name, pad, words)
 
 
 def _weights_not_found(name: str, pretrained: str | None, exc: BaseException) -> WeightsNotFound:

@@ -93,6 +93,7 @@ class EvalResult:
     subset_ranked_ids: list[list[str]] | None
     failures: list[tuple[str, str]] = field(default_factory=list)
     per_family: dict[str, dict[str, float]] = field(default_factory=dict)
+    scoring: str = "vector"  # how embeddings were compared (methods.scoring)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -100,6 +101,7 @@ class EvalResult:
             "split": self.split,
             "metrics": self.metrics,
             "n_queries": len(self.query_ids),
+            "scoring": self.scoring,
         }
         if self.per_family:
             out["per_family"] = self.per_family
@@ -143,6 +145,7 @@ def evaluate(
 ) -> EvalResult:
     """Rank the gallery for every query of ``bench`` with ``method`` and score it."""
     method.eval()
+    scoring = method.use_scoring(bench.name)
     enc = method.encoder
     common = dict(
         preprocess=enc.preprocess,
@@ -161,7 +164,7 @@ def evaluate(
     # Queries: each distinct reference is decoded (and, where the method allows, encoded) once,
     # then fused with the texts of all its queries; a batch holds at most ``batch_size`` queries.
     tokens = enc.tokenize([q.text for q in bench.queries])
-    query_feats = torch.zeros(len(bench.queries), gallery.features.shape[1] if len(gallery_ids) else 1)
+    query_feats: torch.Tensor | None = None  # allocated when the first batch shows the embedding's shape
     failures = list(gallery.failures)
     queries_of: dict[str, list[int]] = {}
     for i, q in enumerate(bench.queries):
@@ -185,6 +188,8 @@ def evaluate(
         query_index = torch.tensor([i for i, _ in rows])
         reference_index = torch.tensor([j for _, j in rows], device=device)
         feats = method.encode_queries(frames.to(device), tokens[query_index].to(device), reference_index)
+        if query_feats is None:
+            query_feats = torch.zeros(len(bench.queries), *feats.shape[1:])
         query_feats[query_index] = feats.float().cpu()
         ok_query[query_index] = True
 
@@ -193,6 +198,8 @@ def evaluate(
         for i, q in enumerate(bench.queries):
             exclude[i] = position.get(q.reference_id, -1)
     ranked: list[list[str]] = [[] for _ in bench.queries]
+    if query_feats is None:  # no reference could be read: every query ranks nothing
+        query_feats = torch.zeros(len(bench.queries), *gallery.features.shape[1:])
     if len(gallery_ids):
         _, index = chunked_topk(query_feats, gallery.features, k, exclude, query_chunk, gallery_chunk)
         for i in range(len(bench.queries)):
@@ -233,4 +240,5 @@ def evaluate(
         subset_ranked,
         failures,
         per_family,
+        scoring,
     )

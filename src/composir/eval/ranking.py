@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from composir.methods.scoring import member_similarity, similarity, tokens_per_item
+
 
 def _merge(scores: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Best ``k`` of each row by (score desc, index asc)."""
@@ -47,9 +49,13 @@ def chunked_topk(
 
     ``exclude[i]`` is a gallery index removed from query i's ranking (-1 for none): the
     reference image, as CIRR/CIRCO require. Peak extra memory is one query_chunk x gallery_chunk block.
+    Embeddings of K tokens each (``methods.scoring``) score by their best token pair; the chunks
+    shrink by the token counts, so the block stays that size.
     """
     n, m = queries.shape[0], gallery.shape[0]
     k = min(k, m)
+    query_chunk = max(1, query_chunk // tokens_per_item(queries))
+    gallery_chunk = max(1, gallery_chunk // tokens_per_item(gallery))
     out_scores = torch.empty(n, k, dtype=torch.float32)
     out_index = torch.empty(n, k, dtype=torch.long)
     for qs in tqdm(range(0, n, query_chunk), desc="ranking", unit="chunk", disable=not progress):
@@ -59,7 +65,7 @@ def chunked_topk(
         best_i = torch.zeros((q.shape[0], 0), dtype=torch.long, device=q.device)
         for gs in range(0, m, gallery_chunk):
             g = gallery[gs : gs + gallery_chunk].to(q.device)
-            sims = (q @ g.T).float()
+            sims = similarity(q, g).float()
             if ex is not None:
                 local = ex - gs
                 rows = ((local >= 0) & (local < g.shape[0])).nonzero().squeeze(1)
@@ -83,7 +89,7 @@ def rank_members(queries: torch.Tensor, gallery: torch.Tensor, member_index: tor
     by_gallery = torch.sort(torch.where(absent, torch.iinfo(member_index.dtype).max, member_index), dim=1, stable=True)
     members = torch.gather(member_index, 1, by_gallery.indices)
     safe = members.clamp(min=0)
-    scores = torch.einsum("nd,nsd->ns", queries.float(), gallery[safe].float())
+    scores = member_similarity(queries.float(), gallery[safe].float())
     scores[members < 0] = float("-inf")
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     return torch.gather(members, 1, order)

@@ -15,6 +15,7 @@ from composir.encoders.base import Encoder
 from composir.errors import ConfigError
 from composir.methods.batch import TripletCollator
 from composir.methods.losses import covr_hn_nce, hn_nce, info_nce
+from composir.methods.scoring import similarity
 from composir.utils.typed import bounded
 
 LOSSES = ("infonce", "hnnce", "hnnce_covr")  # hnnce_covr: CoVR's own form (both directions, summed)
@@ -65,6 +66,8 @@ class RetrievalMethod(nn.Module):
     backbone_text = "any encoder"
     # A method whose every weight is the encoder's: usable zero-shot with pretrained weights.
     training_free = False
+    # How its embeddings score at inference (``methods.scoring``); ``use_scoring`` picks it per benchmark.
+    active_scoring = "vector"
 
     def __init__(self, encoder: Encoder, config: MethodConfig | None = None):
         super().__init__()
@@ -77,6 +80,15 @@ class RetrievalMethod(nn.Module):
             raise ConfigError(f"{self.name} needs {self.backbone_text}; {encoder.name!r} has none")
         scale = torch.tensor(math.log(1.0 / self.config.temperature))
         self.logit_scale = nn.Parameter(scale, requires_grad=self.config.learn_temperature)
+
+    def scoring_for(self, benchmark: str | None) -> str:
+        """The scoring this method ranks ``benchmark`` with (None: a user's own gallery)."""
+        return "vector"
+
+    def use_scoring(self, benchmark: str | None) -> str:
+        """Embed for ``benchmark``'s scoring from now on (evaluation and indexing call this first)."""
+        self.active_scoring = self.scoring_for(benchmark)
+        return self.active_scoring
 
     def collator(self) -> TripletCollator:
         """What turns training items into this method's batches (see ``methods.batch``)."""
@@ -122,18 +134,18 @@ class RetrievalMethod(nn.Module):
         if self.config.loss == "hnnce_covr":  # CoVR's form: the (gathered) square batch, both directions
             if extra_negatives is not None and len(extra_negatives):
                 raise ConfigError("loss hnnce_covr is CoVR's in-batch loss; it takes no memory bank")
-            return covr_hn_nce(all_query @ all_target.T, scale, self.config.hn_alpha, self.config.hn_beta)
+            return covr_hn_nce(similarity(all_query, all_target), scale, self.config.hn_alpha, self.config.hn_beta)
         labels = torch.arange(len(query), device=query.device) + offset
-        sim = query @ all_target.T
+        sim = similarity(query, all_target)
         exclude = None
         if extra_negatives is not None and len(extra_negatives):
-            bank = query @ extra_negatives.to(query).T
+            bank = similarity(query, extra_negatives.to(query))
             if extra_mask is not None:  # left out on the logits (losses.py), never as -inf here
                 exclude = torch.cat([torch.zeros_like(sim, dtype=torch.bool), extra_mask.to(sim.device)], dim=1)
             sim = torch.cat([sim, bank], dim=1)
         loss = self._contrast(sim, scale, labels, exclude)
         if self.config.symmetric:
-            loss = (loss + self._contrast(target @ all_query.T, scale, labels)) / 2
+            loss = (loss + self._contrast(similarity(target, all_query), scale, labels)) / 2
         return loss
 
     def _contrast(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from composir.methods.base import LateFusion, RetrievalMethod
+from composir.methods.base import LateFusion, MethodConfig, RetrievalMethod
 from composir.methods.registry import register_method
 
 
@@ -35,11 +37,21 @@ class TextOnly(RetrievalMethod):
         return F.normalize(self.encoder.encode_text(tokens), dim=-1)
 
 
+@dataclass
+class SumConfig(MethodConfig):
+    # false: CLIP4Cir's ``element_wise_sum``, normalize(raw image + raw text feature)
+    normalize_inputs: bool = True
+
+
 @register_method("sum")
 class Sum(LateFusion):
-    """Query = normalised image feature + normalised text feature (the late-fusion baseline)."""
+    """Query = normalised image feature + normalised text feature (the late-fusion baseline);
+    ``normalize_inputs: false`` sums the raw features first, as CLIP4Cir's baseline does."""
 
+    config_class = SumConfig
     training_free = True
 
     def combine(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return F.normalize(F.normalize(image, dim=-1) + F.normalize(text, dim=-1), dim=-1)
+        if self.config.normalize_inputs:
+            image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+        return F.normalize(image + text, dim=-1)

@@ -18,14 +18,21 @@ does it (``configs/covr2-webvid-covr.yaml`` sets them all):
 - ``reference_frames: middle``: one middle frame of the reference video;
 - ``target_pooling: embedding``: target frames embedded one by one and their embeddings averaged,
   instead of averaging their vision tokens before the Q-Former;
-- the loss itself is MethodConfig's: ``loss: hnnce, hn_beta: 0.5, temperature: 0.07,
-  learn_temperature: false, gather_negatives: true``.
+- the loss itself is MethodConfig's: ``loss: hnnce_covr, hn_beta: 0.5, temperature: 0.07,
+  learn_temperature: false, gather_negatives: true``;
+- ``scoring`` / ``scoring_per_benchmark`` (``methods.scoring``): CoVR-2 ranks CIRR by the best
+  pair of unit query and target tokens (``max_token_pairs``), the other benchmarks by the means.
+
+SPRC (Xu et al., 2024) as its code computes it: ``query_pool: sprc`` -- a second, image-free
+Q-Former pass over [the first pass's query outputs; the text] in which every position goes through
+the text feed-forward, and the token at the text's first position, projected, is the query -- with
+``scoring: max_target_tokens`` (the best of the target's unit query tokens).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,7 +43,10 @@ from composir.errors import ConfigError
 from composir.methods.base import MethodConfig, RetrievalMethod
 from composir.methods.batch import CaptionedCollator, TripletCollator
 from composir.methods.registry import register_method
+from composir.methods.scoring import check_scoring
 from composir.utils.typed import bounded
+
+QUERY_POOLS = ("encoder", "sprc", "text_cls")
 
 
 @dataclass
@@ -46,11 +56,33 @@ class QFormerFusionConfig(MethodConfig):
     # as CoVR-2's code scores it -- a mean's length then weighs in the inner product, and rankings differ.
     renormalize_mean: bool = True
     frozen_targets: bool = False
+    # With frozen_targets: the pretrained model the targets come from, when it is not the one the
+    # query side starts from (CoVR-2: Salesforce/blip2-itm-vit-g-coco); the run factory builds it.
+    target_pretrained: str | None = None
     caption_weight: float = bounded(0.0, 0)
     reference_frames: str = "all"  # all | middle
     target_pooling: str = "tokens"  # tokens (vision tokens averaged over frames) | embedding
+    # encoder: the encoder's ``pool_fusion`` (or the token_norm mean); sprc: SPRC's second pass;
+    # text_cls: the fused pass's first text token, projected (BLIP-2's ITC text feature)
+    query_pool: str = "encoder"
+    scoring: str = "vector"  # methods.scoring; training and any benchmark not named below
+    scoring_per_benchmark: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
+        if self.target_pretrained and not self.frozen_targets:
+            raise ConfigError(
+                "qformer_fusion.target_pretrained names the frozen target model: set frozen_targets: true"
+            )
+        if self.query_pool not in QUERY_POOLS:
+            raise ConfigError(f"qformer_fusion.query_pool must be one of {list(QUERY_POOLS)}, got {self.query_pool!r}")
+        check_scoring(self.scoring, "qformer_fusion.scoring")
+        for bench, value in self.scoring_per_benchmark.items():
+            check_scoring(value, f"qformer_fusion.scoring_per_benchmark.{bench}")
+        if self.query_pool != "encoder" and self.scoring == "max_token_pairs":
+            raise ConfigError(
+                f"qformer_fusion: query_pool {self.query_pool} gives one query vector; "
+                "max_token_pairs needs query tokens"
+            )
         if self.reference_frames not in ("all", "middle"):
             raise ConfigError(f"qformer_fusion.reference_frames must be all or middle, got {self.reference_frames!r}")
         if self.target_pooling not in ("tokens", "embedding"):
@@ -68,7 +100,13 @@ class QFormerFusion(RetrievalMethod):
     def __init__(self, encoder, config: QFormerFusionConfig | None = None):
         super().__init__(encoder, config)
         cfg: QFormerFusionConfig = self.config
-        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False).eval() if cfg.frozen_targets else None
+        # A target model named by ``target_pretrained`` comes from the run factory (use_target_encoder).
+        copied = cfg.frozen_targets and not cfg.target_pretrained
+        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False).eval() if copied else None
+
+    def use_target_encoder(self, encoder) -> None:
+        """The frozen target model, built by the run factory from ``target_pretrained``."""
+        self.target_encoder = encoder.requires_grad_(False).eval()
 
     @property
     def ddp_find_unused_parameters(self) -> bool:
@@ -83,8 +121,17 @@ class QFormerFusion(RetrievalMethod):
 
     def weights_loaded(self, names: set[str]) -> None:
         """After ``train.init_from``: the frozen target model is the loaded encoder, not the random one."""
-        if self.target_encoder is not None and not any(n.startswith("target_encoder.") for n in names):
+        own_model = self.target_encoder is not None and not self.config.target_pretrained
+        if own_model and not any(n.startswith("target_encoder.") for n in names):
             self.target_encoder.load_state_dict(self.encoder.state_dict())
+
+    def scoring_for(self, benchmark: str | None) -> str:
+        return self.config.scoring_per_benchmark.get(benchmark or "", self.config.scoring)
+
+    @property
+    def _scoring(self) -> str:
+        """Training contrasts with the config's scoring; inference with the benchmark's."""
+        return self.config.scoring if self.training else self.active_scoring
 
     def collator(self) -> TripletCollator:
         return CaptionedCollator(self.encoder.tokenize) if self.config.caption_weight > 0 else super().collator()
@@ -96,39 +143,58 @@ class QFormerFusion(RetrievalMethod):
             return frames[:, middle : middle + 1]
         return frames
 
-    def _pool(self, projected: torch.Tensor) -> torch.Tensor:
-        """(B, Q, D) projected query tokens -> (B, D), normalised."""
+    def _pool(self, projected: torch.Tensor, tokens_wanted: bool = False) -> torch.Tensor:
+        """(B, Q, D) projected query tokens -> (B, D), normalised; or the unit tokens themselves
+        (B, Q, D) when ``tokens_wanted`` (token scorings)."""
+        if tokens_wanted:
+            return F.normalize(projected, dim=-1)
         if self.config.token_norm:
             projected = F.normalize(projected, dim=-1)
             if not self.config.renormalize_mean:
                 return projected.mean(1)
         return F.normalize(projected.mean(1), dim=-1)
 
-    def _composed(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _composed(self, hidden: torch.Tensor, tokens) -> torch.Tensor:
+        q = self.encoder.num_query_tokens
+        if self.config.query_pool == "text_cls":
+            return F.normalize(self.encoder.project_text(hidden[:, q]), dim=-1)
+        if self.config.query_pool == "sprc":
+            second = self.encoder.refine_with_text(hidden[:, :q], tokens)
+            return F.normalize(self.encoder.project_text(second[:, q]), dim=-1)
+        if self._scoring == "max_token_pairs":
+            return self._pool(self.encoder.project_text(hidden[:, :q]), tokens_wanted=True)
         if not self.config.token_norm:
             return F.normalize(self.encoder.pool_fusion(hidden), dim=-1)
-        q = self.encoder.num_query_tokens
         return self._pool(self.encoder.project_text(hidden[:, :q]))
 
     def encode_query(self, frames: torch.Tensor, tokens) -> torch.Tensor:
-        return self._composed(self.encoder.fusion_hidden(self._reference(frames), tokens))
+        return self._composed(self.encoder.fusion_hidden(self._reference(frames), tokens), tokens)
 
     def encode_queries(self, frames: torch.Tensor, tokens, reference_index: torch.Tensor) -> torch.Tensor:
         memory = self.encoder.vision_tokens(self._reference(frames))[reference_index]  # one ViT pass per reference
-        return self._composed(self.encoder.fusion_hidden(None, tokens, memory))
+        return self._composed(self.encoder.fusion_hidden(None, tokens, memory), tokens)
 
     def encode_target(self, frames: torch.Tensor, tokens=None) -> torch.Tensor:
-        encoder = self.target_encoder if self.target_encoder is not None else self.encoder
+        encoder = self._target_model()
+        tokens_wanted = self._scoring != "vector"
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.target_encoder is None):
             if self.config.target_pooling == "embedding" and frames.dim() == 5 and frames.shape[1] > 1:
                 b, t = frames.shape[:2]
                 single = frames.flatten(0, 1)[:, None]  # every frame as an image of its own
-                per_frame = self._pool(encoder.project_image(encoder.image_query_outputs(single)))
-                return F.normalize(per_frame.view(b, t, -1).mean(1), dim=-1)
-            return self._pool(encoder.project_image(encoder.image_query_outputs(frames)))
+                per_frame = self._pool(encoder.project_image(encoder.image_query_outputs(single)), tokens_wanted)
+                return F.normalize(per_frame.view(b, t, *per_frame.shape[1:]).mean(1), dim=-1)
+            return self._pool(encoder.project_image(encoder.image_query_outputs(frames)), tokens_wanted)
+
+    def _target_model(self):
+        if self.target_encoder is None and self.config.target_pretrained:
+            raise ConfigError(
+                f"qformer_fusion: the frozen target model {self.config.target_pretrained!r} was never built "
+                "(build the method through composir.runs.build_from_config)"
+            )
+        return self.target_encoder if self.target_encoder is not None else self.encoder
 
     def encode_caption(self, tokens) -> torch.Tensor:
-        encoder = self.target_encoder if self.target_encoder is not None else self.encoder
+        encoder = self._target_model()
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.target_encoder is None):
             return F.normalize(encoder.encode_text(tokens), dim=-1)
 

@@ -23,7 +23,11 @@ def build_from_config(cfg: RunConfig) -> RetrievalMethod:
     encoder = build_encoder(cfg.encoder.name, pretrained=cfg.encoder.pretrained, config=cfg.encoder.config)
     if cfg.encoder.freeze_vision:
         encoder.lock_vision_tower()
-    return build_method(cfg.method.name, encoder, cfg.method.config)
+    method = build_method(cfg.method.name, encoder, cfg.method.config)
+    target = getattr(method.config, "target_pretrained", None)
+    if target:  # frozen targets from another pretrained model than the query side's (CoVR-2's COCO BLIP-2)
+        method.use_target_encoder(build_encoder(cfg.encoder.name, pretrained=target, config=cfg.encoder.config))
+    return method
 
 
 def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu"):
