@@ -140,6 +140,8 @@ def _minimal_argv(command: str) -> list[str]:
     for action in parser._actions:
         if action.required and action.option_strings:
             argv += [action.option_strings[0], action.choices[0] if action.choices else "x"]
+        elif not action.option_strings and action.dest != "help":  # positionals: one value each
+            argv.append(action.choices[0] if action.choices else "x")
     return argv
 
 
