@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy as np
 import pytest
@@ -45,22 +46,36 @@ def test_bad_images_raise_media_error(tmp_path, kind):
     assert str(path) in str(info.value)
 
 
-def test_uniform_indices():
-    assert uniform_indices(8, 4) == [1, 3, 5, 7]
-    assert uniform_indices(3, 6) == [0, 0, 1, 1, 2, 2]
+def _covr_sample_frames(vlen: int, frames_per_video: int) -> list[int]:
+    """CoVR's ``sample_frames`` (src/data/embs.py), restated: segment bounds from an integer-cast
+    linspace, the middle of each segment's first and last frame."""
+    bounds = np.linspace(start=0, stop=vlen, num=min(vlen, frames_per_video) + 1).astype(int)
+    return [(int(a) + int(b) - 1) // 2 for a, b in itertools.pairwise(bounds)]
+
+
+def test_uniform_indices_are_covrs_segment_centres():
+    for vlen in range(1, 400, 7):
+        for k in (1, 4, 8, 15):
+            if vlen >= k:
+                assert uniform_indices(vlen, k) == _covr_sample_frames(vlen, k), (vlen, k)
+    assert uniform_indices(8, 4) == [0, 2, 4, 6]
+    assert uniform_indices(3, 6) == [0, 0, 1, 1, 2, 2]  # short: every frame, repeated in order
     assert uniform_indices(0, 4) == []
 
 
-def test_video_uniform_sampling(tmp_path):
-    frames = [np.full((32, 32, 3), 10 * i, np.uint8) for i in range(16)]
+def test_video_segment_and_middle_sampling(tmp_path):
+    frames = [np.full((32, 32, 3), 10 * i, np.uint8) for i in range(17)]
     path = tmp_path / "v.mp4"
     write_video(path, frames)
     out = load_video(path, 4)
     assert len(out) == 4
     means = [np.asarray(f, dtype=float).mean() for f in out]
-    # Centres of 4 segments of 16 frames are frames 2, 6, 10, 14 (values 20, 60, 100, 140).
-    assert means == pytest.approx([20, 60, 100, 140], abs=4)
+    # CoVR's segments of 17 frames: bounds 0, 4, 8, 12, 17 -> frames 1, 5, 9, 14.
+    assert means == pytest.approx([10, 50, 90, 140], abs=4)
     assert len(load_media(path, 3)) == 3
+    # CoVR's reference frame: N // 2 = 8, alone, whatever the frame count asked.
+    middle = load_media(path, 15, sampling="middle")
+    assert len(middle) == 1 and np.asarray(middle[0], dtype=float).mean() == pytest.approx(80, abs=4)
 
 
 def test_bad_videos_raise_media_error(tmp_path):

@@ -6,6 +6,7 @@ skip the item and report it. An image is returned as one frame; a video as ``num
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
@@ -95,19 +96,41 @@ def load_image(path: str | Path, max_pixels: int | None = None, limits: DecodeLi
         raise MediaError(path, f"corrupt or unreadable image ({exc})") from exc
 
 
+FRAME_SAMPLINGS = ("segments", "middle")
+
+
 def uniform_indices(num_available: int, num_frames: int) -> list[int]:
-    """Centres of ``num_frames`` equal segments (the TSN/CoVR sampling); repeats when the video is short."""
+    """CoVR's frame sampling (its ``sample_frames``): split ``[0, num_available)`` at
+    ``int(linspace(0, num_available, num_frames + 1))`` and take the middle of each segment,
+    ``(start + end - 1) // 2``. A video shorter than ``num_frames`` repeats frames, in order."""
     if num_available <= 0:
         return []
-    return [min(num_available - 1, int((i + 0.5) * num_available / num_frames)) for i in range(num_frames)]
+    if num_available < num_frames:
+        return [i * num_available // num_frames for i in range(num_frames)]
+    bounds = np.linspace(0, num_available, num_frames + 1).astype(int)
+    return [int((start + end - 1) // 2) for start, end in itertools.pairwise(bounds)]
+
+
+def frame_indices(num_available: int, num_frames: int, sampling: str = "segments") -> list[int]:
+    """Which frames to decode: ``segments`` (``uniform_indices``) or ``middle``, the one frame
+    ``num_available // 2`` (CoVR's reference frame; ``num_frames`` is then ignored)."""
+    if sampling == "middle":
+        return [num_available // 2] if num_available > 0 else []
+    if sampling != "segments":
+        raise ValueError(f"frame sampling must be one of {list(FRAME_SAMPLINGS)}, got {sampling!r}")
+    return uniform_indices(num_available, num_frames)
 
 
 def load_video(
-    path: str | Path, num_frames: int = 8, max_pixels: int | None = None, limits: DecodeLimits | None = None
+    path: str | Path,
+    num_frames: int = 8,
+    max_pixels: int | None = None,
+    limits: DecodeLimits | None = None,
+    sampling: str = "segments",
 ) -> list[Image.Image]:
-    """Decode ``num_frames`` frames sampled uniformly over the whole video (frames of more than
-    ``max_pixels``, or a stream over ``limits.max_video_frames``, refused before decoding; a decode
-    past ``limits.max_seconds`` stopped)."""
+    """Decode ``num_frames`` frames sampled over the whole video (``frame_indices``; frames of more
+    than ``max_pixels``, or a stream over ``limits.max_video_frames``, refused before decoding; a
+    decode past ``limits.max_seconds`` stopped)."""
     import av
 
     path = Path(path)
@@ -133,7 +156,7 @@ def load_video(
                 container.seek(0)
             if limits.max_video_frames and total > limits.max_video_frames:
                 raise MediaError(path, f"video has {total} frames; the limit is {limits.max_video_frames}")
-            wanted = uniform_indices(total, num_frames)
+            wanted = frame_indices(total, num_frames, sampling)
             if not wanted:
                 raise MediaError(path, "video has no frames")
             needed = set(wanted)
@@ -163,12 +186,13 @@ def load_media(
     media_type: str | None = None,
     max_pixels: int | None = None,
     limits: DecodeLimits | None = None,
+    sampling: str = "segments",
 ) -> list[Image.Image]:
-    """Frames of an image (one) or a video (``num_frames``); ``max_pixels`` bounds each frame,
-    ``limits`` what one decode may cost."""
+    """Frames of an image (one) or a video (``num_frames``, chosen by ``sampling``: see
+    ``frame_indices``); ``max_pixels`` bounds each frame, ``limits`` what one decode may cost."""
     kind = media_type or media_type_of(path)
     if kind == "video":
-        return load_video(path, num_frames, max_pixels, limits)
+        return load_video(path, num_frames, max_pixels, limits, sampling)
     if kind == "image":
         return [load_image(path, max_pixels, limits)]
     raise MediaError(path, f"unsupported file type {Path(path).suffix!r}")

@@ -2,7 +2,9 @@
 
 Columns: ``pth1`` (reference video id, ``<folder>/<video>``), ``pth2`` (target video id),
 ``edit`` (modification text), ``txt1``/``txt2`` (captions of the two videos), ``scores``
-(a list literal of per-frame scores, may be empty). The CSV is found as ``<root>/<split>.csv``
+(a list literal of per-frame scores, may be empty: the similarity of each of the target's 15
+sampled frames to the edit text, which CoVR turns into frame weights; a gallery item keeps the
+first row's as ``extra["frame_scores"]``). The CSV is found as ``<root>/<split>.csv``
 or, in CoVR's layout, ``<root>/annotation/webvid-covr/webvid*-covr_<split>.csv``. Videos are
 ``<video_root>/<id>.mp4`` (default ``<root>/videos``). The test gallery is the set of target
 videos (one row per target in the published test set); R@{1,5,10,50} and their mean.
@@ -75,6 +77,9 @@ def load_webvid_covr(root: str | Path, split: str, video_root: str | Path | None
                 for vid in (ref, target):
                     media.setdefault(vid, GalleryItem(id=vid, path=videos / f"{vid}.mp4", media_type="video"))
                 gallery_ids.setdefault(target)
+                scores = _parse_scores(path, line, row.get("scores"))
+                if scores:  # the target's frame weights when it is embedded (first row naming it)
+                    media[target].extra.setdefault("frame_scores", scores)
                 queries.append(
                     Triplet(
                         query_id=str(i),
@@ -84,7 +89,7 @@ def load_webvid_covr(root: str | Path, split: str, video_root: str | Path | None
                         extra={
                             "reference_caption": row.get("txt1", ""),
                             "target_caption": row.get("txt2", ""),
-                            "scores": _parse_scores(path, line, row.get("scores")),
+                            "scores": scores,
                         },
                     )
                 )

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from composir.data.media_dataset import MediaDataset, collate_media
+from composir.data.media_dataset import MediaDataset, collate_media, frame_score_matrix
 from composir.data.records import Benchmark, GalleryItem, Protocol, Triplet
 from composir.eval import metrics as M
 from composir.eval.ranking import chunked_topk, rank_members
@@ -57,9 +57,11 @@ def encode_media(
     cache=None,
     progress: bool = True,
     tokenize: Callable | None = None,
+    frame_scores: bool = False,
 ) -> EncodedMedia:
     """``encode(frames)`` of every readable item, or ``encode(frames, tokenize(captions))`` when
-    ``tokenize`` is given (a method whose targets read their caption; a missing one is "")."""
+    ``tokenize`` is given (a method whose targets read their caption; a missing one is ""); with
+    ``frame_scores``, also ``frame_scores=`` the items' per-frame scores (``frame_score_matrix``)."""
     loader = DataLoader(
         MediaDataset(items, preprocess, num_frames, cache),
         batch_size=batch_size,
@@ -67,18 +69,29 @@ def encode_media(
         collate_fn=collate_media,
     )
     feats, ok, failures = [], [], []  # type: list[torch.Tensor], list[int], list[tuple[str, str]]
+    mismatched = 0
     for index, frames, bad in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         failures.extend((items[i].id, err) for i, err in bad)
         if frames is None:
             continue
+        args: list[Any] = [frames.to(device)]
         if tokenize is not None:
-            tokens = tokenize([items[i].caption or "" for i in index.tolist()]).to(device)
-            feats.append(encode(frames.to(device), tokens).float().cpu())
-        else:
-            feats.append(encode(frames.to(device)).float().cpu())
+            args.append(tokenize([items[i].caption or "" for i in index.tolist()]).to(device))
+        kwargs: dict[str, Any] = {}
+        if frame_scores:
+            per_frame = frames.shape[1] if frames.dim() == 5 else 1
+            rows, bad_rows = frame_score_matrix([items[i].extra.get("frame_scores") for i in index.tolist()], per_frame)
+            kwargs["frame_scores"], mismatched = rows.to(device), mismatched + bad_rows
+        feats.append(encode(*args, **kwargs).float().cpu())
         ok.extend(index.tolist())
     for item_id, err in failures:
         log.warning("skipped %s: %s", item_id, err)
+    if mismatched:
+        log.warning(
+            "%d item(s) have per-frame scores of another length than the %d frames read: weighted equally",
+            mismatched,
+            num_frames,
+        )
     dim = feats[0].shape[1] if feats else 0
     return EncodedMedia(torch.cat(feats) if feats else torch.empty(0, dim), ok, failures)
 
@@ -157,7 +170,14 @@ def evaluate(
         progress=progress,
     )
     caption_tokens = enc.tokenize if method.target_text else None
-    gallery = encode_media(bench.gallery, method.encode_target, desc="gallery", tokenize=caption_tokens, **common)
+    gallery = encode_media(
+        bench.gallery,
+        method.encode_target,
+        desc="gallery",
+        tokenize=caption_tokens,
+        frame_scores=method.target_frame_scores,
+        **common,
+    )
     gallery_ids = [bench.gallery[i].id for i in gallery.ok_index]
     position = {gid: row for row, gid in enumerate(gallery_ids)}
 
@@ -170,7 +190,9 @@ def evaluate(
     for i, q in enumerate(bench.queries):
         queries_of.setdefault(q.reference_id, []).append(i)
     references = list(queries_of)
-    dataset = MediaDataset([bench.media_item(r) for r in references], enc.preprocess, num_frames, cache)
+    dataset = MediaDataset(
+        [bench.media_item(r) for r in references], enc.preprocess, num_frames, cache, method.reference_sampling
+    )
     loader = DataLoader(
         dataset,
         batch_sampler=_reference_batches([len(queries_of[r]) for r in references], batch_size),

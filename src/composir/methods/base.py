@@ -68,6 +68,15 @@ class RetrievalMethod(nn.Module):
     training_free = False
     # How its embeddings score at inference (``methods.scoring``); ``use_scoring`` picks it per benchmark.
     active_scoring = "vector"
+    # Whether ``encode_target`` weighs a video's frames by per-frame scores (``frame_scores=``, a
+    # (B, T) tensor from the item's ``extra["frame_scores"]``: WebVid-CoVR's ``scores`` column).
+    target_frame_scores = False
+
+    @property
+    def reference_sampling(self) -> str:
+        """Which frames of a reference video the query reads (``data.media.frame_indices``):
+        ``segments``, the same as a target's, unless a method reads one middle frame."""
+        return "segments"
 
     def __init__(self, encoder: Encoder, config: MethodConfig | None = None):
         super().__init__()

@@ -15,12 +15,15 @@ from typing import Any
 
 import torch
 
+from composir.data.media_dataset import frame_score_matrix
+
 
 class TripletCollator:
     """Stacks frames, tokenizes texts, keeps ids and extras; counts the unreadable items.
 
     Keys: ``size`` (readable items), ``skipped``; when ``size`` > 0 also ``index``, ``reference``,
-    ``target``, ``text``, ``tokens``, ``query_id``, ``reference_id``, ``target_id``, ``extra``.
+    ``target``, ``text``, ``tokens``, ``query_id``, ``reference_id``, ``target_id``, ``extra``,
+    ``target_frame_scores`` (B, frames of a target).
     """
 
     def __init__(self, tokenize: Callable[[list[str]], Any]):
@@ -38,6 +41,11 @@ class TripletCollator:
         batch["tokens"] = self.tokenize(batch["text"])
         for key in ("query_id", "reference_id", "target_id", "extra"):
             batch[key] = [x.get(key) for x in good]
+        # Per-frame scores of each target (WebVid-CoVR's ``scores``), zeros where none: a method
+        # that weighs target frames reads them (``encode_target(frame_scores=...)``).
+        batch["target_frame_scores"], _ = frame_score_matrix(
+            [(x.get("extra") or {}).get("scores") for x in good], batch["target"].shape[1]
+        )
         self.extend(batch, good)
         return batch
 

@@ -15,9 +15,12 @@ does it (``configs/covr2-webvid-covr.yaml`` sets them all):
   (rebuilt from ``pretrained``) unless the run started from another run's weights;
 - ``caption_weight``: an extra contrastive term between the query and the target's caption
   (``extra["target_caption"]``), embedded by the same (frozen, if so) model's text path;
-- ``reference_frames: middle``: one middle frame of the reference video;
-- ``target_pooling: embedding``: target frames embedded one by one and their embeddings averaged,
-  instead of averaging their vision tokens before the Q-Former;
+- ``reference_frames: middle``: the reference video's exact middle frame (frame ``N // 2``, decoded
+  alone; from a feature cache, the middle of the cached frames);
+- ``target_pooling: embedding``: target frames embedded one by one, and each query token averaged
+  over the frames (and made unit again), instead of averaging vision tokens before the Q-Former;
+  ``frame_weighting: scores`` weighs the frames by softmax(scores / 0.1) of the annotation's
+  per-frame scores (WebVid-CoVR's ``scores`` column; equal weights where an item has none);
 - the loss itself is MethodConfig's: ``loss: hnnce_covr, hn_beta: 0.5, temperature: 0.07,
   learn_temperature: false, gather_negatives: true``;
 - ``scoring`` / ``scoring_per_benchmark`` (``methods.scoring``): CoVR-2 ranks CIRR by the best
@@ -62,6 +65,10 @@ class QFormerFusionConfig(MethodConfig):
     caption_weight: float = bounded(0.0, 0)
     reference_frames: str = "all"  # all | middle
     target_pooling: str = "tokens"  # tokens (vision tokens averaged over frames) | embedding
+    # With target_pooling embedding: frames weighted equally (uniform) or by softmax(scores / T)
+    # of their per-frame scores (scores; CoVR's emb_pool "query", T = 0.1)
+    frame_weighting: str = "uniform"
+    frame_score_temperature: float = bounded(0.1, 0, low_open=True)
     # encoder: the encoder's ``pool_fusion`` (or the token_norm mean); sprc: SPRC's second pass;
     # text_cls: the fused pass's first text token, projected (BLIP-2's ITC text feature)
     query_pool: str = "encoder"
@@ -87,6 +94,12 @@ class QFormerFusionConfig(MethodConfig):
             raise ConfigError(f"qformer_fusion.reference_frames must be all or middle, got {self.reference_frames!r}")
         if self.target_pooling not in ("tokens", "embedding"):
             raise ConfigError(f"qformer_fusion.target_pooling must be tokens or embedding, got {self.target_pooling!r}")
+        if self.frame_weighting not in ("uniform", "scores"):
+            raise ConfigError(f"qformer_fusion.frame_weighting must be uniform or scores, got {self.frame_weighting!r}")
+        if self.frame_weighting == "scores" and self.target_pooling != "embedding":
+            raise ConfigError(
+                "qformer_fusion.frame_weighting: scores weighs frame embeddings: set target_pooling: embedding"
+            )
         if self.caption_weight < 0:
             raise ConfigError(f"qformer_fusion.caption_weight must not be negative, got {self.caption_weight}")
 
@@ -127,6 +140,14 @@ class QFormerFusion(RetrievalMethod):
 
     def scoring_for(self, benchmark: str | None) -> str:
         return self.config.scoring_per_benchmark.get(benchmark or "", self.config.scoring)
+
+    @property
+    def reference_sampling(self) -> str:
+        return "middle" if self.config.reference_frames == "middle" else "segments"
+
+    @property
+    def target_frame_scores(self) -> bool:
+        return self.config.frame_weighting == "scores"
 
     @property
     def _scoring(self) -> str:
@@ -174,16 +195,39 @@ class QFormerFusion(RetrievalMethod):
         memory = self.encoder.vision_tokens(self._reference(frames))[reference_index]  # one ViT pass per reference
         return self._composed(self.encoder.fusion_hidden(None, tokens, memory), tokens)
 
-    def encode_target(self, frames: torch.Tensor, tokens=None) -> torch.Tensor:
+    def encode_target(
+        self, frames: torch.Tensor, tokens=None, frame_scores: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Target embeddings; ``frame_scores`` (B, T): per-frame scores, read with
+        ``frame_weighting: scores``."""
         encoder = self._target_model()
         tokens_wanted = self._scoring != "vector"
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.target_encoder is None):
             if self.config.target_pooling == "embedding" and frames.dim() == 5 and frames.shape[1] > 1:
-                b, t = frames.shape[:2]
-                single = frames.flatten(0, 1)[:, None]  # every frame as an image of its own
-                per_frame = self._pool(encoder.project_image(encoder.image_query_outputs(single)), tokens_wanted)
-                return F.normalize(per_frame.view(b, t, *per_frame.shape[1:]).mean(1), dim=-1)
+                return self._frame_embedding_mean(encoder, frames, frame_scores, tokens_wanted)
             return self._pool(encoder.project_image(encoder.image_query_outputs(frames)), tokens_wanted)
+
+    def _frame_weights(self, frame_scores: torch.Tensor | None, b: int, t: int, like: torch.Tensor) -> torch.Tensor:
+        if self.config.frame_weighting != "scores" or frame_scores is None:
+            return like.new_full((b, t), 1.0 / t)
+        return torch.softmax(frame_scores.to(like) / self.config.frame_score_temperature, dim=1)
+
+    def _frame_embedding_mean(
+        self, encoder, frames: torch.Tensor, frame_scores: torch.Tensor | None, tokens_wanted: bool
+    ) -> torch.Tensor:
+        """Every frame embedded as an image of its own, then averaged over frames with their weights.
+        With token_norm (CoVR-2): the frames' unit tokens averaged per token and made unit again (its
+        test re-normalises the stored frame mean), then pooled over tokens as ``_pool`` does."""
+        b, t = frames.shape[:2]
+        projected = encoder.project_image(encoder.image_query_outputs(frames.flatten(0, 1)[:, None]))
+        weights = self._frame_weights(frame_scores, b, t, projected)
+        if not self.config.token_norm:
+            per_frame = self._pool(projected, tokens_wanted)
+            return F.normalize(
+                torch.einsum("bt,bt...->b...", weights, per_frame.view(b, t, *per_frame.shape[1:])), dim=-1
+            )
+        unit = F.normalize(projected, dim=-1).view(b, t, *projected.shape[1:])
+        return self._pool(torch.einsum("bt,btqd->bqd", weights, unit), tokens_wanted)
 
     def _target_model(self):
         if self.target_encoder is None and self.config.target_pretrained:
@@ -200,7 +244,8 @@ class QFormerFusion(RetrievalMethod):
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         query = self.encode_query(batch["reference"], batch["tokens"])
-        out = {"contrastive": self.contrastive(query, self.encode_target(batch["target"]))}
+        target = self.encode_target(batch["target"], frame_scores=batch.get("target_frame_scores"))
+        out = {"contrastive": self.contrastive(query, target)}
         if self.config.caption_weight > 0:
             captions = self.encode_caption(batch["target_caption"])
             out["caption"] = self.config.caption_weight * self.contrastive(query, captions)

@@ -33,6 +33,7 @@ class TripletDataset(Dataset):
         augment: str = "none",
         seed: int = 0,
         cache=None,
+        reference_sampling: str = "segments",
     ):
         self.queries = [q for q in bench.queries if q.target_ids]
         self.bench = bench
@@ -44,6 +45,7 @@ class TripletDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.cache = cache  # composir.data.feature_cache.FeatureCache: cached vision tokens instead of pixels
+        self.reference_sampling = reference_sampling  # the method's (data.media.frame_indices)
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -56,14 +58,14 @@ class TripletDataset(Dataset):
             by_key.setdefault(key if key is not None else q.reference_id, []).append(i)
         return list(by_key.values())
 
-    def _frames(self, media_id: str, rng: random.Random) -> torch.Tensor:
+    def _frames(self, media_id: str, rng: random.Random, sampling: str = "segments") -> torch.Tensor:
         if self.cache is not None:
             try:
                 return self.cache.get(media_id)
             except KeyError as exc:
                 raise MediaError(media_id, str(exc.args[0])) from exc
         item = self.bench.media_item(media_id)
-        frames = self.augment(load_media(item.path, self.num_frames, item.media_type), rng)
+        frames = self.augment(load_media(item.path, self.num_frames, item.media_type, sampling=sampling), rng)
         return torch.stack([self.preprocess(f) for f in frames])
 
     def __getitem__(self, index: int):
@@ -80,7 +82,7 @@ class TripletDataset(Dataset):
                 "query_id": q.query_id,
                 "reference_id": q.reference_id,
                 "target_id": q.target_ids[0],
-                "reference": self._frames(q.reference_id, rng),
+                "reference": self._frames(q.reference_id, rng, self.reference_sampling),
                 "target": self._frames(q.target_ids[0], rng),
                 "text": text,
                 "extra": q.extra,

@@ -185,6 +185,7 @@ class Trainer:
             cfg.data.augment,
             cfg.train.seed,
             cache=self.cache,
+            reference_sampling=self.method.reference_sampling,
         )
         self.sampler = ResumableBatchSampler(
             len(self.dataset),
