@@ -4,11 +4,13 @@ and ``extract_target_features``) and CoVR-2 (lucas-ventura/CoVR ``src/test/blip2
 
 The restatements call the transformers model's own modules in the order the peers' code calls
 LAVIS's (LAVIS ``Qformer.bert(ids, query_embeds=...)`` = transformers ``embeddings`` then
-``qformer``; ``ln_vision(visual_encoder(x))`` = ``vision_model(x).last_hidden_state``), never
-composir's encoder helpers.
+``qformer``; ``ln_vision(visual_encoder(x))`` = ``vision_model(x).last_hidden_state`` with the
+post-LayerNorm at LAVIS's eps 1e-5, for the converted peers), never composir's encoder helpers.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
@@ -227,6 +229,25 @@ def test_blip_texts_go_through_pre_caption(tmp_path):
     assert torch.equal(tokens.ids, plain.ids)
 
 
+def test_the_tiny_encoder_takes_the_same_preprocessing_switches():
+    """Every registered encoder (blip2, openclip above; tiny here) pads, resizes and cleans texts
+    as the peers do when asked: the tiny one's pixels through TargetPad then the shorter side, and
+    its texts through pre_caption, equal those done by hand first."""
+    from composir.encoders.preprocessing import target_pad
+
+    plain = build_encoder("tiny", config={"width": 32, "embed_dim": 16, "heads": 2, "image_size": 32})
+    padded = build_encoder("tiny", config={"width": 32, "embed_dim": 16, "heads": 2, "image_size": 32,
+                                           "target_pad": 1.25, "resize": "shorter_side", "caption_words": 4})  # fmt: skip
+    by_hand = build_encoder("tiny", config={"width": 32, "embed_dim": 16, "heads": 2, "image_size": 32,
+                                            "resize": "shorter_side"})  # fmt: skip
+    for photo in _photos():
+        torch.testing.assert_close(padded.preprocess(photo), by_hand.preprocess(target_pad(photo, 1.25)))
+    wide = _photos()[0]
+    assert not torch.allclose(padded.preprocess(wide), plain.preprocess(wide))
+    texts = ["Make it RED!!  (now)", "add a cat: the dog; night ~ blue"]
+    assert torch.equal(padded.tokenize(texts).ids, plain.tokenize([_blip_pre_caption(t, 4) for t in texts]).ids)
+
+
 # ---------------------------------------------------------------- converting published checkpoints
 class _CLIP4CirCombiner(torch.nn.Module):
     """ABaldrati/CLIP4Cir ``combiner.Combiner``, restated (its layout and its ``combine_features``)."""
@@ -328,9 +349,12 @@ def _lavis_layout(model, with_itm: bool) -> dict:
 
 
 def _fp16_vision(model):
+    """The model as the peer's file holds it and LAVIS runs it: ViT matrices through fp16, and
+    ``ln_vision`` a plain LayerNorm (eps 1e-5, where transformers' post_layernorm has 1e-6)."""
     for p in model.vision_model.parameters():
         if p.dim() > 1:
             p.data = p.data.half().float()
+    model.vision_model.post_layernorm.eps = 1e-5
     return model
 
 
@@ -378,14 +402,13 @@ def _covr_scheduler():
     return CosineSchedule()
 
 
-@torch.no_grad()
-def test_covr2_checkpoint_converts_with_coco_targets_and_ranks_as_covr2(tmp_path):
+def _converted_covr2(tmp_path):
+    """A random CoVR-2 ``.ckpt`` in its published container, converted; with the LAVIS-layout
+    model (ViT weights through fp16, as the file keeps them) and the COCO target model."""
     import sys
 
-    from safetensors.torch import load_file
     from transformers import Blip2Config, Blip2ForImageTextRetrieval
 
-    from composir.runs import load_run
     from composir.runs.convert import convert_covr2, write_run
     from helpers import BLIP2_TINY
 
@@ -394,6 +417,7 @@ def test_covr2_checkpoint_converts_with_coco_targets_and_ranks_as_covr2(tmp_path
     coco = Blip2ForImageTextRetrieval(Blip2Config(**BLIP2_TINY)).eval()
     coco.query_tokens.data.normal_(0, 0.5)
     coco.save_pretrained(tmp_path / "coco")
+    coco.vision_model.post_layernorm.eps = 1e-5  # CoVR-2 embedded its targets with LAVIS's ln_vision
     schedule = _covr_scheduler()
     try:
         torch.save({"epoch": 4, "model": _lavis_layout(model, with_itm=False), "optimizer": {}, "scheduler": schedule},
@@ -402,9 +426,17 @@ def test_covr2_checkpoint_converts_with_coco_targets_and_ranks_as_covr2(tmp_path
         for name in ("src.tools.scheduler", "src.tools", "src"):
             sys.modules.pop(name, None)
     converted = convert_covr2(tmp_path / "covr2.ckpt", str(hub), str(tmp_path / "coco"), heads=(2, 2))
-    run = write_run(converted, tmp_path / "run", "test")
+    return write_run(converted, tmp_path / "run", "test"), _fp16_vision(model.eval()), coco
+
+
+@torch.no_grad()
+def test_covr2_checkpoint_converts_with_coco_targets_and_ranks_as_covr2(tmp_path):
+    from safetensors.torch import load_file
+
+    from composir.runs import load_run
+
+    run, model, coco = _converted_covr2(tmp_path)
     method, _ = load_run(run)
-    model = _fp16_vision(model.eval())
     g = torch.Generator().manual_seed(3)
     references, targets = torch.randn(4, 3, 32, 32, generator=g), torch.randn(6, 3, 32, 32, generator=g)
     tokens = method.encoder.tokenize(TEXTS)
@@ -423,6 +455,109 @@ def test_covr2_checkpoint_converts_with_coco_targets_and_ranks_as_covr2(tmp_path
     )  # fmt: skip
     saved = load_file(str(run / "checkpoints/best/model.safetensors"))
     assert not any(key.startswith("target_encoder.") for key in saved)  # rebuilt from the COCO model, not stored
+
+
+def _covr_sample_frames(vlen: int, frames_per_video: int = 15) -> list[int]:
+    """CoVR's ``sample_frames`` (src/data/embs.py): integer-cast linspace bounds, middle of each segment."""
+    import numpy as np
+
+    bounds = np.linspace(start=0, stop=vlen, num=min(vlen, frames_per_video) + 1).astype(int)
+    return [(int(a) + int(b) - 1) // 2 for a, b in itertools.pairwise(bounds)]
+
+
+def _webvid_covr(root, lengths: dict[str, int], rows: list[tuple[str, str, str, list[float]]]):
+    """A WebVid-CoVR split on disk: videos of the given frame counts, the CSV with its scores column."""
+    import csv
+
+    import numpy as np
+
+    from composir.data.media import write_video
+
+    rng = np.random.default_rng(5)
+    for vid, n in lengths.items():
+        base = rng.integers(0, 255, (4, 4, 3)).astype(np.float32)
+        frames = [np.kron(np.clip(base + rng.normal(0, 40, base.shape), 0, 255), np.ones((8, 8, 1))) for _ in range(n)]
+        (root / "videos" / vid).parent.mkdir(parents=True, exist_ok=True)
+        write_video(root / "videos" / f"{vid}.mp4", [f.astype(np.uint8) for f in frames])
+    with open(root / "test.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["pth1", "pth2", "edit", "txt1", "txt2", "scores"])
+        for ref, target, edit, scores in rows:
+            writer.writerow([ref, target, edit, "", "", str(scores) if scores else ""])
+
+
+def _all_frames(path):
+    """Every decoded frame, in order (PyAV), as CoVR's OpenCV seeks read them."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [frame.to_image().convert("RGB") for frame in container.decode(video=0)]
+
+
+def covr2_webvid_scores(model, coco, preprocess, tokenize, bench):
+    """CoVR-2 on WebVid-CoVR restated (src/test/blip2/webvid_covr.py with its dataset and
+    tools/embs): the query fuses the reference's frame N // 2; a target's 15 frames are embedded by
+    the COCO model, weighted by softmax(scores / 0.1) (equal without scores), each token made unit
+    again, then the means of the unit tokens are compared; a query's own reference scores -10."""
+    q = model.config.num_query_tokens
+    queries, targets = [], []
+    for triplet in bench.queries:
+        frames = _all_frames(bench.media_item(triplet.reference_id).path)
+        image = preprocess(frames[len(frames) // 2])[None]
+        tokens = tokenize([triplet.text])
+        fused = _fused(model, model.vision_model(pixel_values=image).last_hidden_state, tokens.ids, tokens.mask)
+        queries.append(F.normalize(F.normalize(model.text_projection(fused[:, :q]), dim=-1), dim=-1)[0])
+    row_scores = {t.target_ids[0]: t.extra["scores"] for t in bench.queries}  # the CSV's column, one row per target
+    for item in bench.gallery:
+        frames = _all_frames(item.path)
+        stored = _target_tokens(coco, torch.stack([preprocess(frames[i]) for i in _covr_sample_frames(len(frames))]))
+        scores = row_scores[item.id] or [1.0] * len(stored)
+        weights = (torch.tensor(scores) / 0.1).softmax(dim=0)
+        targets.append(torch.einsum("f,fqe->qe", weights, stored))
+    sim = torch.stack(queries).mean(1) @ F.normalize(torch.stack(targets), dim=-1).mean(1).T
+    for i, triplet in enumerate(bench.queries):
+        for j, item in enumerate(bench.gallery):
+            if item.id == triplet.reference_id:
+                sim[i, j] = -10
+    return torch.stack(queries).mean(1), F.normalize(torch.stack(targets), dim=-1).mean(1), sim
+
+
+@torch.no_grad()
+def test_covr2_run_ranks_webvid_covr_as_covr2(tmp_path):
+    """Reference = the exact middle frame, not the middle of the sampled frames (23 frames: frame 11,
+    where the middle of 15 segment centres is frame 10); targets = 15 score-weighted frames."""
+    from composir.data import load_benchmark
+    from composir.eval.evaluate import encode_media, evaluate
+    from composir.runs import load_run
+
+    run, model, coco = _converted_covr2(tmp_path)
+    method, cfg = load_run(run)
+    assert cfg.data.num_frames == 15
+    g = torch.Generator().manual_seed(1)
+    lengths = {"a/r1": 23, "a/r2": 31, "b/t1": 40, "b/t2": 23, "b/t3": 17, "b/t4": 60}
+    rows = [("a/r1", "b/t1", "make it red", torch.randn(15, generator=g).tolist()),
+            ("a/r2", "b/t2", "add a cat", torch.randn(15, generator=g).tolist()),
+            ("b/t3", "b/t3", "a night", []),  # a target without scores: equal weights
+            ("b/t2", "b/t4", "make the dog blue", torch.randn(15, generator=g).tolist())]  # fmt: skip
+    _webvid_covr(tmp_path / "webvid", lengths, rows)
+    bench = load_benchmark("webvid-covr", tmp_path / "webvid", "test")
+    want_queries, want_targets, want = covr2_webvid_scores(
+        model, coco, method.encoder.preprocess, method.encoder.tokenize, bench
+    )
+    method.use_scoring("webvid-covr")
+    gallery = encode_media(bench.gallery, method.encode_target, method.encoder.preprocess, 15, frame_scores=True,
+                           progress=False)  # fmt: skip
+    torch.testing.assert_close(gallery.features, want_targets, atol=1e-5, rtol=1e-5)
+
+    seen: dict[str, list[torch.Tensor]] = {"queries": [], "targets": []}  # what evaluation computes, in order
+    encode_queries, encode_target = method.encode_queries, method.encode_target
+    method.encode_queries = lambda *a: seen["queries"].append(encode_queries(*a)) or seen["queries"][-1]
+    method.encode_target = lambda *a, **k: seen["targets"].append(encode_target(*a, **k)) or seen["targets"][-1]
+    result = evaluate(method, bench, k=len(bench.gallery), num_frames=cfg.data.num_frames, batch_size=1, progress=False)
+    torch.testing.assert_close(torch.cat(seen["queries"]), want_queries, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(seen["targets"]), want_targets, atol=1e-5, rtol=1e-5)
+    expected = [[bench.gallery[j].id for j in row.argsort(descending=True).tolist()] for row in want]
+    assert result.ranked_ids == expected  # the query's own reference last, as CoVR's -10 puts it
 
 
 def test_conversion_errors_are_one_line(tmp_path, capsys):
@@ -461,3 +596,31 @@ def test_blip2_zero_shot_scores_as_blip2_itc(tmp_path):
     want = torch.einsum("nd,mkd->nmk", query, _target_tokens(model, targets)).amax(-1)
     got = similarity(method.encode_query(references[:, None], tokens), method.encode_target(targets[:, None]))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_covr2_training_reads_the_middle_reference_frame_and_the_target_frame_scores(tmp_path):
+    from composir.data import load_benchmark
+    from composir.train.dataset import TripletDataset
+
+    _, method, *_ = _setup(tmp_path, token_norm=True, renormalize_mean=False, reference_frames="middle",
+                           target_pooling="embedding", frame_weighting="scores")  # fmt: skip
+    scores = [[float(i % 5) for i in range(15)], [float(-i) for i in range(15)]]
+    _webvid_covr(tmp_path / "webvid", {"a/r1": 23, "a/r2": 20, "b/t1": 30, "b/t2": 16},
+                 [("a/r1", "b/t1", "make it red", scores[0]), ("a/r2", "b/t2", "add a cat", scores[1])])  # fmt: skip
+    bench = load_benchmark("webvid-covr", tmp_path / "webvid", "test")
+    data = TripletDataset(bench, method.encoder.preprocess, 15, reference_sampling=method.reference_sampling)
+    items = [data[0], data[1]]
+    reference_frames = _all_frames(bench.media_item("a/r1").path)
+    torch.testing.assert_close(items[0]["reference"], method.encoder.preprocess(reference_frames[11])[None])
+    assert items[0]["target"].shape[0] == 15
+    from composir.search.encode import load_query_frames  # search reads the same reference frame
+
+    torch.testing.assert_close(
+        load_query_frames(method, bench.media_item("a/r1").path, 15), items[0]["reference"][None]
+    )
+    batch = method.collator()(items)
+    torch.testing.assert_close(batch["target_frame_scores"], torch.tensor(scores))
+    weighted = method.eval().losses(batch)["contrastive"]  # eval: no dropout between the two
+    batch["target_frame_scores"] = torch.zeros(2, 15)  # equal weights
+    assert not torch.isclose(method.losses(batch)["contrastive"], weighted, atol=1e-6)

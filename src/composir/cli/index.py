@@ -8,6 +8,7 @@ from pathlib import Path
 from composir.cli.args import memory_size, non_negative_int, positive_int, seed_int, unit_fraction
 from composir.errors import ComposirError
 from composir.index.store import DEFAULT_STORE, KINDS, STORES
+from composir.index.tokens import TokenStore
 
 NAME = "index"
 HELP = "index a folder of images/videos with a trained run (incremental)"
@@ -82,12 +83,18 @@ def run(args: argparse.Namespace) -> int:
         raise ComposirError(f"--out {out}: is a file, not an index folder")
     index = _open_store(args)  # a damaged index or an unreachable server is named before any encoding
     method, frames, info = _model(args)
-    info.update(fingerprint=method.encoder.fingerprint(), num_frames=frames)
-    encode = model_encoder(method, frames, args.device, args.batch_size)
+    # A user's own gallery: the run's own scoring; a token scoring keeps every item's tokens beside
+    # the store, and search re-ranks its shortlist with them (index/tokens.py).
+    scoring = method.use_scoring(None)
+    tokens = TokenStore(out) if scoring != "vector" else None
+    info.update(fingerprint=method.encoder.fingerprint(), num_frames=frames, scoring=scoring)
+    encode = model_encoder(method, frames, args.device, args.batch_size, tokens)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
-        return _run_sharded(args, index, encode, info, settings, world)
+        return _run_sharded(args, index, encode, info, settings, world, tokens)
     report = index.update(args.media, encode, info, settings, batch_size=args.batch_size, rebuild=args.rebuild)
+    if tokens is not None:
+        tokens.prune(set(index.items()))
     print(
         f"index {args.out}: {report['total']} items ({report['added']} added, {report['updated']} updated, "
         f"{report['removed']} removed, {len(report['skipped'])} skipped; see {args.out}/report.json)"
@@ -133,7 +140,7 @@ def _model(args: argparse.Namespace):
     return build_untrained(spec, args.device), args.frames or 1, info
 
 
-def _run_sharded(args: argparse.Namespace, index, encode, info: dict, settings, world: int) -> int:
+def _run_sharded(args: argparse.Namespace, index, encode, info: dict, settings, world: int, tokens=None) -> int:
     import torch.distributed as dist
 
     from composir.index.sharding import index_sharded_faiss, index_sharded_milvus
@@ -152,6 +159,10 @@ def _run_sharded(args: argparse.Namespace, index, encode, info: dict, settings, 
             if rank == 0:
                 print(f"index {args.out}: {report['total']} items merged from {world} shards "
                       f"(rank 0: {report['added']} added, {report['removed']} removed)")  # fmt: skip
+        if rank == 0 and tokens is not None:
+            from composir.index import open_index
+
+            tokens.prune(set(open_index(args.out).items()))
     finally:
         dist.destroy_process_group()
     return 0

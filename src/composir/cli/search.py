@@ -21,12 +21,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--run", default=None, help="model run (default: the one the index was built with)")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--shortlist",
+        type=positive_int,
+        default=None,
+        help="a token-scoring run's index: items fetched by vector, then re-ranked by tokens (default 200)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from composir.search import Searcher
+    from composir.search.searcher import DEFAULT_SHORTLIST
 
-    searcher = Searcher(args.index, run=args.run, device=args.device)
+    searcher = Searcher(args.index, run=args.run, device=args.device, shortlist=args.shortlist or DEFAULT_SHORTLIST)
     reference = args.image or args.id
     loaded = searcher.load_reference(reference) if reference is not None else None
     results, explanation = searcher.search_explained(loaded, args.text, args.k)

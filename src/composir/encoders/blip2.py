@@ -28,7 +28,7 @@ from PIL import Image
 from composir.encoders import preprocessing as prep
 from composir.encoders.base import Encoder, Tokens
 from composir.encoders.registry import register_encoder
-from composir.errors import WeightsNotFound
+from composir.errors import ConfigError, WeightsNotFound
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -49,9 +49,16 @@ class Blip2Options:
     target_pad: float | None = None
     resize: str = "square"
     caption_words: int | None = None
+    # The epsilon of the LayerNorm after the ViT. LAVIS's ``ln_vision`` is a plain nn.LayerNorm
+    # (1e-5); transformers' ``post_layernorm`` takes the vision config's layer_norm_eps (1e-6), which
+    # moves its output by ~1e-4. Weights from LAVIS-trained peers (CoVR-2, SPRC) compute with 1e-5;
+    # None keeps the loaded model's.
+    ln_vision_eps: float | None = None
 
     def __post_init__(self) -> None:
         prep.check_policy(self.target_pad, self.resize, self.caption_words, "blip2")
+        if self.ln_vision_eps is not None and not 0 < self.ln_vision_eps < 1:
+            raise ConfigError(f"blip2 ln_vision_eps must be in (0, 1), got {self.ln_vision_eps!r}")
 
 
 class Blip2Encoder(Encoder):
@@ -74,6 +81,8 @@ class Blip2Encoder(Encoder):
         # composir never runs BLIP-2's image-text matching head: frozen, so that every trainable
         # parameter gets a gradient (DDP then needs no search for unused ones).
         model.itm_head.requires_grad_(False)
+        if opts.ln_vision_eps is not None:
+            model.vision_model.post_layernorm.eps = opts.ln_vision_eps
         if opts.gradient_checkpointing:
             # transformers 5 renamed it; older releases only have the first name.
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -121,13 +130,16 @@ class Blip2Encoder(Encoder):
 
     def cache_spec(self) -> dict[str, Any]:
         """Everything besides the tower's weights that shapes its output."""
-        return {
+        spec = {
             "image_size": self.image_size,
             "mean": self.mean.flatten().tolist(),
             "std": self.std.flatten().tolist(),
             "target_pad": self.options.target_pad,
             "resize": self.options.resize,
         }
+        if self.options.ln_vision_eps is not None:  # only when set: caches made before it keep their fingerprint
+            spec["ln_vision_eps"] = self.options.ln_vision_eps
+        return spec
 
     def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
         """The tower's tokens for each frame: (B, T, N, C)."""

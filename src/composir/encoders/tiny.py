@@ -42,6 +42,10 @@ class TinyConfig:
     video_pooling: str = "mean"
     fusion_pool: str = "mean"
     gradient_checkpointing: bool = False
+    # The peers' preprocessing switches, as for blip2 (encoders/preprocessing.py).
+    target_pad: float | None = None
+    resize: str = "square"
+    caption_words: int | None = None
 
     def blip2_config(self) -> dict:
         return {
@@ -152,6 +156,9 @@ class TinyEncoder(Blip2Encoder):
             video_pooling=cfg.video_pooling,
             fusion_pool=cfg.fusion_pool,
             gradient_checkpointing=cfg.gradient_checkpointing,
+            target_pad=cfg.target_pad,
+            resize=cfg.resize,
+            caption_words=cfg.caption_words,
         )
         super().__init__(model, HashTokenizer(cfg.vocab_size, cfg.context_length), options)
         self.config = cfg

@@ -53,3 +53,10 @@ def member_similarity(queries: torch.Tensor, members: torch.Tensor) -> torch.Ten
 
 def tokens_per_item(x: torch.Tensor) -> int:
     return 1 if x.dim() == 2 else x.shape[1]
+
+
+def shortlist_vector(x: torch.Tensor) -> torch.Tensor:
+    """One unit vector per item for an ANN index: a vector as it is, tokens (N, K, D) by their
+    normalised mean -- q . mean_k(g_k) is the mean of the token scores, so the items whose best
+    token scores high tend to rank high by it too (the index re-ranks a shortlist with the tokens)."""
+    return x if x.dim() == 2 else torch.nn.functional.normalize(x.mean(1), dim=-1)

@@ -297,8 +297,9 @@ def convert_covr2(
 ) -> Converted:
     lavis = _entry(read_checkpoint(ckpt_file, "covr2"), "model", ckpt_file, "covr2")
     temp = float(lavis["temp"]) if "temp" in lavis else 0.07
-    # CoVR-2 (src/test/blip2/*): BLIP's pre_caption at 30 words, 64 tokens, LAVIS's square resize.
-    options = {"caption_words": 30, "max_text_length": 64, "resize": "square"}
+    # CoVR-2 (src/test/blip2/*): BLIP's pre_caption at 30 words, 64 tokens, LAVIS's square resize,
+    # LAVIS's ln_vision epsilon (for its COCO target model too: CoVR-2 embedded them with LAVIS).
+    options = {"caption_words": 30, "max_text_length": 64, "resize": "square", "ln_vision_eps": 1e-5}
     encoder, state, notes = _blip2_run(lavis, f"covr2: {ckpt_file}", tokenizer, heads, options)
     state["logit_scale"] = torch.tensor(math.log(1.0 / temp))
     method = {
@@ -306,11 +307,14 @@ def convert_covr2(
         "config": {
             "token_norm": True, "renormalize_mean": False, "frozen_targets": True, "target_pretrained": target_model,
             "scoring": "vector", "scoring_per_benchmark": {"cirr": "max_token_pairs"},
+            "reference_frames": "middle", "target_pooling": "embedding", "frame_weighting": "scores",
             "loss": "hnnce_covr", "hn_alpha": 1.0, "hn_beta": 0.5, "temperature": temp, "learn_temperature": False,
         },
     }  # fmt: skip
     notes.append(f"frozen targets: {target_model} (CoVR-2 embeds its targets with the original COCO BLIP-2)")
-    return Converted(encoder, method, state, notes=notes)
+    # WebVid-CoVR (src/data/webvid_covr.py, tools/embs): the reference's middle frame; a target is
+    # 15 frames, each embedded, weighted by its score in the annotation.
+    return Converted(encoder, method, state, data={"num_frames": 15}, notes=notes)
 
 
 def convert_sprc(
@@ -319,8 +323,8 @@ def convert_sprc(
     lavis = _entry(read_checkpoint(ckpt_file, "sprc"), "Blip2QformerCirAlignPrompt", ckpt_file, "sprc")
     temp = float(lavis["temp"]) if "temp" in lavis else 0.07
     # SPRC (blip_validate.py, data_utils.py): TargetPad 1.25, shorter side to 224 and a centre crop,
-    # 32 text tokens.
-    options = {"target_pad": 1.25, "resize": "shorter_side", "max_text_length": 32}
+    # 32 text tokens, LAVIS's ln_vision epsilon.
+    options = {"target_pad": 1.25, "resize": "shorter_side", "max_text_length": 32, "ln_vision_eps": 1e-5}
     encoder, state, notes = _blip2_run(lavis, f"sprc: {ckpt_file}", tokenizer, heads, options)
     state["logit_scale"] = torch.tensor(math.log(1.0 / temp))
     method = {

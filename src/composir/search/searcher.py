@@ -13,13 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from composir.data.media import DecodeLimits
 from composir.errors import ComposirError
 from composir.index import IndexDamagedError, inside, open_index
+from composir.index.tokens import TokenStore
+from composir.methods.scoring import check_scoring, shortlist_vector, similarity
 from composir.search.encode import load_query_frames
+
+# Items a token-scoring index fetches by their vectors and re-ranks by their tokens, per query
+# (docs/benchmarks.md, "Token re-ranking": its measured recall).
+DEFAULT_SHORTLIST = 200
 
 
 @dataclass
@@ -50,7 +57,9 @@ class Searcher:
     the index lookup). ``refresh`` switches to a newer generation written by ``composir index``.
     """
 
-    def __init__(self, index: str | Path, run: str | Path | None = None, device: str = "cpu"):
+    def __init__(
+        self, index: str | Path, run: str | Path | None = None, device: str = "cpu", shortlist: int = DEFAULT_SHORTLIST
+    ):
         from composir.runs import build_untrained, load_run
 
         self.index = open_index(index)
@@ -71,6 +80,14 @@ class Searcher:
         self.device = device
         default_frames = self.config.data.num_frames if self.config is not None else 1
         self.num_frames = int(self.index.info.get("num_frames", default_frames))
+        if shortlist < 1:
+            raise ComposirError(f"shortlist must be at least 1, got {shortlist}")
+        self.shortlist = shortlist
+        # The scoring the index was built for (an index from before scorings holds vectors): a token
+        # scoring embeds the composed query as the run scores it and re-ranks the shortlist.
+        self.scoring = check_scoring(str(self.index.info.get("scoring", "vector")), f"{index}: info scoring")
+        self.method.active_scoring = self.scoring
+        self.tokens = TokenStore(self.index.root, readonly=True) if self.scoring != "vector" else None
 
     def _check(self, index) -> None:
         if self.fingerprint != index.info.get("fingerprint"):
@@ -155,10 +172,28 @@ class Searcher:
             raise ComposirError(f"k must be at least 1, got {k}")
         vec, explanation = self.explained_query(reference, text)
         own = reference.own_id if reference is not None else None
-        scores, ids = self.index.search(vec.float().cpu().numpy(), k + (1 if own is not None else 0))
-        hits = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0 and i != own][:k]
+        rerank = self.tokens is not None and reference is not None and bool(text)
+        wanted = max(k, self.shortlist) if rerank else k
+        scores, ids = self.index.search(shortlist_vector(vec).float().cpu().numpy(), wanted + (own is not None))
+        hits = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0 and i != own]
         meta = self.index.lookup([i for i, _ in hits])
-        return [SearchResult(meta[i][0], meta[i][1], s, meta[i][2]) for i, s in hits if i in meta], explanation
+        if rerank:
+            hits = self._rerank(vec, hits, meta)
+        return [SearchResult(meta[i][0], meta[i][1], s, meta[i][2]) for i, s in hits[:k] if i in meta], explanation
+
+    def _rerank(self, query: torch.Tensor, hits: list[tuple[int, float]], meta: dict) -> list[tuple[int, float]]:
+        """The shortlist ordered by the run's token scoring (``methods.scoring.similarity``); an item
+        without stored tokens (written by an interrupted run) keeps its place after those with them."""
+        assert self.tokens is not None
+        keys = {i: meta[i][0] for i, _ in hits if i in meta}
+        stored = self.tokens.get(keys.values(), int(query.shape[-1]))
+        scored = [i for i, _ in hits if keys.get(i) in stored]
+        if not scored:
+            return hits
+        gallery = torch.from_numpy(np.stack([stored[keys[i]] for i in scored])).to(query)
+        token_scores = similarity(query.float(), gallery.float())[0].tolist()
+        ranked = sorted(zip(scored, token_scores), key=lambda pair: -pair[1])
+        return ranked + [(i, s) for i, s in hits if keys.get(i) not in stored]
 
     def search(
         self, reference: str | Path | Reference | None = None, text: str | None = None, k: int = 10
