@@ -235,11 +235,10 @@ def test_the_tiny_encoder_takes_the_same_preprocessing_switches():
     its texts through pre_caption, equal those done by hand first."""
     from composir.encoders.preprocessing import target_pad
 
-    plain = build_encoder("tiny", config={"width": 32, "embed_dim": 16, "heads": 2, "image_size": 32})
-    padded = build_encoder("tiny", config={"width": 32, "embed_dim": 16, "heads": 2, "image_size": 32,
-                                           "target_pad": 1.25, "resize": "shorter_side", "caption_words": 4})  # fmt: skip
-    by_hand = build_encoder("tiny", config={"width": 32, "embed_dim": 16, "heads": 2, "image_size": 32,
-                                            "resize": "shorter_side"})  # fmt: skip
+    size = {"width": 32, "embed_dim": 16, "heads": 2, "image_size": 32}
+    plain = build_encoder("tiny", config=size)
+    padded = build_encoder("tiny", config={**size, "target_pad": 1.25, "resize": "shorter_side", "caption_words": 4})
+    by_hand = build_encoder("tiny", config={**size, "resize": "shorter_side"})
     for photo in _photos():
         torch.testing.assert_close(padded.preprocess(photo), by_hand.preprocess(target_pad(photo, 1.25)))
     wide = _photos()[0]
