@@ -42,6 +42,39 @@ def test_search_upload_id_health_and_media(searcher):
     assert "/search" in client.get("/openapi.json").json()["paths"]
 
 
+def test_an_uploaded_copy_of_an_indexed_file_leaves_its_own_results(searcher, tmp_path):
+    """An upload whose bytes are an indexed file's is that item (as an id reference is): it is not
+    its own first result. Another file of the same size is not mistaken for it."""
+    client = TestClient(create_app(searcher))
+    indexed = sorted(searcher.media_root.glob("*.png"))
+    for path in indexed[:6]:
+        by_id = client.post("/search", data={"text": "make it blue", "id": path.name, "k": "5"}).json()["results"]
+        files = {"file": ("mine.png", path.read_bytes(), "image/png")}
+        upload = client.post("/search", data={"text": "make it blue", "k": "5"}, files=files).json()["results"]
+        assert path.name not in [r["id"] for r in upload]
+        assert [r["id"] for r in upload] == [r["id"] for r in by_id]
+    # Without the exclusion the file comes back as its own nearest item: the check can fail.
+    from composir.search.searcher import Reference
+
+    own = searcher.load_reference(indexed[0])
+    assert own.own_id == searcher.index.key_to_id(indexed[0].name)
+    plain = searcher.search_explained(Reference(own.frames, None), None, 3)[0]
+    assert plain[0].id == indexed[0].name
+    changed = bytearray(indexed[0].read_bytes())
+    changed[-13] ^= 1  # same size, one bit flipped inside the PNG's last chunk
+    (tmp_path / "near.png").write_bytes(bytes(changed))
+    assert searcher.indexed_copy(tmp_path / "near.png") is None
+    (tmp_path / "same.png").write_bytes(indexed[0].read_bytes())
+    assert searcher.indexed_copy(tmp_path / "same.png") == searcher.index.key_to_id(indexed[0].name)
+
+
+def test_the_page_shows_the_collection_size(searcher):
+    client = TestClient(create_app(searcher))
+    assert client.get("/health").json()["items"] == len(searcher.index) == 24
+    page = client.get("/").text
+    assert 'id="collection"' in page and 'fetch("/health")' in page and "h.items" in page
+
+
 @pytest.mark.parametrize(
     ("name", "payload", "status", "message"),
     [

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     _stop_on_sigterm()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        if getattr(args, "device", None) is not None:
+        if getattr(args, "device", None) not in (None, "cpu", "auto"):  # cpu needs no check: torch not imported yet
             from composir.runs.config import check_device
 
             check_device(args.device, "--device")

@@ -28,14 +28,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from composir.data import load_benchmark
     from composir.data.feature_cache import build_cache
     from composir.train import build_from_config, load_config, load_run
+    from composir.utils.hub import check_config_weights, check_run_weights
 
     if args.run:
+        check_run_weights(args.run)
         method, cfg = load_run(args.run, "latest")
     else:
         cfg = load_config(args.config, args.set or [])
+        check_config_weights(asdict(cfg), str(args.config))
         method = build_from_config(cfg)
     benchmark, root = args.benchmark or cfg.data.benchmark, args.root or cfg.data.root
     splits = args.splits or [cfg.data.train_split, *cfg.data.val_splits]

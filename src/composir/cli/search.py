@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.run:  # before torch is imported: offline, a missing model is one line at once
+        from composir.utils.hub import check_run_weights
+
+        check_run_weights(args.run)
     from composir.search import Searcher
     from composir.search.searcher import DEFAULT_SHORTLIST
 

@@ -17,12 +17,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from composir.train import load_config, train
+    from composir.utils.hub import check_config_weights
 
     overrides = list(args.set or [])
     if args.out:
         overrides.append(f"output_dir={args.out}")
     cfg = load_config(args.config, overrides)
+    check_config_weights(asdict(cfg), str(args.config))
     summary = train(cfg, resume=not args.no_resume)
     print(
         f"finished at step {summary['step']}; best {cfg.train.eval_metric} = {summary['best_metric']} "

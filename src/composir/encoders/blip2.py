@@ -326,8 +326,8 @@ def _from_pretrained(cls, where: str):
     except (OSError, ValueError) as exc:
         raise WeightsNotFound(
             f"blip2: {where!r} could not be loaded ({str(exc).splitlines()[0][:160]}). Give --pretrained a local "
-            "folder written by save_pretrained, or a hub id already in ~/.cache/huggingface (huggingface-cli "
-            f"download {where} on a machine with network, then copy the cache; HF_HUB_OFFLINE=1 uses it)"
+            "folder written by save_pretrained, or a hub id already in ~/.cache/huggingface (`hf download "
+            f"{where}` on a machine with network, then copy the cache; HF_HUB_OFFLINE=1 uses it)"
         ) from exc
 
 

@@ -84,7 +84,7 @@ def checkpoint_tokenizer(path: str, specials: tuple[str, ...]):
 def _missing(path: str, exc: Exception) -> str:
     return (
         f"cir_cot.lm_path: nothing loadable at {path!r} ({str(exc).splitlines()[0]}); give a local folder "
-        f"written by save_pretrained, or a hub id already in the cache (huggingface-cli download {path} on a "
+        f"written by save_pretrained, or a hub id already in the cache (`hf download {path}` on a "
         "machine with network, then copy ~/.cache/huggingface here)"
     )
 

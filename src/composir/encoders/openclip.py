@@ -156,11 +156,19 @@ def load_openclip(pretrained: str | None, config: dict[str, Any] | None = None) 
 def _weights_not_found(name: str, pretrained: str | None, exc: BaseException) -> WeightsNotFound:
     import open_clip
 
+    cause = " ".join(str(exc).split())
+    cause = cause if len(cause) <= 200 else cause[:200].rsplit(" ", 1)[0] + " ..."  # whole words
+    repo = str((open_clip.get_pretrained_cfg(name, pretrained or "") or {}).get("hf_hub", "")).strip("/")
+    fetch = (
+        f"`hf download {repo}` on a machine with network, then copy the cache"
+        if repo
+        else "fetched once on a machine with network"
+    )
     return WeightsNotFound(
-        f"openclip {name!r}: weights {pretrained!r} could not be loaded ({str(exc).splitlines()[0][:160]}). "
-        f"Give --pretrained a local checkpoint file, or a tag open_clip knows for {name} "
+        f"openclip {name!r}: weights {pretrained!r} could not be loaded ({cause}). Give --pretrained a local "
+        f"checkpoint file, or a tag open_clip knows for {name} "
         f"({', '.join(open_clip.list_pretrained_tags_by_model(name)[:4]) or 'none'}) that is already in "
-        "~/.cache/huggingface (fetched once on a machine with network; HF_HUB_OFFLINE=1 then uses it)"
+        f"~/.cache/huggingface ({fetch}; HF_HUB_OFFLINE=1 then uses it)"
     )
 
 

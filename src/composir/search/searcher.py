@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import filecmp
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ class Searcher:
         self.scoring = check_scoring(str(self.index.info.get("scoring", "vector")), f"{index}: info scoring")
         self.method.active_scoring = self.scoring
         self.tokens = TokenStore(self.index.root, readonly=True) if self.scoring != "vector" else None
+        self._ids_by_size: dict[int, list[int]] | None = None  # for indexed_copy, built on first use
 
     def _check(self, index) -> None:
         if self.fingerprint != index.info.get("fingerprint"):
@@ -106,6 +108,7 @@ class Searcher:
             return False
         self._check(fresh)
         self.index = fresh
+        self._ids_by_size = None
         return True
 
     @property
@@ -142,7 +145,22 @@ class Searcher:
             path = Path(ref)
             if not path.is_file():
                 raise ComposirError(f"reference {ref!r} is neither a file nor an id in the index")
+            own_id = self.indexed_copy(path)  # an upload of an indexed file leaves its own results too
         return Reference(load_query_frames(self.method, path, self.num_frames, max_pixels, limits), own_id)
+
+    def indexed_copy(self, path: Path) -> int | None:
+        """The id of an indexed item whose file has exactly ``path``'s bytes (same size first, then
+        the bytes compared), or None."""
+        if self._ids_by_size is None:
+            by_size: dict[int, list[int]] = {}
+            for item_id, size, _ in self.index.items().values():
+                by_size.setdefault(int(size), []).append(int(item_id))
+            self._ids_by_size = by_size
+        for item_id in self._ids_by_size.get(path.stat().st_size, []):
+            indexed = self.media_path(item_id)
+            if indexed is not None and filecmp.cmp(indexed, path, shallow=False):
+                return item_id
+        return None
 
     @torch.no_grad()
     def explained_query(self, reference: Reference | None, text: str | None) -> tuple[torch.Tensor, Any]:
