@@ -90,6 +90,31 @@ def test_sigkill_and_resume_matches_uninterrupted_run(synth_root, tmp_path):
     assert cfg.method.name == "combiner"
 
 
+def test_a_resume_between_two_log_steps_logs_the_same_losses(synth_root, tmp_path):
+    """A checkpoint that falls inside a logging window (saved every 3 steps, logged every 2): the
+    window's sums up to the checkpoint are restored with it, so the resumed run logs what the
+    uninterrupted one did."""
+    from composir.train import train
+
+    def config(out: Path):
+        steps = ["train.max_steps=8", "train.save_every=3", "train.log_every=2", "train.eval_every=100"]
+        return load_config(
+            CONFIG, [f"data.root={synth_root}", *SMALL, *steps, "train.num_workers=0", f"output_dir={out}"]
+        )
+
+    train(config(tmp_path / "straight"), progress=False)
+    train(config(tmp_path / "resumed"), progress=False, stop_after=4)  # checkpoint at 3, log row at 4 dropped
+    train(config(tmp_path / "resumed"), progress=False)
+    losses = {}
+    for name in ("straight", "resumed"):
+        rows = MetricsLog(tmp_path / name / "metrics.csv").rows()
+        losses[name] = [(r["step"], r["metric"], float(r["value"])) for r in rows
+                        if r["split"] == "train" and r["metric"] not in ("triplets_per_s", "data_fraction")]  # fmt: skip
+    assert [row[:2] for row in losses["straight"]] == [row[:2] for row in losses["resumed"]]
+    for a, b in zip(losses["straight"], losses["resumed"]):
+        assert a[2] == pytest.approx(b[2], rel=1e-5, abs=1e-6), (a, b)
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(synth_root, tmp_path):
     out = tmp_path / "ddp"

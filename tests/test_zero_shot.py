@@ -11,6 +11,7 @@ from PIL import Image
 
 from composir.cli import main
 from composir.search import Searcher
+from composir.search.searcher import Reference
 from composir.service import create_app
 
 
@@ -30,8 +31,10 @@ def test_an_index_without_training(tmp_path, capsys):
     assert info["model"] == {"encoder": "tiny", "pretrained": None, "method": "sum", "seed": 0} and "run" not in info
     assert info["random_weights"] is True  # said in the index, as the user asked for it
     searcher = Searcher(out)  # the same model, rebuilt from the spec: its fingerprint matches
-    results = searcher.search(photos[0], None, k=3)
-    assert results[0].id == photos[0].name  # an image finds itself first
+    own = searcher.load_reference(photos[0])  # an indexed file: it leaves its own results
+    assert photos[0].name not in [r.id for r in searcher.search(own, None, k=3)]
+    # Taken as a new picture, it finds itself first: the rebuilt model embeds as the index's did.
+    assert searcher.search(Reference(own.frames, None), None, k=3)[0].id == photos[0].name
     client = TestClient(create_app(searcher))  # served like any other
     assert client.get("/health").json()["method"] == "sum"
     answer = client.post("/search", data={"id": photos[2].name, "text": "make it red", "k": "3"})
@@ -61,7 +64,7 @@ def test_an_index_without_training(tmp_path, capsys):
 @pytest.mark.parametrize(
     "encoder, pretrained, fragments",
     [("openclip", "/nonexistent/weights.bin", ["openclip 'RN50x4'", "/nonexistent/weights.bin", "openai"]),
-     ("blip2", "/nonexistent/blip2", ["blip2: '/nonexistent/blip2'", "save_pretrained", "huggingface-cli download"])],
+     ("blip2", "/nonexistent/blip2", ["blip2: '/nonexistent/blip2'", "save_pretrained", "`hf download"])],
 )  # fmt: skip
 def test_missing_weights_are_named_in_one_line(tmp_path, capsys, monkeypatch, encoder, pretrained, fragments):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -204,6 +204,7 @@ class Trainer:
         self.amp_dtype = _amp_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None, "best_step": None}
+        self.window = {"loss": 0.0, "n": 0, "data": 0.0, "compute": 0.0, "triplets": 0, "skipped": 0}
         self._restore(resume)
         self.model = self.method
         if self.info.world_size > 1:
@@ -212,7 +213,6 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=self.method.ddp_find_unused_parameters,
             )
-        self.window = {"loss": 0.0, "n": 0, "data": 0.0, "compute": 0.0, "triplets": 0, "skipped": 0}
 
     # ------------------------------------------------------------------------------ set-up
     def _build(self):
@@ -256,6 +256,7 @@ class Trainer:
         if saved.get("grad_scaler"):
             self.scaler.load_state_dict(saved["grad_scaler"])
         self.state = {k: saved[k] for k in self.state}
+        self.window.update(saved.get("log_window", {}))
         if self.info.main:
             self.metrics.truncate_after(self.state["step"])
             log.info("resumed from %s at step %d", latest, self.state["step"])
@@ -264,6 +265,9 @@ class Trainer:
     def save(self, name: str, extra: dict[str, Any] | None = None) -> None:
         trainer_state = {
             **self.state,
+            # The logging window's sums so far: a checkpoint between two log steps resumes them, so
+            # the next logged loss covers the same steps as in an uninterrupted run.
+            "log_window": dict(self.window),
             "scheduler": self.scheduler.state_dict(),
             "config": self.cfg.to_dict(),
             **(extra or {}),
