@@ -86,3 +86,54 @@ def test_result_urls_are_percent_encoded(searcher, monkeypatch):
 def test_a_json_body_is_told_what_the_api_takes(searcher):
     r = TestClient(create_app(searcher)).post("/search", json={"text": "make it red", "k": 3})
     assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
+
+
+def test_a_video_decode_stops_when_asked_to(tmp_path):
+    """``DecodeLimits.cancelled`` is asked while a video decodes; True stops it with one line."""
+    from composir.data.media import DecodeLimits, load_video
+    from composir.errors import MediaError
+
+    path = tmp_path / "long.mp4"
+    write_video(path, [np.full((32, 32, 3), i % 250, np.uint8) for i in range(200)])
+    asked = []
+
+    def cancelled() -> bool:
+        asked.append(1)
+        return len(asked) >= 3  # the client went away after a few checks
+
+    try:
+        load_video(path, 8, limits=DecodeLimits(cancelled=cancelled))
+        raise AssertionError("the decode was not stopped")
+    except MediaError as exc:
+        assert "cancelled" in str(exc)
+    assert len(asked) == 3  # asked every 16 frames: stopped at frame 32 of 200, not at the end
+    assert len(load_video(path, 8, limits=DecodeLimits(cancelled=lambda: False))) == 8
+
+
+def test_the_service_asks_whether_the_client_is_still_there(searcher, monkeypatch):
+    """The search endpoint hands the decode a check that asks the server whether its client has
+    disconnected (Starlette's ``Request.is_disconnected``, from the worker thread)."""
+    import anyio
+    from starlette.requests import Request
+
+    from composir.service.app import _client_gone
+
+    async def probe(messages: list[dict]) -> bool:
+        async def receive() -> dict:
+            if messages:
+                return messages.pop(0)
+            await anyio.sleep(10)  # a connected client sends nothing more
+            return {}
+
+        gone = _client_gone(Request({"type": "http", "method": "POST", "headers": []}, receive), every_s=0)
+        return await anyio.to_thread.run_sync(gone)
+
+    assert anyio.run(probe, [{"type": "http.disconnect"}]) is True
+    assert anyio.run(probe, []) is False
+    seen = []
+    load = searcher.load_reference
+    monkeypatch.setattr(searcher, "load_reference", lambda ref, limits=None: seen.append(limits) or load(ref, limits=limits))
+    client = TestClient(create_app(searcher))
+    item = next(iter(searcher.index.items()))
+    assert client.post("/search", data={"id": item, "text": "make it red", "k": "2"}).status_code == 200
+    assert seen and seen[0].cancelled is not None and seen[0].cancelled() is False  # connected: go on

@@ -10,8 +10,8 @@ import itertools
 import math
 import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -42,6 +42,8 @@ class DecodeLimits:
     max_bytes: int | None = None  # memory of one image's decode: pixels x (its bands + 3 for RGB)
     max_video_frames: int | None = None  # frames in the stream
     max_seconds: float | None = None  # wall time of one video's decode
+    # Asked now and then while a video decodes: True stops it (the service: its client has gone).
+    cancelled: Callable[[], bool] | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, limits: DecodeLimits | None, max_pixels: int | None) -> DecodeLimits:
@@ -163,6 +165,8 @@ def load_video(
             decoded: dict[int, Image.Image] = {}
             last = max(needed)
             for index, frame in enumerate(container.decode(stream)):
+                if limits.cancelled is not None and index % 16 == 0 and limits.cancelled():
+                    raise MediaError(path, "decoding was cancelled (the request went away)")
                 if deadline is not None and time.monotonic() > deadline:
                     raise MediaError(path, f"decoding took longer than {limits.max_seconds:g} s")
                 if index in needed:

@@ -9,7 +9,7 @@ What one request may cost is bounded before work starts:
   app, because FastAPI reads a form body whole before any dependency runs);
 - an uploaded image of more than ``max_upload_pixels`` is refused from its header (a JPEG is
   first decoded at a reduced scale), and references are decoded outside the model lock, so a
-  slow decode never holds up other requests;
+  slow decode never holds up other requests; a video's decode stops when its client goes away;
 - k and the text length are checked before any work.
 
 Every refusal is a 4xx with a message; any other failure is a 500 with a message, and the server
@@ -28,11 +28,14 @@ import os
 import secrets
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import anyio
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -64,8 +67,10 @@ class ServiceSettings:
     idle_timeout_s: int = 5  # keep-alive connections with no request are closed after this
     max_connections: int = 64  # more at once are answered 503 by the server
 
-    def decode_limits(self) -> DecodeLimits:
-        return DecodeLimits(self.max_upload_pixels, self.max_decode_bytes, self.max_video_frames, self.max_decode_s)
+    def decode_limits(self, cancelled: Callable[[], bool] | None = None) -> DecodeLimits:
+        return DecodeLimits(
+            self.max_upload_pixels, self.max_decode_bytes, self.max_video_frames, self.max_decode_s, cancelled
+        )
 
 
 class _BodyTooLarge(Exception):
@@ -225,7 +230,8 @@ def create_app(
         if decodes and not decode_slots.acquire(timeout=settings.decode_wait_s):
             raise HTTPException(503, "busy decoding other references; try again in a moment")
         try:
-            reference = _load_reference(searcher, file, id, settings)  # decoding: outside the model lock
+            # Decoding: outside the model lock, and stopped if the client goes away meanwhile.
+            reference = _load_reference(searcher, file, id, settings, _client_gone(request))
         finally:
             if decodes:
                 decode_slots.release()
@@ -252,13 +258,37 @@ def create_app(
     return app
 
 
-def _load_reference(searcher, file: UploadFile | None, item_id: str | None, settings: ServiceSettings):
+def _client_gone(request: Request, every_s: float = 0.2) -> Callable[[], bool]:
+    """Whether the request's client has disconnected, asked from the worker thread a sync endpoint
+    runs in (through the event loop, at most every ``every_s``); once gone, always gone."""
+    state = {"asked": 0.0, "gone": False}
+
+    def gone() -> bool:
+        now = time.monotonic()
+        if not state["gone"] and now - state["asked"] >= every_s:
+            state["asked"] = now
+            try:
+                state["gone"] = bool(anyio.from_thread.run(request.is_disconnected))
+            except RuntimeError:  # not called from a worker thread of the server's loop
+                return False
+        return bool(state["gone"])
+
+    return gone
+
+
+def _load_reference(
+    searcher,
+    file: UploadFile | None,
+    item_id: str | None,
+    settings: ServiceSettings,
+    cancelled: Callable[[], bool] | None = None,
+):
     """The decoded reference of a request (upload or index id), or None; bad media is a 400."""
     if file is None and not item_id:
         return None
     tmp_path = _save_upload(file, settings.max_upload_bytes) if file is not None else None
     try:
-        return searcher.load_reference(tmp_path or item_id, limits=settings.decode_limits())
+        return searcher.load_reference(tmp_path or item_id, limits=settings.decode_limits(cancelled))
     except MediaError as exc:
         name = file.filename if file is not None else item_id
         raise HTTPException(400, f"cannot read the reference {name!r}: {exc.args[0].split(': ', 1)[-1]}") from exc
