@@ -9,8 +9,28 @@ import pytest
 import torch
 
 from composir.errors import ConfigError
-from composir.experiments.verdicts import BASELINE, contrast, difference, judge, query_hits, verdict
-from composir.methods.claims import Claim, Gain, LosesGain, Parity, Shrinks, Variant, registered_claims
+from composir.experiments.verdicts import (
+    BASELINE,
+    check_precondition,
+    contrast,
+    difference,
+    judge,
+    judge_claim,
+    query_hits,
+    verdict,
+)
+from composir.methods.claims import (
+    Claim,
+    Engaged,
+    Gain,
+    HasRange,
+    Headroom,
+    LosesGain,
+    Parity,
+    Shrinks,
+    Variant,
+    registered_claims,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,6 +155,71 @@ def test_verdict():
     assert verdict([R("holds"), R("inconclusive")]) == "inconclusive"
 
 
+def _with_top1(hits, name: str, changed: float):
+    """``name``'s runs given top-1 ids that differ from the baseline's on a ``changed`` fraction."""
+    for base, run in zip(hits[BASELINE], hits[name]):
+        n = len(base["bucket"])
+        base["top1"] = np.asarray([f"item{i}" for i in range(n)], dtype=object)
+        run["top1"] = np.asarray([f"item{i}" if i >= changed * n else "other" for i in range(n)], dtype=object)
+    return hits
+
+
+def test_a_failed_precondition_makes_the_verdict_untestable_never_not_reproduced():
+    """The baseline's few -> many range is 0 in these runs: a claimed +4 cannot be told from the
+    set-up, so neither "not reproduced" (no gain: checks fail) nor "reproduced" (+10) is said."""
+    for gain, checks_say in ((0, "not reproduced"), (10, "reproduced")):
+        hits = _gain_hits(gain, 0)
+        claim = Claim("X", "v helps", Variant("base"), {"v": Variant("m"), "abl": Variant("m", {"off": 1})},
+                      (Gain("v", ("few",), "R@1", 4.0),))  # fmt: skip
+        assert judge_claim(claim, hits)[0] == checks_say  # the implied headroom (70 points) is there
+        ranged = Claim(**{**claim.__dict__, "preconditions": (HasRange("R@1", ("few",), ("many",), 4.0),)})
+        said, _, pres = judge_claim(ranged, hits)
+        assert said.startswith("untestable here (baseline R@1 range ≥ 4 points from few to many: 0)"), said
+        assert [p.met for p in pres] == [False, True]  # the range; the headroom the Gain implies
+
+
+def test_preconditions_measure_range_headroom_and_engagement():
+    hits = _gain_hits(10, 0)  # baseline 30 % on few and many
+    assert check_precondition(Headroom("R@1", ("few",), 4.0), hits).value == pytest.approx(70.0)
+    assert not check_precondition(Headroom("R@1", ("few",), 80.0), hits).met
+    assert check_precondition(HasRange("R@1", ("few",), ("many",), 4.0), hits).value == pytest.approx(0.0)
+    missing = check_precondition(HasRange("R@1", ("few",), ("schema-64shot",), 4.0), hits)
+    assert missing.value is None and not missing.met and "not in these runs" in missing.text
+    hits[BASELINE] = [dict(run) for run in hits[BASELINE]]
+    engaged = Engaged("v", BASELINE, 0.05)
+    assert check_precondition(engaged, hits).value is None  # top-1s not recorded: not measured, not met
+    assert check_precondition(engaged, _with_top1(hits, "v", 0.02)).met is False
+    result = check_precondition(engaged, _with_top1(hits, "v", 0.20))
+    assert result.met and result.value == pytest.approx(0.20, abs=0.01)
+
+
+def test_imagine_registers_its_preconditions_and_an_inference_only_ablation():
+    claim = registered_claims()["IMAGINE"]
+    kinds = {type(p).__name__ for p in claim.preconditions}
+    assert kinds == {"HasRange", "Engaged"}
+    off, on = claim.variants["no modulation at test"], claim.variants["IMAGINE"]
+    assert off.training_key == on.training_key and off.key != on.key  # scored from the same trained model
+
+
+@torch.no_grad()
+def test_imagine_without_modulation_at_test_is_the_concrete_feature():
+    from composir.encoders import build_encoder
+    from composir.methods import build_method
+    from helpers import TEXTS
+
+    torch.manual_seed(0)
+    encoder = build_encoder("tiny", config={"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4})
+    method = build_method("imagine", encoder, {"hidden_dim": 16, "top_k": 2, "modulation_init": 0.5}).eval()
+    frames = torch.randn(len(TEXTS), 1, 3, 64, 64)
+    tokens = encoder.tokenize(TEXTS)
+    modulated = method.encode_query(frames, tokens)
+    method.config.modulate_at_test = False
+    plain = method.encode_query(frames, tokens)
+    concrete = torch.nn.functional.normalize(method.compose(frames, tokens)["concrete"], dim=-1)
+    torch.testing.assert_close(plain, concrete)
+    assert not torch.allclose(plain, modulated, atol=1e-4)
+
+
 def test_claims_are_registered_by_method_files():
     claims = registered_claims()
     imagine, first = claims["IMAGINE"], claims["IMAGINE (first update rule)"]
@@ -198,6 +283,7 @@ def test_board_renders_a_claim(tmp_path):
     board.write_board(doc, ["# board", ""], {"Paper X": claim}, results, (0, 1, 2), tmp_path / "img")
     text = doc.read_text()
     assert "**Verdict: reproduced** (seeds 0, 1, 2)." in text
+    assert "| baseline R@1 leaves ≥ 4 points of headroom on schema-1shot | 70 | yes |" in text
     assert "| v | 40.0 ± 0.0 (+10.0 [" in text  # R@1 on schema-1shot: 30% + 10 points
     assert (tmp_path / "img" / "claims-paper-x.png").stat().st_size > 10_000
 

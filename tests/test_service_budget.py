@@ -132,7 +132,9 @@ def test_the_service_asks_whether_the_client_is_still_there(searcher, monkeypatc
     assert anyio.run(probe, []) is False
     seen = []
     load = searcher.load_reference
-    monkeypatch.setattr(searcher, "load_reference", lambda ref, limits=None: seen.append(limits) or load(ref, limits=limits))
+    monkeypatch.setattr(
+        searcher, "load_reference", lambda ref, limits=None: seen.append(limits) or load(ref, limits=limits)
+    )
     client = TestClient(create_app(searcher))
     item = next(iter(searcher.index.items()))
     assert client.post("/search", data={"id": item, "text": "make it red", "k": "2"}).status_code == 200

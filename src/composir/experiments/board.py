@@ -37,7 +37,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from composir.experiments.verdicts import BASELINE, CheckResult, difference, judge_claim, query_hits
+from composir.experiments.verdicts import (
+    BASELINE,
+    CheckResult,
+    PreconditionResult,
+    difference,
+    judge_claim,
+    query_hits,
+)
 from composir.methods.claims import Claim, Variant, registered_claims
 from composir.utils.io import atomic_open, atomic_write_json
 
@@ -77,6 +84,9 @@ class RunSpec:
     out: str
     steps: int
     lr: float
+    # The run folder of a variant that trains the very same model (``Variant.training_key``): this
+    # one is not trained again, only built with its own (inference) settings and scored.
+    trained_in: str | None = None
 
     def overrides(self) -> list[str]:
         return [
@@ -163,8 +173,20 @@ def run_variant(spec: RunSpec) -> Path:
     if result_file.is_file():
         return result_file
     start = time.time()
-    train(load_config(CONFIG, spec.overrides()), resume=True, progress=False)
-    method, _ = load_run(out)
+    if spec.trained_in:
+        from composir.runs import build_from_config
+        from composir.runs import checkpoint as ckpt
+
+        method = build_from_config(load_config(CONFIG, spec.overrides()))
+        folder = ckpt.best_or_latest(Path(spec.trained_in) / "checkpoints")
+        if folder is None:
+            raise RuntimeError(f"{spec.trained_in}: the run this variant shares was not trained")
+        ckpt.load_model_weights(method, folder)
+        method.eval()
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        train(load_config(CONFIG, spec.overrides()), resume=True, progress=False)
+        method, _ = load_run(out)
     test = load_benchmark("synthetic", Path(spec.data), "test")
     res = evaluate(method, test, batch_size=64, num_frames=1, progress=False)
     hits = query_hits(test, res)
@@ -210,6 +232,8 @@ def load_hits(path: Path) -> dict:
     record = json.loads(path.read_text())
     arrays = {k: np.asarray(record[k], dtype=float) for k in ("R@1", "R@10", "R@50", "Rsubset@1") if k in record}
     arrays["bucket"] = np.asarray(record["bucket"], dtype=object)
+    if "top1" in record:  # runs from before it was recorded have none (their Engaged is "not measured")
+        arrays["top1"] = np.asarray(record["top1"], dtype=object)
     return {"hits": arrays, "diagnostics": record.get("diagnostics", {}), "seconds": record["seconds"]}
 
 
@@ -253,6 +277,15 @@ def check_table(results: list[CheckResult]) -> list[str]:
     for r in results:
         c = r.contrast
         lines.append(f"| {r.text} | {c.estimate:+.1f} [{c.low:+.1f}, {c.high:+.1f}] | {r.outcome} |")
+    return lines
+
+
+def precondition_table(results: list[PreconditionResult]) -> list[str]:
+    """What must hold before the checks can show the claim, measured on these runs."""
+    lines = ["| precondition | measured | met |", "|---|---|---|"]
+    for r in results:
+        value = "not measured" if r.value is None else f"{r.value:.3g}"
+        lines.append(f"| {r.text} | {value} | {'yes' if r.met else '**no**'} |")
     return lines
 
 
@@ -313,8 +346,9 @@ def claim_section(claim: Claim, results: dict, seeds: tuple[int, ...], img: Path
         lines += [claim.note, ""]
     if not done:
         return [*lines, "No finished runs yet.", ""]
-    verdict, checks = judge_claim(claim, hits)
-    lines += [f"**Verdict: {verdict}** (seeds {', '.join(map(str, done))}).", "", *check_table(checks), ""]
+    verdict, checks, preconditions = judge_claim(claim, hits)
+    lines += [f"**Verdict: {verdict}** (seeds {', '.join(map(str, done))}).", ""]
+    lines += [*precondition_table(preconditions), "", *check_table(checks), ""]
     for metric in [m for m in TABLE_METRICS if m in hits[BASELINE][0]]:
         lines += [f"{metric} on the test split, mean ± std over seeds (difference to the baseline "
                   "[95% paired bootstrap interval]):", "", *metric_table(hits, metric), ""]  # fmt: skip
@@ -365,8 +399,11 @@ def header_lines(args, size: BoardSize, seconds: float | None, results: dict) ->
         "its 95% interval comes from a two-level bootstrap (seeds, then test queries within a seed, the",
         "same queries for every variant of a seed). A check *holds* when the interval is on the claimed",
         "side (and a claimed size is met by the estimate), *fails* when the interval excludes the claim,",
-        "and is *inconclusive* otherwise. A claim is *reproduced* when every check holds, *not",
-        "reproduced* when any check fails, *inconclusive* otherwise.",
+        "and is *inconclusive* otherwise. Before any check, the claim's *preconditions* are measured",
+        "(the baseline has range on the metric, the mechanism changes what is retrieved, headroom for",
+        "the claimed gain); if one fails the claim is *untestable here*, with the failing number. Else",
+        "it is *reproduced* when every check holds, *not reproduced* when any check fails,",
+        "*inconclusive* otherwise.",
         "",
     ]
 
@@ -408,12 +445,17 @@ def main() -> None:
     pretrain, data = make_data(root, size)
     backbone = train_backbone(root, pretrain, size.pretrain_steps)
     variants = {v.key: v for c in to_run.values() for v in (c.baseline, *c.variants.values())}
+    trainer: dict[str, str] = {}  # training key -> the variant key whose run trains that model
+    for key, v in variants.items():
+        trainer.setdefault(v.training_key, key)
     specs = [
-        RunSpec(v, s, str(data[s]), str(backbone), str(root / f"{key}-s{s}"), size.steps, args.lr)
+        RunSpec(v, s, str(data[s]), str(backbone), str(root / f"{key}-s{s}"), size.steps, args.lr,
+                None if trainer[v.training_key] == key else str(root / f"{trainer[v.training_key]}-s{s}"))
         for s in size.seeds
         for key, v in variants.items()
-    ]
-    run_all(specs, args.jobs)
+    ]  # fmt: skip
+    run_all([s for s in specs if s.trained_in is None], args.jobs)
+    run_all([s for s in specs if s.trained_in is not None], args.jobs)  # scored from those runs' weights
     seconds = time.time() - start
     # The board shows every registered claim with every finished run in the cache (--papers and
     # --seeds only choose what to train now).

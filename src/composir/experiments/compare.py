@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from composir.experiments import board
-from composir.experiments.verdicts import BASELINE, judge_claim
+from composir.experiments.verdicts import BASELINE, applicable, judge_claim
 from composir.methods.claims import Claim, Variant, registered_claims
 from composir.utils.io import atomic_open, atomic_write_json
 
@@ -382,9 +382,10 @@ def claim_checks(claim: Claim, hits: dict[str, list[dict]]) -> list[str]:
     )
     if not runnable:
         return []
-    verdict, results = judge_claim(dataclasses.replace(claim, checks=runnable), hits)
+    usable = tuple(p for p in claim.preconditions if applicable(p, hits))
+    verdict, results, pres = judge_claim(dataclasses.replace(claim, checks=runnable, preconditions=usable), hits)
     return [f"The claim's checks (the claims board's rules), judged on these runs: **{verdict}**.", "",
-            *board.check_table(results), ""]  # fmt: skip
+            *board.precondition_table(pres), "", *board.check_table(results), ""]  # fmt: skip
 
 
 def add_generated_runs(

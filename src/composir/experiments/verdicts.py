@@ -11,6 +11,7 @@ and test-set noise (queries), and it stays narrow where variants win and lose on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from composir.data.records import Benchmark
 from composir.eval.evaluate import EvalResult, score
-from composir.methods.claims import Claim, Gain, LosesGain, Parity, Shrinks
+from composir.methods.claims import Claim, Engaged, Gain, HasRange, Headroom, LosesGain, Parity, Precondition, Shrinks
 
 HIT_METRICS = ("R@1", "R@10", "R@50", "Rsubset@1")
 BASELINE = "baseline"  # the name the baseline's runs go under in ``Hits``
@@ -39,6 +40,7 @@ def query_hits(bench: Benchmark, result: EvalResult, metrics: Sequence[str] = HI
             out[name].append(one[name] / 100.0)
     hits = {name: np.asarray(values) for name, values in out.items()}
     hits["bucket"] = np.asarray([q.extra.get("family", "") for q in bench.queries], dtype=object)
+    hits["top1"] = np.asarray([ranked[0] if ranked else "" for ranked in result.ranked_ids], dtype=object)
     return hits
 
 
@@ -130,8 +132,67 @@ def judge(check, hits: Hits, **kw) -> CheckResult:
     return CheckResult(text, c, outcome)
 
 
-def verdict(results: Sequence[CheckResult]) -> str:
-    """reproduced: every check holds; not reproduced: some check fails; else inconclusive."""
+@dataclass
+class PreconditionResult:
+    text: str  # the precondition in words
+    value: float | None  # what was measured (points, or a fraction for Engaged); None: not measurable
+    met: bool
+
+
+def _rate(hits: Hits, variant: str, metric: str, buckets: Sequence[str]) -> float:
+    """Mean hit rate (points) of ``variant`` on ``buckets``, over its seeds."""
+    rates = []
+    for run in hits[variant]:
+        rows = np.isin(run["bucket"], list(buckets))
+        if rows.any():
+            rates.append(float(np.asarray(run[metric], dtype=np.float64)[rows].mean()))
+    return 100 * float(np.mean(rates)) if rates else float("nan")
+
+
+def check_precondition(pre: Precondition, hits: Hits) -> PreconditionResult:
+    """Whether ``pre`` holds on these runs, with the number that says so."""
+    if isinstance(pre, HasRange | Headroom):
+        if isinstance(pre, HasRange):
+            value = _rate(hits, BASELINE, pre.metric, pre.high) - _rate(hits, BASELINE, pre.metric, pre.low)
+            text = (f"baseline {pre.metric} range ≥ {pre.at_least:g} points from {', '.join(pre.low)} to "
+                    f"{', '.join(pre.high)}")  # fmt: skip
+        else:
+            value = 100.0 - _rate(hits, BASELINE, pre.metric, pre.buckets)
+            text = f"baseline {pre.metric} leaves ≥ {pre.at_least:g} points of headroom on {', '.join(pre.buckets)}"
+        if math.isnan(value):
+            return PreconditionResult(text + " (its buckets are not in these runs)", None, False)
+        return PreconditionResult(text, value, bool(value >= pre.at_least))
+    if isinstance(pre, Engaged):
+        text = f"removing {pre.variant}'s mechanism at test ({pre.ablation}) changes ≥ {pre.at_least:.0%} of top-1s"
+        runs = list(zip(hits.get(pre.variant, ()), hits.get(pre.ablation, ())))
+        if not runs or any("top1" not in a or "top1" not in b for a, b in runs):
+            return PreconditionResult(text + " (top-1s not recorded in these runs)", None, False)
+        value = float(np.mean([np.mean(a["top1"] != b["top1"]) for a, b in runs]))
+        return PreconditionResult(text, value, bool(value >= pre.at_least))
+    raise TypeError(f"unknown precondition {pre!r}")
+
+
+def applicable(pre: Precondition, hits: Hits) -> bool:
+    """Whether these runs have what ``pre`` reads: its variants, and its buckets in the baseline's runs."""
+    names = [getattr(pre, a) for a in ("variant", "ablation") if hasattr(pre, a)]
+    buckets = [b for a in ("low", "high", "buckets") for b in getattr(pre, a, ())]
+    present = set().union(*(set(run["bucket"].tolist()) for run in hits.get(BASELINE, ())))
+    return all(n in hits for n in names) and all(b in present for b in buckets)
+
+
+def preconditions_of(claim: Claim) -> tuple[Precondition, ...]:
+    """The claim's registered preconditions, and for every Gain check the headroom it needs."""
+    implied = tuple(Headroom(c.metric, c.buckets, c.at_least) for c in claim.checks if isinstance(c, Gain))
+    return (*claim.preconditions, *(p for p in implied if p not in claim.preconditions))
+
+
+def verdict(results: Sequence[CheckResult], preconditions: Sequence[PreconditionResult] = ()) -> str:
+    """untestable here (a precondition failed, named with its number); else reproduced: every check
+    holds; not reproduced: some check fails; else inconclusive."""
+    failed = [p for p in preconditions if not p.met]
+    if failed:
+        said = "; ".join(f"{p.text}: {'not measured' if p.value is None else f'{p.value:.3g}'}" for p in failed)
+        return f"untestable here ({said})"
     if results and all(r.outcome == "holds" for r in results):
         return "reproduced"
     if any(r.outcome == "fails" for r in results):
@@ -139,6 +200,9 @@ def verdict(results: Sequence[CheckResult]) -> str:
     return "inconclusive"
 
 
-def judge_claim(claim: Claim, hits: Hits, **kw) -> tuple[str, list[CheckResult]]:
+def judge_claim(claim: Claim, hits: Hits, **kw) -> tuple[str, list[CheckResult], list[PreconditionResult]]:
+    """(verdict, the checks' results, the preconditions' results): preconditions first, so a
+    verdict is never "not reproduced" while one fails."""
+    pres = [check_precondition(p, hits) for p in preconditions_of(claim)]
     results = [judge(check, hits, **kw) for check in claim.checks]
-    return verdict(results), results
+    return verdict(results, pres), results, pres

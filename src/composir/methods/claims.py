@@ -12,6 +12,16 @@ synthetic families ``explicit`` / ``multi`` / ``implicit``), each judged from a 
 - ``Parity``: the variant stays within ``within`` points of the baseline;
 - ``Shrinks``: the variant's gain on ``buckets`` is larger than on ``then``;
 - ``LosesGain``: an ablation keeps less than ``keep`` of the full variant's gain.
+
+*Preconditions* say when the checks can show the claim at all; a failed one makes the verdict
+"untestable here" with its number, never "not reproduced":
+
+- ``HasRange``: the baseline's metric must move by at least the claimed effect between two sets of
+  buckets (the few-shot buckets and the many-shot one): a gain larger than everything more
+  examples buy the baseline cannot be told from the set-up's ceiling;
+- ``Headroom``: the baseline must leave the claimed effect's points below 100 on the check's buckets;
+- ``Engaged``: removing the mechanism at test time (``ablation``, the same trained model) changes at
+  least ``at_least`` of the variant's test top-1s: an inert mechanism cannot show a claim either way.
 """
 
 from __future__ import annotations
@@ -94,6 +104,31 @@ Check = Gain | Parity | Shrinks | LosesGain
 
 
 @dataclass(frozen=True)
+class HasRange:
+    metric: str
+    low: tuple[str, ...]  # buckets where the baseline should be weakest (fewest examples)
+    high: tuple[str, ...]  # buckets where it should be strongest
+    at_least: float  # points: the claimed effect
+
+
+@dataclass(frozen=True)
+class Headroom:
+    metric: str
+    buckets: tuple[str, ...]
+    at_least: float  # points the baseline must leave below 100
+
+
+@dataclass(frozen=True)
+class Engaged:
+    variant: str
+    ablation: str  # the variant with its mechanism removed at test time only
+    at_least: float = 0.05  # fraction of test queries whose top-1 changes
+
+
+Precondition = HasRange | Headroom | Engaged
+
+
+@dataclass(frozen=True)
 class Claim:
     """One paper's claim: ``variants`` (the method and its ablations) against ``baseline``."""
 
@@ -105,9 +140,10 @@ class Claim:
     # Names of the ``variants`` whose diagnostics (``method.diagnostics``) the board shows.
     diagnose: tuple[str, ...] = ()
     note: str = ""
+    preconditions: tuple[Precondition, ...] = ()
 
     def __post_init__(self) -> None:
-        for check in self.checks:
+        for check in (*self.checks, *self.preconditions):
             names = [getattr(check, a) for a in ("variant", "ablation") if hasattr(check, a)]
             for name in names:
                 if name not in self.variants:
