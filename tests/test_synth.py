@@ -174,3 +174,19 @@ def test_schema_benchmark_is_the_same_for_a_seed_whatever_the_workers(tmp_path):
     one, two = _schema_bench(tmp_path, workers=1), _schema_bench(tmp_path, workers=2)
     for split in ("train", "val", "test"):
         assert _entries(one, split) == _entries(two, split)
+
+
+def test_only_the_layout_caption_says_where_objects_are():
+    """The same objects in other cells: the global and attribute captions are word for word the
+    same (their object order is not the grid's), the layout caption is not."""
+    from composir.synth.scenes import Scene, SceneObject, caption_levels
+
+    objects = [SceneObject("circle", "red", "small", 0), SceneObject("square", "blue", "big", 4),
+               SceneObject("triangle", "green", "small", 8)]  # fmt: skip
+    moved = [SceneObject(o.shape, o.colour, o.size, cell) for o, cell in zip(objects, (8, 0, 4))]
+    by_cell = Scene("white", tuple(sorted(objects, key=lambda o: o.cell)))
+    reordered = Scene("white", tuple(sorted(moved, key=lambda o: o.cell)))
+    a, b = caption_levels(by_cell, False), caption_levels(reordered, False)
+    assert a["global"] == b["global"] and a["attributes"] == b["attributes"]
+    assert a["layout"] != b["layout"]
+    assert a["global"] == "a red circle, a blue square and a green triangle on a white background"

@@ -261,13 +261,17 @@ def _object_phrase(o: SceneObject, with_size: bool, with_cell: bool, with_motion
 
 
 def caption_levels(scene: Scene, video: bool) -> dict[str, str]:
-    """Three levels of detail (CSMCIR-style multi-level captions): global, attributes, layout."""
+    """Three levels of detail (CSMCIR-style multi-level captions): global, attributes, layout.
+
+    Only the layout level says where things are: the others name the objects in an order of their
+    own (shape, colour, size), never the grid's, so that their word order leaks no layout."""
     bg = f"on a {scene.background} background"
     if not scene.objects:
         empty = f"an empty scene {bg}"
         return {"global": empty, "attributes": empty, "layout": empty}
+    unplaced = sorted(scene.objects, key=lambda o: (o.shape, o.colour, o.size))
     return {
-        "global": join_clauses([_object_phrase(o, False, False, False) for o in scene.objects]) + f" {bg}",
-        "attributes": join_clauses([_object_phrase(o, True, False, False) for o in scene.objects]) + f" {bg}",
+        "global": join_clauses([_object_phrase(o, False, False, False) for o in unplaced]) + f" {bg}",
+        "attributes": join_clauses([_object_phrase(o, True, False, False) for o in unplaced]) + f" {bg}",
         "layout": join_clauses([_object_phrase(o, True, True, video) for o in scene.objects]) + f" {bg}",
     }
