@@ -27,6 +27,7 @@ from composir.methods.claims import (
     Headroom,
     LosesGain,
     Parity,
+    RecoversGap,
     Shrinks,
     Variant,
     registered_claims,
@@ -143,6 +144,32 @@ def test_judge_outcomes():
     assert judge(LosesGain("abl", "v", ("few",), "R@1"), _gain_hits(10, 0)).outcome == "holds"
     assert judge(LosesGain("abl", "v", ("few",), "R@1"), _gain_hits(10, 10)).outcome == "fails"
     assert judge(LosesGain("abl", "v", ("few",), "R@1"), _gain_hits(10, 8)).outcome == "fails"
+
+
+def _gap_hits(gain: int, n: int = 400) -> dict:
+    """The baseline at 30 % on ``few`` and 60 % on ``many`` (a 30-point gap); ``v`` adds ``gain``
+    points on ``few``. Three seeds."""
+    rng = np.random.default_rng(1)
+    hits: dict[str, list] = {BASELINE: [], "v": []}
+    for _ in range(3):
+        few, many = np.zeros(n), np.zeros(n)
+        few[rng.choice(n, int(0.3 * n), replace=False)] = 1
+        many[rng.choice(n, int(0.6 * n), replace=False)] = 1
+        better = few.copy()
+        better[np.flatnonzero(few == 0)[: gain * n // 100]] = 1
+        hits[BASELINE].append(_run({"few": few.tolist(), "many": many.tolist()}))
+        hits["v"].append(_run({"few": better.tolist(), "many": many.tolist()}))
+    return hits
+
+
+def test_recovers_gap_is_relative_to_the_baseline_shot_curve():
+    check = RecoversGap("v", ("few",), ("many",), "R@1", 0.25)
+    # +15 of a 30-point gap (50 %) holds; +2 (7 %) fails; a gap-sized claim of +7.5 is the threshold.
+    assert judge(check, _gap_hits(15)).outcome == "holds"
+    assert judge(check, _gap_hits(2)).outcome == "fails"
+    result = judge(check, _gap_hits(15))
+    assert result.contrast.estimate == pytest.approx(15 - 0.25 * 30, abs=0.5)
+    assert "recovers ≥ 25% of the baseline's R@1 gap from few to many" in result.text
 
 
 def test_verdict():

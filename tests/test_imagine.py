@@ -379,3 +379,20 @@ def test_no_degenerate_constant_minimum_by_default():
     grads = torch.autograd.grad(losses["schema"], model.visual_imagery.weight, retain_graph=True)[0]
     model._pending_updates.clear()
     assert grads.abs().sum() > 0
+
+
+def test_k_prototypes_need_not_be_the_query_tokens():
+    """K = 12 prototypes on an encoder with 8 query tokens: placed by k-means++ on the first
+    features, selected and updated like any; query-token placement cannot give 12 and says so."""
+    model = _model(num_prototypes=12, top_k=4).train()
+    assert model.visual_library.prototypes.shape[0] == model.text_library.prototypes.shape[0] == 12
+    batch = _batch()
+    model.losses(batch)
+    model.after_step(1)
+    placed = model.visual_library.prototypes.clone()
+    with torch.no_grad():
+        out = model.eval().compose(batch["reference"], batch["tokens"])
+    assert out["visual_index"].shape == (4, 4) and int(out["visual_index"].max()) < 12
+    assert torch.isfinite(placed).all() and len({tuple(p.tolist()) for p in placed}) > 1
+    with pytest.raises(ConfigError, match="num_prototypes 12 differs from the encoder's 8 query tokens"):
+        _model(num_prototypes=12, prototype_init="query_tokens")

@@ -19,7 +19,18 @@ import numpy as np
 
 from composir.data.records import Benchmark
 from composir.eval.evaluate import EvalResult, score
-from composir.methods.claims import Claim, Engaged, Gain, HasRange, Headroom, LosesGain, Parity, Precondition, Shrinks
+from composir.methods.claims import (
+    Claim,
+    Engaged,
+    Gain,
+    HasRange,
+    Headroom,
+    LosesGain,
+    Parity,
+    Precondition,
+    RecoversGap,
+    Shrinks,
+)
 
 HIT_METRICS = ("R@1", "R@10", "R@50", "Rsubset@1")
 BASELINE = "baseline"  # the name the baseline's runs go under in ``Hits``
@@ -99,7 +110,7 @@ class CheckResult:
 
 def judge(check, hits: Hits, **kw) -> CheckResult:
     """Whether ``check`` holds, fails or cannot be told apart at this many seeds and queries."""
-    where = ", ".join(check.buckets)
+    where = ", ".join(check.low if isinstance(check, RecoversGap) else check.buckets)
     if isinstance(check, Gain):
         c = difference(hits, check.variant, check.buckets, check.metric, **kw)
         holds, fails = c.estimate >= check.at_least and c.low > 0, c.high < check.at_least
@@ -116,6 +127,14 @@ def judge(check, hits: Hits, **kw) -> CheckResult:
         c = contrast(hits, terms, check.metric, **kw)
         holds, fails = c.low > 0, c.high < 0
         text = f"{check.variant}'s {check.metric} gain larger on {where} than on {', '.join(then)}"
+    elif isinstance(check, RecoversGap):
+        # (variant - baseline) on low - fraction * (baseline high - baseline low) > 0
+        f = check.fraction
+        terms = [(check.variant, check.low, 1.0), (BASELINE, check.low, -1.0 + f), (BASELINE, check.high, -f)]
+        c = contrast(hits, terms, check.metric, **kw)
+        holds, fails = c.low > 0, c.high < 0
+        text = (f"{check.variant} recovers ≥ {f:.0%} of the baseline's {check.metric} gap from {where} to "
+                f"{', '.join(check.high)} on {where}")  # fmt: skip
     elif isinstance(check, LosesGain):
         # keep*(full - base) - (ablation - base) > 0: the ablation keeps less than `keep` of the gain.
         terms = [

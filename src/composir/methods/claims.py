@@ -11,7 +11,10 @@ synthetic families ``explicit`` / ``multi`` / ``implicit``), each judged from a 
 - ``Gain``: the variant beats the baseline by at least ``at_least`` points;
 - ``Parity``: the variant stays within ``within`` points of the baseline;
 - ``Shrinks``: the variant's gain on ``buckets`` is larger than on ``then``;
-- ``LosesGain``: an ablation keeps less than ``keep`` of the full variant's gain.
+- ``LosesGain``: an ablation keeps less than ``keep`` of the full variant's gain;
+- ``RecoversGap``: on the ``low`` buckets the variant recovers at least ``fraction`` of what the
+  baseline gains from ``low`` to ``high`` (a threshold relative to the measured shot curve, not a
+  fixed number of points the set-up may not have).
 
 *Preconditions* say when the checks can show the claim at all; a failed one makes the verdict
 "untestable here" with its number, never "not reproduced":
@@ -100,7 +103,16 @@ class LosesGain:
     keep: float = 0.5  # the ablation keeps less than this fraction of the variant's gain
 
 
-Check = Gain | Parity | Shrinks | LosesGain
+@dataclass(frozen=True)
+class RecoversGap:
+    variant: str
+    low: tuple[str, ...]
+    high: tuple[str, ...]
+    metric: str
+    fraction: float = 0.25
+
+
+Check = Gain | Parity | Shrinks | LosesGain | RecoversGap
 
 
 @dataclass(frozen=True)

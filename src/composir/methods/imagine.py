@@ -17,10 +17,10 @@ from composir.methods.base import MethodConfig, RetrievalMethod, all_gather_tens
 from composir.methods.claims import (
     Claim,
     Engaged,
-    Gain,
     HasRange,
     LosesGain,
     Parity,
+    RecoversGap,
     Shrinks,
     Variant,
     register_claim,
@@ -33,6 +33,10 @@ from composir.utils.typed import bounded
 @dataclass
 class ImagineConfig(MethodConfig):
     hidden_dim: int = bounded(256, 1, 65536)
+    # K prototypes per library; 0: as many as the encoder has query tokens (the paper's K = 32 with
+    # BLIP-2's 32). Another K needs prototype_init kmeans++ (query tokens give exactly Q of them);
+    # it should be at least the number of concepts the benchmark names.
+    num_prototypes: int = bounded(0, 0, 65536)
     top_k: int = bounded(10, 1, 4096)
     momentum: float = bounded(0.9, 0, 1)  # alpha of the prototype update
     update_temperature: float = bounded(0.1, 0, low_open=True)  # tau_u of the batch-wise attention
@@ -102,7 +106,16 @@ class Imagine(RetrievalMethod):
     def __init__(self, encoder, config: ImagineConfig | None = None):
         super().__init__(encoder, config)
         cfg: ImagineConfig = self.config
-        queries = encoder.query_token_init()  # (K, width)
+        queries = encoder.query_token_init()  # (Q, width)
+        if cfg.num_prototypes and cfg.num_prototypes != queries.shape[0]:
+            if cfg.prototype_init == "query_tokens":
+                raise ConfigError(
+                    f"imagine.num_prototypes {cfg.num_prototypes} differs from the encoder's {queries.shape[0]} query "
+                    "tokens: prototype_init query_tokens gives exactly those; use kmeans++"
+                )
+            # Placeholders of the query tokens' scale, placed by k-means++ on the first features.
+            g = torch.Generator().manual_seed(0)
+            queries = torch.randn(cfg.num_prototypes, queries.shape[1], generator=g) * queries.std()
         self.num_prototypes, width = queries.shape
         self.k = min(cfg.top_k, self.num_prototypes)
         d, h = encoder.embed_dim, cfg.hidden_dim
@@ -346,7 +359,9 @@ class Imagine(RetrievalMethod):
 
 # ------------------------------------------------------------------------------ the claim
 # Sizes for the claims board's tiny encoder (16 query tokens = 16 prototypes per library).
-_BOARD = {"hidden_dim": 128, "top_k": 5, "schema_weight": 0.5}
+# K = 32 prototypes (>= the 24 schemas the benchmark names; the tiny encoder has 16 query tokens),
+# top-k ~ K/3 as in the paper (32, 10).
+_BOARD = {"hidden_dim": 128, "num_prototypes": 32, "top_k": 10, "schema_weight": 0.5}
 _FEW_SHOT = ("schema-1shot", "schema-4shot")
 # The update rule as first implemented (collapses every library; docs/benchmarks.md).
 FIRST_UPDATE_RULE = {
@@ -373,20 +388,23 @@ IMAGINE_CLAIM = register_claim(
             # The same trained model, its imagery left out at test: the engagement precondition.
             "no modulation at test": Variant("imagine", {**_BOARD, "modulate_at_test": False}),
         },
+        # Primary metric Rsubset@1, which has range on this benchmark (the baseline climbs from
+        # about chance at 1 shot towards its 64-shot level); R@1 stays in the tables. The few-shot
+        # threshold is relative to that climb: a quarter of the 1-4 -> 64-shot gap recovered.
         checks=(
-            Gain("IMAGINE", _FEW_SHOT, "R@1", 4.0),
-            Shrinks("IMAGINE", _FEW_SHOT, ("schema-64shot",), "R@1"),
+            RecoversGap("IMAGINE", _FEW_SHOT, ("schema-64shot",), "Rsubset@1", 0.25),
+            Shrinks("IMAGINE", _FEW_SHOT, ("schema-64shot",), "Rsubset@1"),
             Parity("IMAGINE", ("explicit",), "R@1", 1.0),
-            LosesGain("static prototypes", "IMAGINE", _FEW_SHOT, "R@1"),
-            LosesGain("random selection", "IMAGINE", _FEW_SHOT, "R@1"),
-            LosesGain("no schema loss", "IMAGINE", _FEW_SHOT, "R@1"),
+            LosesGain("static prototypes", "IMAGINE", _FEW_SHOT, "Rsubset@1"),
+            LosesGain("random selection", "IMAGINE", _FEW_SHOT, "Rsubset@1"),
+            LosesGain("no schema loss", "IMAGINE", _FEW_SHOT, "Rsubset@1"),
         ),
         diagnose=("IMAGINE",),
         note="Prototype update: competitive, centred, k-means++ init (docs/methods.md).",
         preconditions=(
-            # +4 R@1 at 1-4 shots must be within what more examples buy the baseline (its 1-4 -> 64
-            # shot rise), and the imagery must change what the model retrieves.
-            HasRange("R@1", _FEW_SHOT, ("schema-64shot",), 4.0),
+            # The baseline must climb from 1-4 shots to 64 (else there is no gap to recover), and
+            # the imagery must change what the model retrieves.
+            HasRange("Rsubset@1", _FEW_SHOT, ("schema-64shot",), 10.0),
             Engaged("IMAGINE", "no modulation at test", 0.05),
         ),
     )
