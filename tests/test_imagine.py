@@ -73,13 +73,32 @@ def test_confidence_in_open_unit_interval_and_initial_near_identity():
         out = model.compose(batch["reference"], batch["tokens"])
     c = out["confidence"]
     assert c.shape == (4, 1) and ((c > 0) & (c < 1)).all()
-    # A small modulation at start: f stays close to f_c, but not equal (the gate gets a gradient).
-    diff = (out["composed"] - out["concrete"]).norm() / out["concrete"].norm()
+    # A small modulation at start: f stays close to the unit f_c, but not equal (the gate gets a gradient).
+    unit = torch.nn.functional.normalize(out["concrete"], dim=-1)
+    diff = (out["composed"] - unit).norm() / unit.norm()
     assert 0 < diff < 0.05
     exact = _model(modulation_init=0.0).eval()
     with torch.no_grad():
         out = exact.compose(batch["reference"], batch["tokens"])
-    torch.testing.assert_close(out["composed"], out["concrete"])
+    torch.testing.assert_close(out["composed"], torch.nn.functional.normalize(out["concrete"], dim=-1))
+
+
+def test_the_modulation_of_the_unit_concrete_feature_does_not_depend_on_its_scale(monkeypatch):
+    """f_c ten times larger (a LayerNorm-scale feature, say): modulating the unit f_c composes the
+    same query; modulating f_c as it is lets the shift move it ten times less, relatively."""
+    batch = _batch()
+    for normalize in (True, False):
+        model = _model(normalize_concrete=normalize, modulation_init=0.05).eval()
+        with torch.no_grad():
+            plain = model.encode_query(batch["reference"], batch["tokens"])
+            pool = model.encoder.pool_fusion
+            monkeypatch.setattr(model.encoder, "pool_fusion", lambda hidden: 10 * pool(hidden))
+            scaled = model.encode_query(batch["reference"], batch["tokens"])
+            monkeypatch.undo()
+        if normalize:
+            torch.testing.assert_close(scaled, plain, atol=1e-5, rtol=1e-5)
+        else:
+            assert not torch.allclose(scaled, plain, atol=1e-3)
 
 
 def test_video_input_and_losses():
@@ -91,6 +110,7 @@ def test_video_input_and_losses():
 
 
 SWITCHES = [
+    {"normalize_concrete": False},
     {"selection": "random"},
     {"selection": "all"},
     {"update": "replace"},
@@ -334,7 +354,8 @@ def test_the_gate_scales_the_modulation(monkeypatch):
         with torch.no_grad():
             out = model.compose(batch["reference"], batch["tokens"])
             scale, shift = model.modulation(out["m"]).chunk(2, dim=-1)
-        expected = out["concrete"] * (1 + c * scale) + c * shift
+        base = torch.nn.functional.normalize(out["concrete"], dim=-1)  # normalize_concrete: the unit f_c
+        expected = base * (1 + c * scale) + c * shift
         torch.testing.assert_close(out["composed"], expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(scale, torch.zeros_like(scale))  # so c = 0 and c = 1 really differ
 

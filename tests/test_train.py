@@ -119,6 +119,34 @@ def test_a_resume_between_two_log_steps_logs_the_same_losses(synth_root, tmp_pat
         assert a[2] == pytest.approx(b[2], rel=1e-5, abs=1e-6), (a, b)
 
 
+def test_the_encoder_can_be_held_still_for_the_first_steps(synth_root, tmp_path):
+    """``train.encoder_frozen_steps``: the method's own modules train from the first step while
+    the encoder's weights stay as built; once the steps are past, the encoder trains too."""
+    from composir.runs import build_from_config
+    from composir.train import train
+
+    def encoder_moved(frozen: int) -> tuple[bool, bool]:
+        out = tmp_path / f"frozen{frozen}"
+        steps = [
+            "train.max_steps=3",
+            "train.save_every=3",
+            "train.eval_every=100",
+            f"train.encoder_frozen_steps={frozen}",
+        ]
+        cfg = load_config(
+            CONFIG, [f"data.root={synth_root}", *SMALL, *steps, "train.num_workers=0", f"output_dir={out}"]
+        )
+        start = build_from_config(cfg).state_dict()
+        train(cfg, progress=False)
+        end = load_file(str(out / "checkpoints" / "step-0000003" / "model.safetensors"))
+        moved = {k: not torch.equal(start[k], v) for k, v in end.items() if k in start}
+        return (any(m for k, m in moved.items() if k.startswith("encoder.")),
+                any(m for k, m in moved.items() if not k.startswith("encoder.")))  # fmt: skip
+
+    assert encoder_moved(3) == (False, True)
+    assert encoder_moved(2) == (True, True)
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(synth_root, tmp_path):
     out = tmp_path / "ddp"

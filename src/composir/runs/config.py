@@ -61,6 +61,9 @@ class TrainConfig:
     max_steps: int = 1000
     lr: float = 1e-4
     encoder_lr: float | None = None  # None: same as lr
+    # The encoder is held still (its learning rate 0) for this many first steps: a method's own
+    # modules learn to be used before the backbone absorbs the loss; then it trains at encoder_lr.
+    encoder_frozen_steps: int = 0
     weight_decay: float = 0.05
     warmup_steps: int = 100
     grad_clip: float = 1.0
@@ -173,6 +176,7 @@ _LOWER_BOUNDS = [
     ("train", "max_steps", 1),
     ("train", "weight_decay", 0),
     ("train", "warmup_steps", 0),
+    ("train", "encoder_frozen_steps", 0),
     ("train", "grad_clip", 0),
     ("train", "grad_accum", 1),
     ("train", "eval_every", 1),

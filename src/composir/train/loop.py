@@ -62,9 +62,19 @@ def _param_groups(method, cfg: RunConfig) -> list[dict[str, Any]]:
             continue
         groups.setdefault((name.startswith("encoder."), name in no_decay_names), []).append(p)
     return [
-        {"params": ps, "lr": enc_lr if is_enc else cfg.train.lr, "weight_decay": 0.0 if nd else cfg.train.weight_decay}
+        {"params": ps, "lr": enc_lr if is_enc else cfg.train.lr, "weight_decay": 0.0 if nd else cfg.train.weight_decay,
+         "encoder": is_enc}
         for (is_enc, nd), ps in sorted(groups.items())
-    ]
+    ]  # fmt: skip
+
+
+def _group_schedule(group: dict[str, Any], cfg: RunConfig, total: int):
+    """The learning-rate factor of one parameter group by step: warm-up then cosine; an encoder
+    group stays at 0 for ``train.encoder_frozen_steps`` first."""
+    warmup, frozen = cfg.train.warmup_steps, cfg.train.encoder_frozen_steps
+    if group.get("encoder") and frozen:
+        return lambda s: 0.0 if s < frozen else warmup_cosine(s, warmup, total)
+    return lambda s: warmup_cosine(s, warmup, total)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -199,7 +209,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(_param_groups(self.method, cfg), lr=cfg.train.lr)
         self.total_steps = cfg.train.max_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine(s, cfg.train.warmup_steps, self.total_steps)
+            self.optimizer, [_group_schedule(g, cfg, self.total_steps) for g in self.optimizer.param_groups]
         )
         self.amp_dtype = _amp_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
