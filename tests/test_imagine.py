@@ -92,7 +92,7 @@ def test_the_modulation_of_the_unit_concrete_feature_does_not_depend_on_its_scal
         with torch.no_grad():
             plain = model.encode_query(batch["reference"], batch["tokens"])
             pool = model.encoder.pool_fusion
-            monkeypatch.setattr(model.encoder, "pool_fusion", lambda hidden: 10 * pool(hidden))
+            monkeypatch.setattr(model.encoder, "pool_fusion", lambda hidden, pool=pool: 10 * pool(hidden))
             scaled = model.encode_query(batch["reference"], batch["tokens"])
             monkeypatch.undo()
         if normalize:
