@@ -407,6 +407,7 @@ def test_k_prototypes_need_not_be_the_query_tokens():
     features, selected and updated like any; query-token placement cannot give 12 and says so."""
     model = _model(num_prototypes=12, top_k=4).train()
     assert model.visual_library.prototypes.shape[0] == model.text_library.prototypes.shape[0] == 12
+    model.weights_loaded(set())  # after train.init_from from a run without libraries (the claims board's)
     batch = _batch()
     model.losses(batch)
     model.after_step(1)

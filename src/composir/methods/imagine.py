@@ -173,7 +173,8 @@ class Imagine(RetrievalMethod):
         for name in ("visual_library", "text_library"):
             library = getattr(self, name)
             if f"{name}.prototypes" not in names:
-                library.prototypes.copy_(F.normalize(queries, dim=-1) if library.centre else queries)
+                if library.prototypes.shape[0] == queries.shape[0]:  # else k-means++ places K of them
+                    library.prototypes.copy_(F.normalize(queries, dim=-1) if library.centre else queries)
                 library.state.zero_()
                 library.mean.zero_()
 
