@@ -245,6 +245,9 @@ def test_imagine_without_modulation_at_test_is_the_concrete_feature():
     concrete = torch.nn.functional.normalize(method.compose(frames, tokens)["concrete"], dim=-1)
     torch.testing.assert_close(plain, concrete)
     assert not torch.allclose(plain, modulated, atol=1e-4)
+    method.eval()
+    diagnosed = method.diagnostics(frames, tokens)  # the imagery is still computed (not applied)
+    assert diagnosed["relative change f vs f_c"] == pytest.approx(0.0, abs=1e-6) and "gate c" in diagnosed
 
 
 def test_claims_are_registered_by_method_files():

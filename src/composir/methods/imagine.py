@@ -230,7 +230,7 @@ class Imagine(RetrievalMethod):
         hidden = self.encoder.fusion_hidden(frames, tokens, memory)
         concrete = self.encoder.pool_fusion(hidden)
         out: dict[str, Any] = {"concrete": concrete}
-        if not cfg.use_sic or (not self.training and not cfg.modulate_at_test):
+        if not cfg.use_sic:
             out["composed"] = concrete
             return out
         if cfg.global_features == "fused":
@@ -262,7 +262,9 @@ class Imagine(RetrievalMethod):
                 composed = composed * (1 + confidence * scale)
             if cfg.use_shift:
                 composed = composed + confidence * shift
-        out["composed"] = composed
+        # modulate_at_test false: the imagery is computed (diagnostics read it) but not applied.
+        unmodulated = F.normalize(concrete, dim=-1) if cfg.normalize_concrete else concrete
+        out["composed"] = composed if self.training or cfg.modulate_at_test else unmodulated
         return out
 
     def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -334,6 +336,8 @@ class Imagine(RetrievalMethod):
             return {}
         out = self.compose(frames, tokens)
         m, f, fc = out["m"], out["composed"], out["concrete"]
+        if self.config.normalize_concrete:  # the modulation moved the unit f_c
+            fc = F.normalize(fc, dim=-1)
         stats = {
             "visual prototype cos": mean_pairwise_cosine(self.visual_library.prototypes),
             "text prototype cos": mean_pairwise_cosine(self.text_library.prototypes),
