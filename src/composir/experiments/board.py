@@ -174,15 +174,13 @@ def run_variant(spec: RunSpec) -> Path:
         return result_file
     start = time.time()
     if spec.trained_in:
-        from composir.runs import build_from_config
         from composir.runs import checkpoint as ckpt
+        from composir.runs.factory import build_with_weights
 
-        method = build_from_config(load_config(CONFIG, spec.overrides()))
         folder = ckpt.best_or_latest(Path(spec.trained_in) / "checkpoints")
         if folder is None:
             raise RuntimeError(f"{spec.trained_in}: the run this variant shares was not trained")
-        ckpt.load_model_weights(method, folder)
-        method.eval()
+        method = build_with_weights(load_config(CONFIG, spec.overrides()), folder).eval()
         out.mkdir(parents=True, exist_ok=True)
     else:
         train(load_config(CONFIG, spec.overrides()), resume=True, progress=False)

@@ -168,16 +168,14 @@ def score_checkpoints(spec: CompareSpec, test, path: Path, train_seconds: float)
     """Every kept checkpoint of ``spec.out`` built as ``spec.variant`` and scored on ``test``."""
     from composir.eval.evaluate import evaluate
     from composir.experiments.verdicts import query_hits
-    from composir.runs import build_from_config
-    from composir.runs import checkpoint as ckpt
+    from composir.runs.factory import build_with_weights
     from composir.train import load_config
 
     start = time.time()
     cfg = load_config(CONFIG, spec.overrides())
     curve = []
     for folder in sorted((Path(spec.out) / "checkpoints").glob("step-*")):
-        method = build_from_config(cfg)
-        ckpt.load_model_weights(method, folder)
+        method = build_with_weights(cfg, folder)
         result = evaluate(method.eval(), test, batch_size=64, num_frames=1, progress=False)
         hits = query_hits(test, result)
         curve.append({"step": int(folder.name.split("-")[1]), **{k: v.tolist() for k, v in hits.items()}})

@@ -30,6 +30,14 @@ def build_from_config(cfg: RunConfig) -> RetrievalMethod:
     return method
 
 
+def build_with_weights(cfg: RunConfig, checkpoint: Path) -> RetrievalMethod:
+    """The method ``cfg`` describes with a checkpoint folder's weights: a run as trained, or as
+    another config that trains the same model (inference settings of its own) reads it."""
+    method = build_from_config(cfg)
+    ckpt.load_model_weights(method, checkpoint)
+    return method
+
+
 def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu"):
     """(method, config) of a finished or running run: its ``best`` or ``latest`` checkpoint."""
     import yaml
@@ -46,9 +54,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu"):
     folder = ckpt.best_or_latest(checkpoints) if which == "best" else ckpt.latest_checkpoint(checkpoints)
     if folder is None:
         raise ComposirError(f"{run_dir}: no checkpoint yet (train it first)")
-    method = build_from_config(cfg)
-    ckpt.load_model_weights(method, folder)
-    return method.to(device).eval(), cfg
+    return build_with_weights(cfg, folder).to(device).eval(), cfg
 
 
 def encoder_config(spec: dict[str, Any]) -> dict[str, Any] | None:
