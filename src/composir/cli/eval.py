@@ -87,12 +87,9 @@ def _check_weights(args: argparse.Namespace) -> bool:
 
 def build_model(args: argparse.Namespace):
     """The run's model (``--run``), or an untrained one from ``--encoder/--pretrained/--method``."""
-    from composir.utils.hub import check_pretrained, check_run_weights
+    from composir.utils.hub import check_model_weights
 
-    if getattr(args, "run", None):
-        check_run_weights(args.run)  # before torch is imported: offline, a missing model is one line at once
-    else:
-        check_pretrained(args.encoder, args.pretrained)
+    check_model_weights(getattr(args, "run", None), args.encoder, args.pretrained)  # before torch is imported
     from composir.runs import build_untrained, load_run
 
     if getattr(args, "run", None):

@@ -74,13 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from composir.utils.hub import check_pretrained, check_run_weights
+    from composir.utils.hub import check_model_weights
 
-    # Before torch is imported: offline, a model that cannot be had is one line at once.
-    if args.run:
-        check_run_weights(args.run)
-    else:
-        check_pretrained(args.encoder, args.pretrained)
+    check_model_weights(args.run, args.encoder, args.pretrained)  # offline: one line, before torch is imported
 
     from composir.index import IndexSettings
     from composir.search import model_encoder

@@ -38,10 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.run:  # before torch is imported: offline, a missing model is one line at once
-        from composir.utils.hub import check_run_weights
+    from composir.utils.hub import check_model_weights
 
-        check_run_weights(args.run)
+    check_model_weights(args.run)  # offline: a missing model is one line, before torch is imported
     import uvicorn
 
     from composir.search import Searcher

@@ -121,3 +121,12 @@ def check_run_weights(run_dir: str | Path) -> None:
         return  # the run loader names what is wrong with the folder
     if isinstance(config, dict):
         check_config_weights(config, str(run_dir))
+
+
+def check_model_weights(run: str | Path | None, encoder: str | None = None, pretrained: str | None = None) -> None:
+    """What a command is about to load can be had here: a run folder's hub ids, or an encoder's
+    ``pretrained`` weights (called before torch is imported)."""
+    if run:
+        check_run_weights(run)
+    elif encoder:
+        check_pretrained(encoder, pretrained)
