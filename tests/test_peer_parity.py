@@ -597,13 +597,14 @@ def test_blip2_zero_shot_scores_as_blip2_itc(tmp_path):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("caption_weight", [0.0, 0.5])  # the plain and the captioned collator
 @torch.no_grad()
-def test_covr2_training_reads_the_middle_reference_frame_and_the_target_frame_scores(tmp_path):
+def test_covr2_training_reads_the_middle_reference_frame_and_the_target_frame_scores(tmp_path, caption_weight):
     from composir.data import load_benchmark
     from composir.train.dataset import TripletDataset
 
-    _, method, *_ = _setup(tmp_path, token_norm=True, renormalize_mean=False, reference_frames="middle",
-                           target_pooling="embedding", frame_weighting="scores")  # fmt: skip
+    covr2 = {"token_norm": True, "renormalize_mean": False, "reference_frames": "middle", "target_pooling": "embedding"}
+    _, method, *_ = _setup(tmp_path, **covr2, frame_weighting="scores", caption_weight=caption_weight)
     scores = [[float(i % 5) for i in range(15)], [float(-i) for i in range(15)]]
     _webvid_covr(tmp_path / "webvid", {"a/r1": 23, "a/r2": 20, "b/t1": 30, "b/t2": 16},
                  [("a/r1", "b/t1", "make it red", scores[0]), ("a/r2", "b/t2", "add a cat", scores[1])])  # fmt: skip

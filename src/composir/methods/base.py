@@ -101,7 +101,7 @@ class RetrievalMethod(nn.Module):
 
     def collator(self) -> TripletCollator:
         """What turns training items into this method's batches (see ``methods.batch``)."""
-        return TripletCollator(self.encoder.tokenize)
+        return TripletCollator(self.encoder.tokenize, frame_scores=self.target_frame_scores)
 
     def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -22,12 +22,13 @@ class TripletCollator:
     """Stacks frames, tokenizes texts, keeps ids and extras; counts the unreadable items.
 
     Keys: ``size`` (readable items), ``skipped``; when ``size`` > 0 also ``index``, ``reference``,
-    ``target``, ``text``, ``tokens``, ``query_id``, ``reference_id``, ``target_id``, ``extra``,
-    ``target_frame_scores`` (B, frames of a target).
+    ``target``, ``text``, ``tokens``, ``query_id``, ``reference_id``, ``target_id``, ``extra``; with
+    ``frame_scores`` also ``target_frame_scores`` (B, frames of a target).
     """
 
-    def __init__(self, tokenize: Callable[[list[str]], Any]):
+    def __init__(self, tokenize: Callable[[list[str]], Any], frame_scores: bool = False):
         self.tokenize = tokenize
+        self.frame_scores = frame_scores  # the method weighs target frames (RetrievalMethod.target_frame_scores)
 
     def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, Any]:
         good = [x for x in items if x is not None]
@@ -41,11 +42,10 @@ class TripletCollator:
         batch["tokens"] = self.tokenize(batch["text"])
         for key in ("query_id", "reference_id", "target_id", "extra"):
             batch[key] = [x.get(key) for x in good]
-        # Per-frame scores of each target (WebVid-CoVR's ``scores``), zeros where none: a method
-        # that weighs target frames reads them (``encode_target(frame_scores=...)``).
-        batch["target_frame_scores"], _ = frame_score_matrix(
-            [(x.get("extra") or {}).get("scores") for x in good], batch["target"].shape[1]
-        )
+        if self.frame_scores:  # each target's per-frame scores (WebVid-CoVR's ``scores``), zeros where none
+            batch["target_frame_scores"], _ = frame_score_matrix(
+                [(x.get("extra") or {}).get("scores") for x in good], batch["target"].shape[1]
+            )
         self.extend(batch, good)
         return batch
 

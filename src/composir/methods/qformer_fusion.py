@@ -155,7 +155,9 @@ class QFormerFusion(RetrievalMethod):
         return self.config.scoring if self.training else self.active_scoring
 
     def collator(self) -> TripletCollator:
-        return CaptionedCollator(self.encoder.tokenize) if self.config.caption_weight > 0 else super().collator()
+        if self.config.caption_weight > 0:
+            return CaptionedCollator(self.encoder.tokenize, frame_scores=self.target_frame_scores)
+        return super().collator()
 
     # ------------------------------------------------------------------------------ features
     def _reference(self, frames: torch.Tensor) -> torch.Tensor:
