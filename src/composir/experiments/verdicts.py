@@ -168,19 +168,24 @@ def _rate(hits: Hits, variant: str, metric: str, buckets: Sequence[str]) -> floa
     return 100 * float(np.mean(rates)) if rates else float("nan")
 
 
+def _at_least(text: str, value: float, at_least: float) -> PreconditionResult:
+    if math.isnan(value):
+        return PreconditionResult(text + " (its buckets are not in these runs)", None, False)
+    return PreconditionResult(text, value, bool(value >= at_least))
+
+
 def check_precondition(pre: Precondition, hits: Hits) -> PreconditionResult:
     """Whether ``pre`` holds on these runs, with the number that says so."""
-    if isinstance(pre, HasRange | Headroom):
-        if isinstance(pre, HasRange):
-            value = _rate(hits, BASELINE, pre.metric, pre.high) - _rate(hits, BASELINE, pre.metric, pre.low)
-            text = (f"baseline {pre.metric} range ≥ {pre.at_least:g} points from {', '.join(pre.low)} to "
-                    f"{', '.join(pre.high)}")  # fmt: skip
-        else:
-            value = 100.0 - _rate(hits, BASELINE, pre.metric, pre.buckets)
-            text = f"baseline {pre.metric} leaves ≥ {pre.at_least:g} points of headroom on {', '.join(pre.buckets)}"
-        if math.isnan(value):
-            return PreconditionResult(text + " (its buckets are not in these runs)", None, False)
-        return PreconditionResult(text, value, bool(value >= pre.at_least))
+    if isinstance(pre, HasRange):
+        value = _rate(hits, BASELINE, pre.metric, pre.high) - _rate(hits, BASELINE, pre.metric, pre.low)
+        low, high = ", ".join(pre.low), ", ".join(pre.high)
+        return _at_least(f"baseline {pre.metric} range ≥ {pre.at_least:g} points from {low} to {high}", value,
+                         pre.at_least)  # fmt: skip
+    if isinstance(pre, Headroom):
+        value = 100.0 - _rate(hits, BASELINE, pre.metric, pre.buckets)
+        where = ", ".join(pre.buckets)
+        return _at_least(f"baseline {pre.metric} leaves ≥ {pre.at_least:g} points of headroom on {where}", value,
+                         pre.at_least)  # fmt: skip
     if isinstance(pre, Engaged):
         text = f"removing {pre.variant}'s mechanism at test ({pre.ablation}) changes ≥ {pre.at_least:.0%} of top-1s"
         runs = list(zip(hits.get(pre.variant, ()), hits.get(pre.ablation, ())))
