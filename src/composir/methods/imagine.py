@@ -240,6 +240,8 @@ class Imagine(RetrievalMethod):
             g_visual, g_text = self.visual_global(frames, memory), self.text_global(tokens)
         out.update(self.shared_imagery(g_visual, g_text), g_visual=g_visual, g_text=g_text)
         m = out["m"]
+        # The f_c the modulation acts on (and the query when it is left out at test).
+        base = out["base"] = F.normalize(concrete, dim=-1) if cfg.normalize_concrete else concrete
         if cfg.composition == "none":
             composed = concrete
         elif cfg.composition == "add":
@@ -254,7 +256,6 @@ class Imagine(RetrievalMethod):
             composed = concrete + attended.squeeze(1)
         else:
             scale, shift = self.modulation(m).chunk(2, dim=-1)
-            base = F.normalize(concrete, dim=-1) if cfg.normalize_concrete else concrete
             confidence = torch.sigmoid(self.confidence(torch.cat([m, base], dim=-1)))
             out["confidence"] = confidence
             composed = base
@@ -263,8 +264,7 @@ class Imagine(RetrievalMethod):
             if cfg.use_shift:
                 composed = composed + confidence * shift
         # modulate_at_test false: the imagery is computed (diagnostics read it) but not applied.
-        unmodulated = F.normalize(concrete, dim=-1) if cfg.normalize_concrete else concrete
-        out["composed"] = composed if self.training or cfg.modulate_at_test else unmodulated
+        out["composed"] = composed if self.training or cfg.modulate_at_test else base
         return out
 
     def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -335,9 +335,7 @@ class Imagine(RetrievalMethod):
         if not self.config.use_sic:
             return {}
         out = self.compose(frames, tokens)
-        m, f, fc = out["m"], out["composed"], out["concrete"]
-        if self.config.normalize_concrete:  # the modulation moved the unit f_c
-            fc = F.normalize(fc, dim=-1)
+        m, f, fc = out["m"], out["composed"], out["base"]  # base: the f_c the modulation moved
         stats = {
             "visual prototype cos": mean_pairwise_cosine(self.visual_library.prototypes),
             "text prototype cos": mean_pairwise_cosine(self.text_library.prototypes),
