@@ -310,9 +310,16 @@ def test_board_renders_a_claim(tmp_path):
             run = {**run, "bucket": np.asarray([rename[b] for b in run["bucket"]], dtype=object)}
             results[(variant.key, seed)] = {"hits": run, "diagnostics": {}, "seconds": 1.0}
     doc = tmp_path / "claims.md"
-    board.write_board(doc, ["# board", ""], {"Paper X": claim}, results, (0, 1, 2), tmp_path / "img")
+    budget = board.Budget(board.FULL.steps, 5e-4, 2000)
+    board.write_board(doc, ["# board", ""], {"Paper X": claim}, results, (0, 1, 2), tmp_path / "img", budget)
     text = doc.read_text()
     assert "**Verdict: reproduced** (seeds 0, 1, 2)." in text
+    assert f"fine-tuned {board.FULL.steps} steps × 32 at lr 0.0005" in text and "Budget-limited" not in text
+    short = board.Budget(board.QUICK.steps, 5e-4, 600)  # fewer steps than the full board's: said with the verdict
+    board.write_board(doc, ["# board", ""], {"Paper X": claim}, results, (0, 1, 2), tmp_path / "img", short)
+    text = doc.read_text()
+    assert "**Verdict: reproduced** (budget-limited) (seeds 0, 1, 2)." in text
+    assert f"**Budget-limited**: {board.QUICK.steps} of the full board's {board.FULL.steps}" in text
     assert "| baseline R@1 leaves ≥ 4 points of headroom on schema-1shot | 70 | yes |" in text
     assert "| v | 40.0 ± 0.0 (+10.0 [" in text  # R@1 on schema-1shot: 30% + 10 points
     assert (tmp_path / "img" / "claims-paper-x.png").stat().st_size > 10_000

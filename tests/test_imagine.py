@@ -91,8 +91,8 @@ def test_the_modulation_of_the_unit_concrete_feature_does_not_depend_on_its_scal
         model = _model(normalize_concrete=normalize, modulation_init=0.05).eval()
         with torch.no_grad():
             plain = model.encode_query(batch["reference"], batch["tokens"])
-            pool = model.encoder.pool_fusion
-            monkeypatch.setattr(model.encoder, "pool_fusion", lambda hidden, pool=pool: 10 * pool(hidden))
+            composed = model._composed  # the baseline's query, f_c
+            monkeypatch.setattr(model, "_composed", lambda *args, composed=composed: 10 * composed(*args))
             scaled = model.encode_query(batch["reference"], batch["tokens"])
             monkeypatch.undo()
         if normalize:
@@ -104,17 +104,20 @@ def test_the_modulation_of_the_unit_concrete_feature_does_not_depend_on_its_scal
 def test_video_input_and_losses():
     model = _model().train()
     losses = model.losses(_batch(frames=3))
-    assert set(losses) == {"concrete", "schema"}
+    assert set(losses) == {"contrastive", "schema"}
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
 
 
+# normalize_concrete matters where the baseline's f_c is not unit (CoVR-2's unnormalised token mean).
+UNNORMALISED_BASELINE = {"token_norm": True, "renormalize_mean": False}
 SWITCHES = [
-    {"normalize_concrete": False},
+    {**UNNORMALISED_BASELINE, "normalize_concrete": False},
     {"selection": "random"},
     {"selection": "all"},
     {"update": "replace"},
     {"update": "static"},
+    {"update_every": "step"},
     {"aggregation": "average"},
     {"composition": "add"},
     {"composition": "cross_attention"},
@@ -142,6 +145,7 @@ def _fingerprint(model, steps=2):
         loss.backward()
         opt.step()
         model.after_step(0)
+        model.after_epoch(0)  # one-batch epochs: the per-epoch update runs every step
         values.append(loss.detach())
     model.eval()
     with torch.no_grad():
@@ -152,7 +156,8 @@ def _fingerprint(model, steps=2):
 
 @pytest.mark.parametrize("switch", SWITCHES, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
 def test_every_switch_changes_the_computation(switch):
-    base = _fingerprint(_model())
+    context = {k: v for k, v in switch.items() if k in UNNORMALISED_BASELINE}
+    base = _fingerprint(_model(**context))
     other = _fingerprint(_model(**switch))
     assert any(a.shape != b.shape or not torch.allclose(a, b) for a, b in zip(base, other)), switch
 
@@ -290,6 +295,7 @@ def _trained(assignment="competitive_soft", steps=3, **config):
         sum(losses.values()).backward()
         opt.step()
         model.after_step(0)
+        model.after_epoch(0)  # one-batch epochs
     return model.eval()
 
 
@@ -342,6 +348,7 @@ def test_text_imagery_reads_the_text_library_and_both_libraries_move():
     model.train()
     model.losses(batch)
     model.after_step(1)
+    model.after_epoch(0)
     assert not torch.equal(before_text, model.text_library.prototypes)
     assert not torch.equal(before_visual, model.visual_library.prototypes)
 
@@ -355,8 +362,10 @@ def test_the_gate_scales_the_modulation(monkeypatch):
             out = model.compose(batch["reference"], batch["tokens"])
             scale, shift = model.modulation(out["m"]).chunk(2, dim=-1)
         base = torch.nn.functional.normalize(out["concrete"], dim=-1)  # normalize_concrete: the unit f_c
-        expected = base * (1 + c * scale) + c * shift
-        torch.testing.assert_close(out["composed"], expected, rtol=1e-4, atol=1e-5)
+        expected = base * (1 + c * scale) + c * shift  # and made unit again: the baseline's length, 1
+        torch.testing.assert_close(
+            out["composed"], torch.nn.functional.normalize(expected, dim=-1), rtol=1e-4, atol=1e-5
+        )
     assert not torch.allclose(scale, torch.zeros_like(scale))  # so c = 0 and c = 1 really differ
 
 
@@ -418,3 +427,161 @@ def test_k_prototypes_need_not_be_the_query_tokens():
     assert torch.isfinite(placed).all() and len({tuple(p.tolist()) for p in placed}) > 1
     with pytest.raises(ConfigError, match="num_prototypes 12 differs from the encoder's 8 query tokens"):
         _model(num_prototypes=12, prototype_init="query_tokens")
+
+
+def _covr2_method_config() -> dict:
+    """configs/covr2-webvid-covr.yaml's method settings (CIRR's token-pair scoring left out: IMAGINE's
+    query is one vector, and the config says so)."""
+    import yaml
+
+    from helpers import CONFIG
+
+    config = yaml.safe_load((CONFIG.parent / "covr2-webvid-covr.yaml").read_text())["method"]["config"]
+    config.pop("scoring_per_benchmark")
+    return config
+
+
+def _covr2_pair(**imagine):
+    """The CoVR-2 baseline and IMAGINE built on the same (copied) encoder from the baseline's config."""
+    import copy
+
+    torch.manual_seed(0)
+    encoder = build_encoder("tiny", config=ENC)
+    config = _covr2_method_config()
+    baseline = build_method("qformer_fusion", copy.deepcopy(encoder), config)
+    torch.manual_seed(1)
+    model = build_method("imagine", copy.deepcopy(encoder), {**config, "hidden_dim": 24, "top_k": 3, **imagine})
+    return baseline, model
+
+
+def _covr2_batch(method):
+    from helpers import method_batch
+
+    batch = method_batch(method, method.encoder)
+    gen = torch.Generator().manual_seed(2)
+    batch["reference"] = torch.randn(len(batch["tokens"]), 5, 3, 64, 64, generator=gen)  # 5-frame videos
+    batch["target"] = torch.randn(len(batch["tokens"]), 3, 3, 64, 64, generator=gen)
+    batch["target_frame_scores"] = torch.randn(len(batch["tokens"]), 3, generator=gen)
+    return batch
+
+
+def test_imagine_accepts_the_covr2_config_and_rejects_token_pair_scoring():
+    _, model = _covr2_pair()
+    assert model.config.frozen_targets and model.config.token_norm and model.config.reference_frames == "middle"
+    with pytest.raises(ConfigError, match="max_token_pairs"):
+        _covr2_pair(scoring_per_benchmark={"cirr": "max_token_pairs"})
+
+
+@torch.no_grad()
+def test_imagine_without_its_imagery_is_the_covr2_baseline():
+    """IMAGINE = the baseline's exact config + its modules: with the modulation left out at test it
+    composes the baseline's query (middle reference frame, unit tokens, their unnormalised mean),
+    its targets are the baseline's (frozen model, score-weighted frames), and with the imagery off
+    its training losses are the baseline's (hard-negative NCE and the caption term)."""
+    baseline, model = _covr2_pair(modulate_at_test=False)
+    batch = _covr2_batch(baseline)
+    baseline.eval(), model.eval()
+    reference, tokens, target = batch["reference"], batch["tokens"], batch["target"]
+    expected_query = baseline.encode_query(reference, tokens)
+    assert not torch.allclose(expected_query.norm(dim=-1), torch.ones(len(tokens)))  # CoVR-2's mean: not unit
+    torch.testing.assert_close(model.encode_query(reference, tokens), expected_query, atol=1e-6, rtol=1e-6)
+    scores = batch["target_frame_scores"]
+    torch.testing.assert_close(
+        model.encode_target(target, frame_scores=scores), baseline.encode_target(target, frame_scores=scores)
+    )
+    model.config.modulate_at_test = True  # the imagery applied: another query
+    assert not torch.allclose(model.encode_query(reference, tokens), expected_query, atol=1e-4)
+
+    baseline, plain = _covr2_pair(use_sic=False)
+    baseline.train(), plain.train()
+    torch.manual_seed(3)  # the same dropout masks
+    expected = baseline.losses(batch)
+    torch.manual_seed(3)
+    got = plain.losses(batch)
+    assert set(got) == set(expected) == {"contrastive", "caption"}
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name])
+
+
+def test_imagine_keeps_the_baseline_query_length_when_it_modulates_the_direction():
+    """normalize_concrete on CoVR-2's unnormalised token mean: the modulation moves the direction and
+    the query keeps the baseline's length (CoVR-2 scores that length)."""
+    baseline, model = _covr2_pair(modulation_init=0.05)
+    batch = _covr2_batch(baseline)
+    baseline.eval(), model.eval()
+    with torch.no_grad():
+        expected = baseline.encode_query(batch["reference"], batch["tokens"])
+        got = model.encode_query(batch["reference"], batch["tokens"])
+    torch.testing.assert_close(got.norm(dim=-1), expected.norm(dim=-1))
+    assert not torch.allclose(got, expected, atol=1e-4)
+
+
+def test_the_imagine_webvid_config_is_the_covr2_config_plus_imagines_modules():
+    """A real-data IMAGINE vs CoVR-2 comparison differs in IMAGINE's modules only: every other
+    section equal, every baseline method setting kept, the rest IMAGINE's own fields."""
+    import dataclasses
+
+    import yaml
+
+    from composir.methods.qformer_fusion import QFormerFusionConfig
+    from helpers import CONFIG
+
+    covr2 = yaml.safe_load((CONFIG.parent / "covr2-webvid-covr.yaml").read_text())
+    imagine = yaml.safe_load((CONFIG.parent / "imagine-webvid-covr.yaml").read_text())
+    for section in ("data", "encoder", "train"):
+        assert imagine[section] == covr2[section], section
+    baseline_fields = {f.name for f in dataclasses.fields(QFormerFusionConfig)}
+    own = {k: v for k, v in imagine["method"]["config"].items() if k in baseline_fields}
+    assert own == _covr2_method_config()
+    assert imagine["method"]["name"] == "imagine"
+
+
+@pytest.mark.parametrize("assignment", ["competitive_soft", "hard", "batch_softmax"])
+def test_the_epoch_update_from_running_sums_is_one_update_with_the_whole_epoch(assignment):
+    """Three batches accumulated, then applied: the same prototypes as one update with the three
+    batches' features together (nothing of the epoch held but K x width sums)."""
+    gen = torch.Generator().manual_seed(4)
+    init = torch.randn(5, 6, generator=gen)
+    batches = [torch.randn(7, 6, generator=gen) + 2 for _ in range(3)]
+    rule = {"assignment": assignment, "centre": False, "init_mode": "query_tokens"}
+    streamed = PrototypeLibrary(init, momentum=0.6, temperature=0.3, **rule)
+    whole = PrototypeLibrary(init, momentum=0.6, temperature=0.3, **rule)
+    for batch in batches:
+        streamed.accumulate(batch)
+    torch.testing.assert_close(streamed.prototypes, whole.prototypes)  # nothing moves within the epoch
+    streamed.apply_epoch()
+    whole.update(torch.cat(batches))
+    torch.testing.assert_close(streamed.prototypes, whole.prototypes, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(streamed.prototypes, init, atol=1e-3)
+    assert int(streamed.epoch_count) == 0 and float(streamed.epoch_mass.abs().sum()) == 0  # the next epoch starts empty
+
+
+def test_the_epoch_update_centres_with_the_epochs_mean():
+    gen = torch.Generator().manual_seed(5)
+    library = PrototypeLibrary(torch.randn(4, 6, generator=gen), momentum=0.9, temperature=0.1)
+    first = torch.randn(8, 6, generator=gen)
+    library.accumulate(first)  # the first features: the mean and the k-means++ placement
+    torch.testing.assert_close(library.mean, first.mean(0))
+    rest = torch.randn(8, 6, generator=gen) + 3
+    library.accumulate(rest)
+    library.apply_epoch()
+    torch.testing.assert_close(library.mean, torch.cat([first, rest]).mean(0))
+
+
+def test_imagine_updates_its_libraries_once_per_epoch_by_default():
+    model = _model()
+    assert model.config.update_every == "epoch"
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    snapshots = []
+    for _ in range(3):  # an epoch of three steps
+        model.train()
+        sum(model.losses(_distinct_batch()).values()).backward()
+        opt.step()
+        opt.zero_grad()
+        model.after_step(0)
+        assert model._pending_updates == []  # no features held past the step
+        snapshots.append(model.text_library.prototypes.clone())
+    torch.testing.assert_close(snapshots[1], snapshots[0])  # placed on the first features, then still
+    torch.testing.assert_close(snapshots[2], snapshots[0])
+    model.after_epoch(0)
+    assert not torch.allclose(model.text_library.prototypes, snapshots[0], atol=1e-4)

@@ -337,7 +337,29 @@ def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
-def claim_section(claim: Claim, results: dict, seeds: tuple[int, ...], img: Path, doc: Path) -> list[str]:
+@dataclass(frozen=True)
+class Budget:
+    """What the runs behind a verdict were given: printed with it."""
+
+    steps: int
+    lr: float
+    pretrain_steps: int
+
+    def note(self) -> str:
+        text = (f"Budget: each variant fine-tuned {self.steps} steps × 32 at lr {self.lr:g} from a `qformer_fusion` "
+                f"backbone pretrained {self.pretrain_steps} steps (none from scratch).")  # fmt: skip
+        if self.steps < FULL.steps:
+            text += f" **Budget-limited**: {self.steps} of the full board's {FULL.steps} fine-tuning steps."
+        return text
+
+    @property
+    def limited(self) -> bool:
+        return self.steps < FULL.steps
+
+
+def claim_section(
+    claim: Claim, results: dict, seeds: tuple[int, ...], img: Path, doc: Path, budget: Budget
+) -> list[str]:
     hits, done = claim_hits(claim, results, seeds)
     lines = [f"## {claim.paper}", "", f"**Claim.** {claim.statement}", ""]
     if claim.note:
@@ -345,7 +367,8 @@ def claim_section(claim: Claim, results: dict, seeds: tuple[int, ...], img: Path
     if not done:
         return [*lines, "No finished runs yet.", ""]
     verdict, checks, preconditions = judge_claim(claim, hits)
-    lines += [f"**Verdict: {verdict}** (seeds {', '.join(map(str, done))}).", ""]
+    limited = " (budget-limited)" if budget.limited else ""
+    lines += [f"**Verdict: {verdict}**{limited} (seeds {', '.join(map(str, done))}).", "", budget.note(), ""]
     lines += [*precondition_table(preconditions), "", *check_table(checks), ""]
     for metric in [m for m in TABLE_METRICS if m in hits[BASELINE][0]]:
         lines += [f"{metric} on the test split, mean ± std over seeds (difference to the baseline "
@@ -360,10 +383,12 @@ def claim_section(claim: Claim, results: dict, seeds: tuple[int, ...], img: Path
     return lines
 
 
-def write_board(doc: Path, header: list[str], claims: dict[str, Claim], results: dict, seeds, img: Path) -> None:
+def write_board(
+    doc: Path, header: list[str], claims: dict[str, Claim], results: dict, seeds, img: Path, budget: Budget
+) -> None:
     lines = list(header)
     for claim in claims.values():
-        lines += claim_section(claim, results, seeds, img, doc)
+        lines += claim_section(claim, results, seeds, img, doc, budget)
     with atomic_open(doc) as f:
         f.write("\n".join(lines))
 
@@ -431,13 +456,14 @@ def main() -> None:
     doc = Path(args.doc or REPO / "docs" / ("claims-quick.md" if args.quick else "claims.md"))
     root.mkdir(parents=True, exist_ok=True)
     img = doc.parent / "img" / ("quick" if args.quick else "")  # the quick board's plots apart from the full one's
+    budget = Budget(size.steps, args.lr, size.pretrain_steps)
 
     one_thread()
     start = time.time()
     if args.render:
         results = finished_runs(root)
         seeds = tuple(sorted({seed for _, seed in results}))
-        write_board(doc, header_lines(args, size, None, results), claims, results, seeds, img)
+        write_board(doc, header_lines(args, size, None, results), claims, results, seeds, img, budget)
         print(f"wrote {doc} from {len(results)} finished runs")
         return
     pretrain, data = make_data(root, size)
@@ -459,7 +485,7 @@ def main() -> None:
     # --seeds only choose what to train now).
     results = finished_runs(root)
     seeds = tuple(sorted({seed for _, seed in results}))
-    write_board(doc, header_lines(args, size, seconds, results), claims, results, seeds, img)
+    write_board(doc, header_lines(args, size, seconds, results), claims, results, seeds, img, budget)
     done = sum((Path(spec.out) / "hits.json").is_file() for spec in specs)
     print(f"wrote {doc} ({done}/{len(specs)} runs of this invocation, {seconds / 60:.1f} min)")
 

@@ -1,5 +1,11 @@
 """IMAGINE: schema-imagery prototypes and a confidence-gated modulation of the composed feature,
-on a BLIP-2-style encoder; every module a switch (``ImagineConfig``). Design notes: docs/methods.md.
+on top of the CoVR-2 baseline; every module a switch (``ImagineConfig``). Design notes: docs/methods.md.
+
+IMAGINE is ``qformer_fusion`` plus its modules: its config is the baseline's config (every switch
+that makes the baseline CoVR-2 -- token norms, frozen targets, the caption term, frame handling,
+scorings, the loss) plus IMAGINE's own fields, its concrete feature f_c is the baseline's query and
+its target the baseline's target. With the imagery off (``use_sic: false``) or left out at test
+(``modulate_at_test: false``) it computes exactly the baseline's query.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from torch import nn
 
 from composir.encoders.base import QFormerBackbone
 from composir.errors import ConfigError
-from composir.methods.base import MethodConfig, RetrievalMethod, all_gather_tensor, distributed
+from composir.methods.base import all_gather_tensor, distributed
 from composir.methods.claims import (
     Claim,
     Engaged,
@@ -26,12 +32,13 @@ from composir.methods.claims import (
     register_claim,
 )
 from composir.methods.prototypes import ASSIGNMENTS, PrototypeLibrary, mean_pairwise_cosine
+from composir.methods.qformer_fusion import QFormerFusion, QFormerFusionConfig
 from composir.methods.registry import register_method
 from composir.utils.typed import bounded
 
 
 @dataclass
-class ImagineConfig(MethodConfig):
+class ImagineConfig(QFormerFusionConfig):
     hidden_dim: int = bounded(256, 1, 65536)
     # K prototypes per library; 0: as many as the encoder has query tokens (the paper's K = 32 with
     # BLIP-2's 32). Another K needs prototype_init kmeans++ (query tokens give exactly Q of them);
@@ -69,7 +76,9 @@ class ImagineConfig(MethodConfig):
     assignment: str = "competitive_soft"  # competitive_soft | hard | sinkhorn | batch_softmax
     centre_features: bool = True  # compare and average centred, normalised features
     prototype_init: str = "kmeans++"  # kmeans++ (on the first features) | query_tokens (the paper's)
-    update_every: str = "step"  # step | epoch (one update with the whole epoch's features)
+    # epoch: one update per epoch from the epoch's features (the paper's rule; running sums, nothing
+    # held); step: one update after every optimizer step.
+    update_every: str = "epoch"
     # A bias in the imagery projections lets L_schema reach 0 at a constant m (weights 0, equal
     # biases), and weight decay skips biases: off by default.
     imagery_bias: bool = False
@@ -84,6 +93,13 @@ class ImagineConfig(MethodConfig):
         return {k: v for k, v in super().training_settings().items() if k != "modulate_at_test"}
 
     def validate(self) -> None:
+        super().validate()
+        token_pairs = [self.scoring, *self.scoring_per_benchmark.values()]
+        if "max_token_pairs" in token_pairs:
+            raise ConfigError(
+                "imagine composes one query vector (the modulated f_c); scoring max_token_pairs needs query "
+                "tokens: use vector or max_target_tokens"
+            )
         choices = {
             "selection": ("topk", "random", "all"),
             "update": ("momentum", "replace", "static"),
@@ -102,7 +118,7 @@ class ImagineConfig(MethodConfig):
 
 
 @register_method("imagine")
-class Imagine(RetrievalMethod):
+class Imagine(QFormerFusion):
     config_class = ImagineConfig
     backbone = QFormerBackbone
     backbone_text = "an encoder with a Q-Former fusion"
@@ -169,6 +185,7 @@ class Imagine(RetrievalMethod):
     def weights_loaded(self, names: set[str]) -> None:
         """After ``train.init_from``: libraries the source lacked start afresh from the loaded query
         tokens (placed on the first features instead with ``prototype_init: kmeans++``)."""
+        super().weights_loaded(names)
         queries = self.encoder.query_token_init()
         for name in ("visual_library", "text_library"):
             library = getattr(self, name)
@@ -223,12 +240,14 @@ class Imagine(RetrievalMethod):
     def compose(
         self, frames: torch.Tensor, tokens: torch.Tensor, reference_index: torch.Tensor | None = None
     ) -> dict[str, Any]:
+        """The baseline's query f_c (``concrete``), the imagery, and the query ``composed`` from them."""
         cfg: ImagineConfig = self.config
+        frames = self._reference(frames)
         memory = self.encoder.vision_tokens(frames)
         if reference_index is not None:  # distinct references, several texts each (see encode_queries)
             memory = memory[reference_index]
         hidden = self.encoder.fusion_hidden(frames, tokens, memory)
-        concrete = self.encoder.pool_fusion(hidden)
+        concrete = self._composed(hidden, tokens)
         out: dict[str, Any] = {"concrete": concrete}
         if not cfg.use_sic:
             out["composed"] = concrete
@@ -239,92 +258,110 @@ class Imagine(RetrievalMethod):
         else:
             g_visual, g_text = self.visual_global(frames, memory), self.text_global(tokens)
         out.update(self.shared_imagery(g_visual, g_text), g_visual=g_visual, g_text=g_text)
+        # The f_c the modulation acts on: its direction (normalize_concrete), or f_c as the baseline gives it.
+        length = concrete.norm(dim=-1, keepdim=True)
+        base = out["base"] = concrete / length.clamp(min=1e-12) if cfg.normalize_concrete else concrete
+        modulated = self._modulate(base, out)
+        # The modulation turns the direction; the query keeps the baseline's length (1 for a unit f_c,
+        # or that of CoVR-2's unnormalised token mean, which its scoring reads).
+        composed = F.normalize(modulated, dim=-1) * length if cfg.normalize_concrete else modulated
+        # modulate_at_test false: the imagery is computed (diagnostics read it) but not applied.
+        out["composed"] = composed if self.training or cfg.modulate_at_test else concrete
+        return out
+
+    def _modulate(self, base: torch.Tensor, out: dict[str, Any]) -> torch.Tensor:
+        """f from f_c and the shared imagery ``out["m"]``, by the configured composition."""
+        cfg: ImagineConfig = self.config
         m = out["m"]
-        # The f_c the modulation acts on (and the query when it is left out at test).
-        base = out["base"] = F.normalize(concrete, dim=-1) if cfg.normalize_concrete else concrete
         if cfg.composition == "none":
-            composed = concrete
-        elif cfg.composition == "add":
-            composed = concrete + self.additive(m)
-        elif cfg.composition == "cross_attention":
+            return base
+        if cfg.composition == "add":
+            return base + self.additive(m)
+        if cfg.composition == "cross_attention":
             protos = torch.cat(
                 [self.visual_library.prototypes[out["visual_index"]], self.text_library.prototypes[out["text_index"]]],
                 dim=1,
             )
             keys = self.attention_in(protos)
-            attended, _ = self.cross_attention(concrete.unsqueeze(1), keys, keys)
-            composed = concrete + attended.squeeze(1)
-        else:
-            scale, shift = self.modulation(m).chunk(2, dim=-1)
-            confidence = torch.sigmoid(self.confidence(torch.cat([m, base], dim=-1)))
-            out["confidence"] = confidence
-            composed = base
-            if cfg.use_scale:
-                composed = composed * (1 + confidence * scale)
-            if cfg.use_shift:
-                composed = composed + confidence * shift
-        # modulate_at_test false: the imagery is computed (diagnostics read it) but not applied.
-        out["composed"] = composed if self.training or cfg.modulate_at_test else base
-        return out
+            attended, _ = self.cross_attention(base.unsqueeze(1), keys, keys)
+            return base + attended.squeeze(1)
+        scale, shift = self.modulation(m).chunk(2, dim=-1)
+        confidence = out["confidence"] = torch.sigmoid(self.confidence(torch.cat([m, base], dim=-1)))
+        composed = base
+        if cfg.use_scale:
+            composed = composed * (1 + confidence * scale)
+        if cfg.use_shift:
+            composed = composed + confidence * shift
+        return composed
+
+    def _query(self, composed: torch.Tensor) -> torch.Tensor:
+        """The query as the baseline scores it: unit, unless its f_c is CoVR-2's unnormalised mean."""
+        cfg: ImagineConfig = self.config
+        unnormalised = cfg.token_norm and not cfg.renormalize_mean and cfg.query_pool == "encoder"
+        return composed if unnormalised else F.normalize(composed, dim=-1)
 
     def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.compose(frames, tokens)["composed"], dim=-1)
+        return self._query(self.compose(frames, tokens)["composed"])
 
     def encode_queries(self, frames: torch.Tensor, tokens: torch.Tensor, reference_index: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.compose(frames, tokens, reference_index)["composed"], dim=-1)
+        return self._query(self.compose(frames, tokens, reference_index)["composed"])
 
     # ------------------------------------------------------------------------------ DSA
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         cfg: ImagineConfig = self.config
         out = self.compose(batch["reference"], batch["tokens"])
-        target_hidden = self.encoder.image_query_outputs(batch["target"])
-        target = F.normalize(self.encoder.project_image(target_hidden).mean(1), dim=-1)
-        losses = {"concrete": self.contrastive(F.normalize(out["composed"], dim=-1), target)}
-        if cfg.use_sic and cfg.schema_weight > 0:
-            m = out["m"]
-            if cfg.schema_target == "concrete":
-                # The target's concrete feature, in imagery width (the projection still learns).
-                goal = self.concrete_to_imagery(target.detach() if cfg.detach_schema_target else target)
-            else:
-                goal, _, _ = self.imagery(self.visual_library, self.visual_imagery, target_hidden.mean(1))
-                goal = goal.detach() if cfg.detach_schema_target else goal
-            if cfg.schema_metric == "euclidean":
-                schema = (m - goal).pow(2).sum(-1).sqrt().mean()
-            else:
-                schema = (1 - F.cosine_similarity(m, goal, dim=-1)).mean()
-            losses["schema"] = cfg.schema_weight * schema
-        if self.training and cfg.use_sic:
+        target, target_global = self._target_features(batch["target"], batch.get("target_frame_scores"))
+        losses = self.retrieval_losses(self._query(out["composed"]), target, batch)
+        if not cfg.use_sic:
+            return losses
+        if target_global is None:  # frozen or frame-by-frame targets: the trained encoder's view of them
+            target_global = self.encoder.image_query_outputs(batch["target"]).mean(1)
+        if cfg.schema_weight > 0:
+            losses["schema"] = cfg.schema_weight * self._schema_loss(out["m"], target, target_global)
+        if self.training:
             # Libraries see the reference and target videos (shared visual library) and the texts;
             # they change after the optimizer step (after_step), not inside the loss.
-            visual = torch.cat([out["g_visual"], target_hidden.mean(1)]).detach()
+            visual = torch.cat([out["g_visual"], target_global]).detach()
             self._pending_updates.append((visual, out["g_text"].detach()))
         return losses
 
+    def _schema_loss(self, m: torch.Tensor, target: torch.Tensor, target_global: torch.Tensor) -> torch.Tensor:
+        """L_schema: the query's imagery m against the target's (or the target's concrete feature)."""
+        cfg: ImagineConfig = self.config
+        if cfg.schema_target == "concrete":
+            # The target's concrete feature, in imagery width (the projection still learns).
+            vector = target if target.dim() == 2 else F.normalize(target.mean(1), dim=-1)  # token targets
+            goal = self.concrete_to_imagery(vector.detach() if cfg.detach_schema_target else vector)
+        else:
+            goal, _, _ = self.imagery(self.visual_library, self.visual_imagery, target_global)
+            goal = goal.detach() if cfg.detach_schema_target else goal
+        if cfg.schema_metric == "euclidean":
+            return (m - goal).pow(2).sum(-1).sqrt().mean()
+        return (1 - F.cosine_similarity(m, goal, dim=-1)).mean()
+
     @torch.no_grad()
     def after_step(self, step: int) -> None:
-        """The prototype updates of this step's forward passes (one per micro-batch, in order), with
-        every rank's features under DDP so that all ranks keep the same libraries."""
-        if self.config.update_every == "epoch":
-            return
-        self._apply_updates()
-
-    @torch.no_grad()
-    def after_epoch(self, epoch: int) -> None:
-        """``update_every: epoch``: one update with every feature of the epoch. (A run killed
-        mid-epoch resumes without the features gathered before the kill.)"""
-        if self.config.update_every == "epoch" and self._pending_updates:
-            visual = torch.cat([v for v, _ in self._pending_updates])
-            text = torch.cat([t for _, t in self._pending_updates])
-            self._pending_updates = [(visual, text)]
-            self._apply_updates()
-
-    def _apply_updates(self) -> None:
+        """This step's features (one set per micro-batch, in order; every rank's under DDP, so that
+        all ranks keep the same libraries): a prototype update each (``update_every: step``), or
+        added to the epoch's running sums (``epoch``)."""
         pending, self._pending_updates = self._pending_updates, []
+        per_epoch = self.config.update_every == "epoch"
         for visual, text in pending:
             if distributed():
                 visual, text = all_gather_tensor(visual), all_gather_tensor(text)
-            self.visual_library.update(visual)
-            self.text_library.update(text)
+            for library, features in ((self.visual_library, visual), (self.text_library, text)):
+                if per_epoch:
+                    library.accumulate(features)
+                else:
+                    library.update(features)
+
+    @torch.no_grad()
+    def after_epoch(self, epoch: int) -> None:
+        """``update_every: epoch`` (the paper's "global training step, equivalent to the epoch
+        count"): one update per library from the epoch's running sums."""
+        if self.config.update_every == "epoch":
+            self.visual_library.apply_epoch()
+            self.text_library.apply_epoch()
 
     @torch.no_grad()
     def diagnostics(self, frames: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:
@@ -335,7 +372,7 @@ class Imagine(RetrievalMethod):
         if not self.config.use_sic:
             return {}
         out = self.compose(frames, tokens)
-        m, f, fc = out["m"], out["composed"], out["base"]  # base: the f_c the modulation moved
+        m, f, fc = out["m"], out["composed"], out["concrete"]  # the query as applied, and the baseline's
         stats = {
             "visual prototype cos": mean_pairwise_cosine(self.visual_library.prototypes),
             "text prototype cos": mean_pairwise_cosine(self.text_library.prototypes),
@@ -346,9 +383,10 @@ class Imagine(RetrievalMethod):
             stats["gate c"] = float(out["confidence"].mean())
         return stats
 
+    @torch.no_grad()
     def encode_query_explained(self, frames: torch.Tensor, tokens: torch.Tensor):
         out = self.compose(frames, tokens)
-        query = F.normalize(out["composed"], dim=-1)
+        query = self._query(out["composed"])
         if not self.config.use_sic:
             return query, None
         explanations = []
@@ -373,6 +411,7 @@ _BOARD = {"hidden_dim": 128, "num_prototypes": 32, "top_k": 10, "schema_weight":
 _FEW_SHOT = ("schema-1shot", "schema-4shot")
 # The update rule as first implemented (collapses every library; docs/benchmarks.md).
 FIRST_UPDATE_RULE = {
+    "update_every": "step",
     "assignment": "batch_softmax",
     "centre_features": False,
     "prototype_init": "query_tokens",

@@ -63,6 +63,14 @@ class PrototypeLibrary(nn.Module):
         if centre:
             with torch.no_grad():
                 self.prototypes.copy_(F.normalize(self.prototypes, dim=-1))
+        # Running sums of an epoch's update (``accumulate``): not saved, so a run resumed mid-epoch
+        # makes that epoch's update from the batches after the resume.
+        k, width = init.shape
+        self.register_buffer("epoch_target", torch.zeros(k, width), persistent=False)
+        self.register_buffer("epoch_mass", torch.zeros(k), persistent=False)
+        self.register_buffer("epoch_max", torch.full((k,), float("-inf")), persistent=False)  # batch_softmax
+        self.register_buffer("epoch_feature_sum", torch.zeros(width), persistent=False)
+        self.register_buffer("epoch_count", torch.tensor(0), persistent=False)
 
     def space(self, features: torch.Tensor) -> torch.Tensor:
         """Features in the space the prototypes live in (centred and normalised, or as they are)."""
@@ -76,6 +84,7 @@ class PrototypeLibrary(nn.Module):
 
     @torch.no_grad()
     def update(self, features: torch.Tensor) -> None:
+        """One update from these features (IMAGINE's per-step rule)."""
         if self.mode == "static" or features.shape[0] == 0:
             return
         g = features.detach().float()
@@ -94,15 +103,66 @@ class PrototypeLibrary(nn.Module):
             return
         weights = self.assign(x)  # (B, K)
         if self.assignment == "batch_softmax":
-            target, step = weights.T @ x, torch.full((len(self.prototypes), 1), 1 - self.momentum, device=x.device)
+            self._move(weights.T @ x, torch.ones(len(self.prototypes), device=x.device))
         else:
             mass = weights.sum(0)  # (K,)
-            target = (weights.T @ x) / mass.clamp(min=1e-8).unsqueeze(1)
-            step = ((1 - self.momentum) * mass.clamp(max=1.0)).unsqueeze(1)
+            self._move((weights.T @ x) / mass.clamp(min=1e-8).unsqueeze(1), mass)
+
+    def _move(self, target: torch.Tensor, mass: torch.Tensor) -> None:
+        """Each prototype a step (1 - momentum) * min(1, its mass) towards its target."""
+        step = ((1 - self.momentum) * mass.clamp(max=1.0)).unsqueeze(1)
         if self.mode == "replace":
             step = (step > 0).float()
         moved = self.prototypes + step * (target - self.prototypes)
         self.prototypes.copy_(F.normalize(moved, dim=-1) if self.centre else moved)
+
+    # ------------------------------------------------------------------------------ per epoch
+    @torch.no_grad()
+    def accumulate(self, features: torch.Tensor) -> None:
+        """This batch's share of the epoch's single update (IMAGINE's per-epoch rule), kept as
+        running sums -- the epoch's features are never held. Samples are assigned against the
+        prototypes as they stand during the epoch (they move only at ``apply_epoch``), which is the
+        whole-epoch rule exactly for competitive_soft, hard and batch_softmax (a running
+        log-sum-exp over the epoch); sinkhorn balances within each batch. The first features ever
+        seen set the centring mean and, with k-means++, place the prototypes."""
+        if self.mode == "static" or features.shape[0] == 0:
+            return
+        g = features.detach().float()
+        if int(self.state) == 0:
+            if self.centre:
+                self.mean.copy_(g.mean(0))
+            if self.init_mode == "kmeans++":
+                self.prototypes.copy_(kmeans_plus_plus(self.space(g), len(self.prototypes)))
+            self.state.fill_(2)
+        x = self.space(g)
+        if self.assignment == "batch_softmax":  # softmax over the epoch's samples, per prototype
+            logits = F.normalize(x, dim=-1) @ F.normalize(self.prototypes, dim=-1).T / self.temperature
+            top = torch.maximum(self.epoch_max, logits.max(0).values)
+            rescale = torch.exp(self.epoch_max - top)
+            weights = torch.exp(logits - top)
+            self.epoch_mass.mul_(rescale).add_(weights.sum(0))
+            self.epoch_target.mul_(rescale.unsqueeze(1)).add_(weights.T @ x)
+            self.epoch_max.copy_(top)
+        else:
+            weights = self.assign(x)
+            self.epoch_mass.add_(weights.sum(0))
+            self.epoch_target.add_(weights.T @ x)
+        self.epoch_feature_sum.add_(g.sum(0))
+        self.epoch_count.add_(len(g))
+
+    @torch.no_grad()
+    def apply_epoch(self) -> None:
+        """The epoch's update from the running sums; the centring mean becomes the epoch's mean."""
+        if int(self.epoch_count) == 0:
+            return
+        target = self.epoch_target / self.epoch_mass.clamp(min=1e-30).unsqueeze(1)
+        mass = torch.ones_like(self.epoch_mass) if self.assignment == "batch_softmax" else self.epoch_mass
+        self._move(target, mass)
+        if self.centre:
+            self.mean.copy_(self.epoch_feature_sum / self.epoch_count)
+        for buffer in (self.epoch_target, self.epoch_mass, self.epoch_feature_sum, self.epoch_count):
+            buffer.zero_()
+        self.epoch_max.fill_(float("-inf"))
 
     def assign(self, x: torch.Tensor) -> torch.Tensor:
         """Each sample's weight on each prototype (B, K) under the library's assignment rule."""

@@ -202,12 +202,22 @@ class QFormerFusion(RetrievalMethod):
     ) -> torch.Tensor:
         """Target embeddings; ``frame_scores`` (B, T): per-frame scores, read with
         ``frame_weighting: scores``."""
+        return self._target_features(frames, frame_scores)[0]
+
+    def _target_features(
+        self, frames: torch.Tensor, frame_scores: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The target embedding, and the mean of the trained encoder's query outputs for it when
+        that pass made the embedding (a method that also reads the target's global feature then
+        needs no second pass); None for frozen targets and frame-by-frame pooling."""
         encoder = self._target_model()
         tokens_wanted = self._scoring != "vector"
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.target_encoder is None):
             if self.config.target_pooling == "embedding" and frames.dim() == 5 and frames.shape[1] > 1:
-                return self._frame_embedding_mean(encoder, frames, frame_scores, tokens_wanted)
-            return self._pool(encoder.project_image(encoder.image_query_outputs(frames)), tokens_wanted)
+                return self._frame_embedding_mean(encoder, frames, frame_scores, tokens_wanted), None
+            hidden = encoder.image_query_outputs(frames)
+            target = self._pool(encoder.project_image(hidden), tokens_wanted)
+        return target, (hidden.mean(1) if encoder is self.encoder else None)
 
     def _frame_weights(self, frame_scores: torch.Tensor | None, b: int, t: int, like: torch.Tensor) -> torch.Tensor:
         if self.config.frame_weighting != "scores" or frame_scores is None:
@@ -247,6 +257,13 @@ class QFormerFusion(RetrievalMethod):
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         query = self.encode_query(batch["reference"], batch["tokens"])
         target = self.encode_target(batch["target"], frame_scores=batch.get("target_frame_scores"))
+        return self.retrieval_losses(query, target, batch)
+
+    def retrieval_losses(
+        self, query: torch.Tensor, target: torch.Tensor, batch: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """The baseline's loss terms for these queries and targets: the contrastive term, and the
+        caption term with ``caption_weight``."""
         out = {"contrastive": self.contrastive(query, target)}
         if self.config.caption_weight > 0:
             captions = self.encode_caption(batch["target_caption"])
