@@ -49,6 +49,8 @@ def _one_line_error(capsys, *fragments: str) -> str:
         ("train.eval_metric=bogus", ["train.eval_metric", "'bogus'", "Rsubset@1"]),
         ("data.benchmark=foo", ["data.benchmark", "unknown benchmark 'foo'"]),
         ("train.amp=fp8", ["train.amp", "'fp8'"]),
+        ("train.init_from=.", ["train.init_from", "neither a checkpoint folder nor a run folder"]),
+        ("data.num_frames=1000000", ["data.num_frames", "at most 256"]),
     ],
 )
 def test_bad_training_settings_stop_before_any_work(synth_root, tmp_path, capsys, override, fragments):
@@ -148,3 +150,17 @@ def test_missing_media_are_counted_before_any_work(synth_root, tiny_run, tmp_pat
     assert main(train) == 2
     _one_line_error(capsys, "synthetic/train: 2 of", "data.allow_missing=true")
     assert not (run / "config.yaml").exists()  # stopped before the run folder was made
+
+
+def test_repeated_set_options_all_apply_and_out_is_a_path_not_yaml(synth_root, tmp_path):
+    """``--set a=1 --set b=2`` applies both (the second used to replace the first), and an --out path
+    with YAML syntax in it (": ", braces) is that folder, not a mapping."""
+    run = tmp_path / "run {x: 1}"
+    argv = ["train", "--config", str(CONFIG), "--out", str(run), "--set", f"data.root={synth_root}", *SMALL,
+            "--set", "train.max_steps=2", "--set", "train.eval_every=2"]  # fmt: skip
+    assert main(argv) == 0
+    import yaml
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["output_dir"] == str(run) and saved["data"]["root"] == str(synth_root)
+    assert saved["train"]["max_steps"] == 2 and saved["train"]["eval_every"] == 2

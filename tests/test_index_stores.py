@@ -4,6 +4,7 @@ in-process, on a local file)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 
@@ -127,7 +128,7 @@ def test_milvus_shards_never_remove_each_others_items(tmp_path):
     assert len(index) == 15 and gone.name not in index.items()
 
 
-def test_milvus_index_searched_from_the_cli(synth_root, tiny_run, tmp_path, capsys):
+def test_milvus_index_searched_from_the_cli(synth_root, tiny_run, tmp_path, capsys, caplog):
     media = tmp_path / "photos"
     shutil.copytree(synth_root / "val", media)
     for extra in sorted(media.glob("*.png"))[20:]:
@@ -135,6 +136,8 @@ def test_milvus_index_searched_from_the_cli(synth_root, tiny_run, tmp_path, caps
     out, uri = tmp_path / "index", str(tmp_path / "store" / "gallery.db")
     argv = ["index", "--run", str(tiny_run), "--media", str(media), "--out", str(out), "--store", "milvus"]
     assert main([*argv, "--uri", uri]) == 0
+    # A run that succeeds logs no error (Milvus Lite's gRPC server logs calls it does not implement).
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert json.loads((out / "milvus.json").read_text())["uri"] == uri
     assert main([*argv, "--uri", str(tmp_path / "other.db")]) == 2  # one folder, one store
     assert "lives in" in capsys.readouterr().err
@@ -213,3 +216,15 @@ def test_a_collection_name_milvus_refuses_is_one_line_before_connecting(tmp_path
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: --collection") and "\n" not in err
     assert not (tmp_path / "m.db").exists()
+
+
+def test_a_milvus_lite_file_where_no_folder_can_be_made_is_one_line_before_connecting(tmp_path, capsys):
+    media = tmp_path / "media"
+    _images(media, 2)
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    uri = tmp_path / "notes.txt" / "m.db"
+    code = main(["index", "--run", "unused", "--media", str(media), "--out", str(tmp_path / "i"), "--store", "milvus",
+                 "--uri", str(uri)])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: --uri") and "is a file, not a folder" in err and "\n" not in err
+    assert not (tmp_path / "i").exists()

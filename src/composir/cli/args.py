@@ -7,6 +7,7 @@ import math
 import os
 from pathlib import Path
 
+from composir.data.media import MAX_FRAMES
 from composir.errors import ComposirError
 
 
@@ -47,7 +48,8 @@ def float_in(low: float, high: float, low_open: bool = True):
     return parse
 
 
-positive_int = int_in(1)  # k, batch sizes, frames
+positive_int = int_in(1)  # k, batch sizes
+frame_count = int_in(1, MAX_FRAMES)  # frames sampled per video
 non_negative_int = int_in(0)  # worker counts
 seed_int = int_in(0, 2**32 - 1)  # what numpy's and torch's generators all take
 port_int = int_in(1, 65535)

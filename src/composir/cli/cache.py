@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from composir.cli.args import non_negative_int, positive_int
+from composir.cli.args import frame_count, non_negative_int, positive_int
 
 NAME = "cache"
 HELP = "encode a split's media once with the frozen vision tower (resumable)"
@@ -15,12 +15,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="a training config: its encoder, benchmark and splits")
     src.add_argument("--run", help="a run folder: its encoder")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE", help="config overrides (repeatable)")
     p.add_argument("--benchmark", default=None)
     p.add_argument("--root", default=None)
     p.add_argument("--splits", nargs="*", default=None, help="default: the config's train and val splits")
     p.add_argument("--out", required=True)
-    p.add_argument("--frames", type=positive_int, default=None, help="frames per video (default: the config's)")
+    p.add_argument("--frames", type=frame_count, default=None, help="frames per video (default: the config's)")
     p.add_argument("--per-frame", action="store_true", help="keep each frame's tokens instead of their mean")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--workers", type=non_negative_int, default=0, help="data-loading processes")

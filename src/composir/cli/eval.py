@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from composir.cli.args import add_model_args, int_in, non_negative_int, positive_int
+from composir.cli.args import add_model_args, frame_count, int_in, non_negative_int, positive_int
 from composir.data import BENCHMARKS
 from composir.errors import ComposirError
 
@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument(
-        "--frames", type=positive_int, default=None, help="frames sampled per video (default: the run's, else 8)"
+        "--frames", type=frame_count, default=None, help="frames sampled per video (default: the run's, else 8)"
     )
     p.add_argument("--workers", type=non_negative_int, default=0, help="data-loading processes")
     p.add_argument("--run", default=None, help="a training run folder: evaluate its model")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from composir.cli.args import memory_size, non_negative_int, positive_int, seed_int, unit_fraction
+from composir.cli.args import frame_count, memory_size, non_negative_int, positive_int, seed_int, unit_fraction
 from composir.errors import ComposirError
 from composir.index.store import DEFAULT_STORE, KINDS, STORES
 from composir.index.tokens import TokenStore
@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="IVF-PQ: re-rank refine*k candidates by their exact vectors (default 10; 0 or 1: off)",
     )
-    p.add_argument("--frames", type=positive_int, default=None)
+    p.add_argument("--frames", type=frame_count, default=None)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument(
@@ -113,6 +113,10 @@ def _open_store(args: argparse.Namespace):
     if args.store == "milvus":
         if args.uri is None:
             raise ComposirError("--store milvus needs --uri (a .db file for Milvus Lite, or http://host:19530)")
+        if "://" not in args.uri:  # a Milvus Lite file: its folder must be writable
+            from composir.cli.args import check_writable
+
+            check_writable(args.uri, "--uri")
         if args.collection is not None:
             from composir.index.milvus_store import check_collection_name
 

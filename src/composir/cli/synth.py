@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from composir.cli.args import int_in, positive_int, seed_int
+from composir.cli.args import frame_count, int_in, positive_int, seed_int
 
 NAME = "synth"
 HELP = "write the synthetic benchmark"
@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=positive_int, default=10_000, help="triplets over all splits")
     p.add_argument("--video", action="store_true", help="videos (T frames, moving objects) instead of images")
     p.add_argument("--image-size", type=int_in(16, 4096), default=64, help="pixels per side")
-    p.add_argument("--frames", type=positive_int, default=8, help="frames per video")
+    p.add_argument("--frames", type=frame_count, default=8, help="frames per video")
     p.add_argument("--workers", type=positive_int, default=2, help="rendering processes")
     p.add_argument(
         "--schemas", action="store_true", help="add the schema benchmark (24 schemas, shot levels, transfer, gate)"

@@ -318,6 +318,11 @@ def _connect(uri: str):
             client = MilvusClient(uri)
         if lite:
             _LITE_OPEN_HERE.add(str(Path(uri).resolve()))
+            # Milvus Lite serves gRPC from a thread of this process and does not implement every call
+            # pymilvus tries first (AllocTimestamp: pymilvus then falls back); the server's logger
+            # prints each such probe as an ERROR with a traceback on runs that succeed. Client-side
+            # failures still raise (and are reported in one line).
+            logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
         return client
     except Exception as exc:  # pymilvus raises its own and grpc errors for an unreachable server
         raise ComposirError(f"Milvus at {uri!r} cannot be reached: {str(exc).splitlines()[0][:200]}") from exc

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from composir.errors import ConfigError
 from composir.utils.io import atomic_open, atomic_write_json
 
 
@@ -116,7 +117,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     folder = best_or_latest(path / "checkpoints")
     if folder is None:
-        raise FileNotFoundError(f"{path}: neither a checkpoint folder nor a run folder with a checkpoint")
+        raise ConfigError(f"{path}: neither a checkpoint folder nor a run folder with a checkpoint")
     return folder
 
 
@@ -135,10 +136,10 @@ def init_weights_from(method: torch.nn.Module, source: str | Path) -> list[str]:
         if k in own and v.shape != own[k].shape
     ]
     if wrong:
-        raise ValueError(f"train.init_from {folder}: weights of another shape than this model's: {wrong[:5]}")
+        raise ConfigError(f"train.init_from {folder}: weights of another shape than this model's: {wrong[:5]}")
     shared = {k: v for k, v in state.items() if k in own}
     if not any(k.startswith("encoder.") for k in shared):
-        raise ValueError(f"train.init_from {folder}: no encoder weight of it fits this model (another encoder?)")
+        raise ConfigError(f"train.init_from {folder}: no encoder weight of it fits this model (another encoder?)")
     method.load_state_dict(shared, strict=False)
     hook = getattr(method, "weights_loaded", None)
     if hook is not None:

@@ -213,6 +213,9 @@ def validate_config(cfg: RunConfig) -> None:
     for section, key, low in _LOWER_BOUNDS:
         value = getattr(getattr(cfg, section), key)
         need(value is None or value >= low, f"{section}.{key}", f"must be at least {low}, got {value}")
+    from composir.data.media import MAX_FRAMES
+
+    need(d.num_frames <= MAX_FRAMES, "data.num_frames", f"must be at most {MAX_FRAMES}, got {d.num_frames}")
     need(t.lr > 0, "train.lr", f"must be positive, got {t.lr}")
     if t.warmup_steps > t.max_steps:  # a short smoke run of a real config: said, not refused
         logging.getLogger(__name__).warning(
@@ -249,6 +252,13 @@ def check_files(cfg: RunConfig) -> None:
                        ("data.feature_cache", d.feature_cache)):  # fmt: skip
         if named is not None and not Path(named).exists():
             raise ConfigError(f"{key}: {named} does not exist")
+    if cfg.train.init_from:
+        from composir.runs.checkpoint import resolve_checkpoint
+
+        try:
+            resolve_checkpoint(cfg.train.init_from)
+        except ConfigError as exc:
+            raise ConfigError(f"train.init_from: {exc}") from None
     weights = cfg.encoder.pretrained
     a_path = weights and (Path(weights).suffix in _WEIGHT_SUFFIXES or weights.startswith(("/", "./", "../")))
     if a_path and not Path(weights).exists():
