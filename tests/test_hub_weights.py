@@ -40,17 +40,25 @@ def _fake_cached(hub_cache, repo_id: str, files: dict[str, str]) -> None:
         (snapshot / name).write_text(text)
 
 
+MODELS = {  # what a zero-shot command names -> the hub repository it needs
+    "blip2": (["--encoder", "blip2", "--pretrained", "Salesforce/blip2-itm-vit-g"], "Salesforce/blip2-itm-vit-g"),
+    # An open_clip tag: its repository read from open_clip's table without importing open_clip (torch).
+    "openclip": (["--encoder", "openclip", "--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k"],
+                 "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
+    "openclip-default-model": (["--encoder", "openclip", "--pretrained", "openai"], "timm/resnet50x4_clip.openai"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
 @pytest.mark.parametrize("command", ["index", "eval"])
-def test_offline_uncached_weights_are_one_line_before_torch_is_imported(tmp_path, synth_root, command):
+def test_offline_uncached_weights_are_one_line_before_torch_is_imported(tmp_path, synth_root, command, model):
     tail = ["--media", str(tmp_path), "--out", str(tmp_path / "idx")] if command == "index" else [
         "--benchmark", "synthetic", "--root", str(synth_root), "--split", "val"]  # fmt: skip
-    done = _composir([command, "--encoder", "blip2", "--pretrained", "Salesforce/blip2-itm-vit-g", *tail],
-                     tmp_path / "hub")  # fmt: skip
+    args, repo_id = MODELS[model]
+    done = _composir([command, *args, *tail], tmp_path / "hub")
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: "), done.stderr
-    assert (
-        "`hf download Salesforce/blip2-itm-vit-g`" in errors[0] and "not in the local Hugging Face cache" in errors[0]
-    )
+    assert f"`hf download {repo_id}`" in errors[0] and "not in the local Hugging Face cache" in errors[0]
     assert done.stdout.split() == ["TORCH_NOT_IMPORTED", "2"]
     assert not (tmp_path / "idx").exists()
 
@@ -85,3 +93,19 @@ def test_cached_weights_pass_the_check_offline(tmp_path):
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.stdout.split() == ["OK", "1"], done.stderr
+
+
+def test_a_cached_open_clip_tag_passes_the_check_offline(tmp_path):
+    # The older of the two files open_clip fetches (either one in the cache will do).
+    _fake_cached(tmp_path / "hub", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", {"open_clip_pytorch_model.bin": ""})
+    code = textwrap.dedent(
+        """
+        import sys
+        from composir.utils.hub import check_pretrained
+        check_pretrained("openclip", "laion2b_s34b_b79k", "ViT-B-32")
+        print("OK", "torch" in sys.modules)
+        """
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.stdout.split() == ["OK", "False"], done.stderr

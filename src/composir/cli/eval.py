@@ -89,7 +89,7 @@ def build_model(args: argparse.Namespace):
     """The run's model (``--run``), or an untrained one from ``--encoder/--pretrained/--method``."""
     from composir.utils.hub import check_model_weights
 
-    check_model_weights(getattr(args, "run", None), args.encoder, args.pretrained)  # before torch is imported
+    check_model_weights(getattr(args, "run", None), args.encoder, args.pretrained, args.model)  # before torch
     from composir.runs import build_untrained, load_run
 
     if getattr(args, "run", None):

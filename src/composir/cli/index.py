@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     from composir.utils.hub import check_model_weights
 
-    check_model_weights(args.run, args.encoder, args.pretrained)  # offline: one line, before torch is imported
+    check_model_weights(args.run, args.encoder, args.pretrained, args.model)  # offline: one line, before torch
 
     from composir.index import IndexSettings
     from composir.search import model_encoder
