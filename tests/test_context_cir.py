@@ -150,3 +150,85 @@ def test_trains_on_other_encoders(name, tmp_path):
     assert method.fusion.blocks[0].attention.in_proj_weight.grad.abs().sum() > 0
     _, image = enc.image_tokens(items[0]["reference"][None])
     torch.testing.assert_close(image, enc.encode_image(items[0]["reference"][None]))
+
+
+def _phrase_map(fusion, text: torch.Tensor, mask: torch.Tensor, patches: torch.Tensor, phrase: slice) -> torch.Tensor:
+    """The phrase's concept map (P,): each patch's attention on the phrase's tokens, averaged over them."""
+    from composir.methods.context_cir import TextConditionedPatches
+
+    with torch.no_grad():
+        _, attention = fusion(text, mask, patches)
+    if isinstance(fusion, TextConditionedPatches):  # (B, P, L): patches query the text
+        return attention[0, :, phrase].mean(-1)
+    return attention[0, phrase].mean(0)  # (B, L, P): tokens query the patches
+
+
+@pytest.mark.parametrize(("direction", "competes"), [("image_to_text", True), ("text_to_image", False)])
+def test_only_in_the_authors_direction_do_other_words_compete_for_a_phrases_attention(direction, competes):
+    """The property the concept loss is about: a phrase's map in context differs from its map alone
+    when the sentence's other words take part of each patch's attention (image -> text), and cannot
+    differ when each token attends to the patches on its own (text -> image). The phrase's token
+    features are the same in both texts, so only the fusion's direction is tested."""
+    from composir.methods.context_cir import ConceptFusion, ConTextCIRConfig, TextConditionedPatches
+
+    torch.manual_seed(0)
+    cfg = ConTextCIRConfig(layers=2, heads=2, direction=direction)
+    if direction == "image_to_text":
+        fusion = TextConditionedPatches(16, 12, 16, cfg, 8).eval()
+    else:
+        fusion = ConceptFusion(16, 12, 16, 2, 2, 8).eval()
+    phrase, other, patches = torch.randn(1, 3, 16), torch.randn(1, 3, 16), torch.randn(1, 5, 12)
+    alone = _phrase_map(fusion, torch.cat([phrase, torch.zeros(1, 3, 16)], 1),
+                        torch.tensor([[1, 1, 1, 0, 0, 0]]), patches, slice(0, 3))  # fmt: skip
+    in_context = _phrase_map(fusion, torch.cat([phrase, other], 1), torch.ones(1, 6, dtype=torch.long),
+                             patches, slice(0, 3))  # fmt: skip
+    assert (not torch.allclose(alone, in_context, atol=1e-4)) == competes
+
+
+def test_padding_takes_no_attention_in_the_authors_direction():
+    from composir.methods.context_cir import ConTextCIRConfig, TextConditionedPatches
+
+    torch.manual_seed(1)
+    fusion = TextConditionedPatches(16, 12, 16, ConTextCIRConfig(layers=2, heads=2), 8).eval()
+    text, patches = torch.randn(1, 4, 16), torch.randn(1, 5, 12)
+    padded = torch.cat([text, torch.randn(1, 3, 16)], 1)  # padding positions with features of their own
+    with torch.no_grad():
+        short, short_maps = fusion(text, torch.ones(1, 4, dtype=torch.long), patches)
+        long, long_maps = fusion(padded, torch.tensor([[1, 1, 1, 1, 0, 0, 0]]), patches)
+    torch.testing.assert_close(long, short)
+    torch.testing.assert_close(long_maps[..., :4], short_maps)
+    assert float(long_maps[..., 4:].abs().max()) == 0.0
+
+
+def test_the_authors_direction_is_the_default_and_its_loss_reads_raw_maps(monkeypatch):
+    """The query is the pooled text-conditioned patches (no image feature added); the concept loss
+    is computed on the raw maps (max-scaling them changes it)."""
+    from composir.methods import context_cir
+
+    context, alone = torch.tensor([[0.02, 0.30, 0.10]]), torch.tensor([[0.10, 0.10, 0.10]])
+    raw = context_cir.concept_consistency(context, alone, 0.05, max_scaled=False)
+    assert float(raw) == pytest.approx((0.03 + 0.15 + 0.0) / 3)
+    assert float(context_cir.concept_consistency(context, alone, 0.05, max_scaled=True)) != pytest.approx(float(raw))
+    for direction, scaled in (("image_to_text", False), ("text_to_image", True)):
+        method = _method(direction=direction) if direction != "image_to_text" else _method()
+        assert method.config.direction == direction
+        seen: list[bool] = []
+        real = context_cir.concept_consistency
+
+        def recorded(*args, seen=seen, real=real, **kwargs):
+            seen.append(args[3] if len(args) > 3 else kwargs["max_scaled"])
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(context_cir, "concept_consistency", recorded)
+        method.losses(method.collator()(_items(TEXTS)))
+        monkeypatch.undo()
+        assert seen == [scaled]
+        torch.manual_seed(0)
+        patches, image = torch.randn(2, 5, method.fusion.patch_in.in_features), torch.randn(2, method.encoder.embed_dim)
+        tokens = method.encoder.tokenize(TEXTS[:2])
+        method.eval()
+        with torch.no_grad():
+            with_image = method.compose(patches, image, tokens)[0]
+            without = method.compose(patches, torch.zeros_like(image), tokens)[0]
+        # The authors' query is the pooled text-conditioned patches: the image feature is not added.
+        assert torch.allclose(with_image, without) == (direction == "image_to_text")

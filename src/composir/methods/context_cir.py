@@ -1,6 +1,16 @@
 """ConText-CIR: concept-aware fusion of text tokens and reference patches, with a concept-consistency
 loss over noun phrases (each phrase must attend the same way inside the sentence as alone); every
 part a switch (``ConTextCIRConfig``). Design notes: docs/methods.md.
+
+``direction: image_to_text`` (the default) is the authors' way round (mvrl/ConText-CIR
+``src/Models.py``): the reference's patches query the text tokens (padding masked), so inside each
+patch's softmax the sentence's other words compete with a noun phrase -- the "contextual
+interference" the loss removes. A concept's map is each patch's attention on the phrase's tokens,
+averaged over those tokens, the layers and the heads; the margin applies to these raw maps; the
+text-conditioned patches are pooled by one learned query and projected into the query embedding.
+``text_to_image`` (text tokens query patches, maps max-scaled, the image feature plus the attended
+text) is composir's first reading, kept as an ablation: there a phrase's map cannot depend on the
+other words, which is what the competition test shows.
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ from composir.methods.claims import Claim, Gain, LosesGain, Shrinks, Variant, re
 from composir.methods.registry import register_method
 from composir.utils.typed import bounded
 
+DIRECTIONS = ("image_to_text", "text_to_image")
+
 
 @dataclass
 class ConTextCIRConfig(MethodConfig):
@@ -32,8 +44,14 @@ class ConTextCIRConfig(MethodConfig):
     reference_negative: bool = True
     concept_model: str = DEFAULT_MODEL  # an installed spaCy pipeline
     concept_cache: str | None = None  # a JSON file of extracted spans (read, and written after training)
+    direction: str = "image_to_text"  # image_to_text (the authors') | text_to_image (the first reading)
+    # image_to_text: each layer's attended text replaces the patch features, as the authors' layers do
+    # (false), or is added to them in a pre-norm residual block with an MLP (true).
+    patch_residual: bool = False
 
     def validate(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ConfigError(f"context_cir.direction must be one of {list(DIRECTIONS)}, got {self.direction!r}")
         if not self.concept_model.strip():
             raise ConfigError("context_cir.concept_model must name an installed spaCy pipeline")
         if self.layers < 1 or self.heads < 1 or self.max_concepts < 0:
@@ -42,13 +60,17 @@ class ConTextCIRConfig(MethodConfig):
             raise ConfigError("context_cir.cc_weight and .margin must not be negative")
 
 
-def concept_consistency(in_context: torch.Tensor, alone: torch.Tensor, margin: float) -> torch.Tensor:
-    """Mean over concepts and patches of ReLU(|A_context - A_alone| - margin); maps (C, P) scaled
-    to a maximum of 1 each. Zero for no concepts."""
+def concept_consistency(
+    in_context: torch.Tensor, alone: torch.Tensor, margin: float, max_scaled: bool = True
+) -> torch.Tensor:
+    """Mean over concepts and patches of ReLU(|A_context - A_alone| - margin) for maps (C, P):
+    raw (the authors'), or each scaled to a maximum of 1 (``max_scaled``). Zero for no concepts."""
     if len(in_context) == 0:
         return in_context.sum() * 0.0
-    scale = lambda a: a / a.amax(-1, keepdim=True).clamp_min(1e-8)  # noqa: E731
-    return F.relu((scale(in_context) - scale(alone)).abs() - margin).mean()
+    if max_scaled:
+        in_context = in_context / in_context.amax(-1, keepdim=True).clamp_min(1e-8)
+        alone = alone / alone.amax(-1, keepdim=True).clamp_min(1e-8)
+    return F.relu((in_context - alone).abs() - margin).mean()
 
 
 class CrossAttentionBlock(nn.Module):
@@ -87,6 +109,52 @@ class ConceptFusion(nn.Module):
         return self.out(pooled), torch.stack(maps).mean(0)
 
 
+class PatchesQueryText(nn.Module):
+    """One layer of the authors' direction: patches attend to the text tokens (padding masked).
+    Returns the new patch features and the attention (B, P, L), averaged over heads."""
+
+    def __init__(self, width: int, heads: int, residual: bool):
+        super().__init__()
+        self.residual = residual
+        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        if residual:
+            self.norm_q, self.norm_kv, self.norm_mlp = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+            self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+
+    def forward(self, patches: torch.Tensor, text: torch.Tensor, padding: torch.Tensor):
+        query, kv = (self.norm_q(patches), self.norm_kv(text)) if self.residual else (patches, text)
+        attended, weights = self.attention(query, kv, kv, key_padding_mask=padding, need_weights=True)
+        if not self.residual:
+            return attended, weights  # the authors' layers: the attended text replaces the patches
+        x = patches + attended
+        return x + self.mlp(self.norm_mlp(x)), weights
+
+
+class TextConditionedPatches(nn.Module):
+    """The authors' fusion: patches query text through ``layers`` layers, then one learned query
+    attends over the text-conditioned patches and its output, projected, is the query embedding."""
+
+    def __init__(self, text_width: int, vision_width: int, width: int, cfg: ConTextCIRConfig, out_dim: int):
+        super().__init__()
+        self.text_in = nn.Linear(text_width, width)
+        self.patch_in = nn.Linear(vision_width, width)
+        self.blocks = nn.ModuleList(PatchesQueryText(width, cfg.heads, cfg.patch_residual) for _ in range(cfg.layers))
+        self.pool_query = nn.Parameter(torch.randn(1, 1, width) * width**-0.5)
+        self.pool = nn.MultiheadAttention(width, cfg.heads, batch_first=True)
+        self.out = nn.Linear(width, out_dim)
+
+    def forward(self, text: torch.Tensor, mask: torch.Tensor, patches: torch.Tensor):
+        """(pooled (B, out_dim), attention (B, P, L): patch -> token, averaged over layers and heads)."""
+        x, t = self.patch_in(patches), self.text_in(text)
+        padding = ~mask.bool()
+        maps = []
+        for block in self.blocks:
+            x, weights = block(x, t, padding)
+            maps.append(weights)
+        pooled, _ = self.pool(self.pool_query.expand(len(x), -1, -1), x, x, need_weights=False)
+        return self.out(pooled.squeeze(1)), torch.stack(maps).mean(0)
+
+
 class ConceptCollator(TripletCollator):
     """Adds ``concepts``: per text, its noun phrases' (start, end) spans (at most ``max_concepts``),
     and ``concept_tokens`` / ``concept_row``: every concept's phrase tokenized alone and the row of
@@ -119,7 +187,11 @@ class ConTextCIR(RetrievalMethod):
             vision_width = encoder.image_tokens(torch.zeros(1, 1, 3, size, size))[0].shape[-1]
         if text_width % cfg.heads:
             raise ConfigError(f"context_cir.heads: {cfg.heads} must divide the text width {text_width}")
-        self.fusion = ConceptFusion(text_width, vision_width, text_width, cfg.layers, cfg.heads, encoder.embed_dim)
+        self.fusion: nn.Module
+        if cfg.direction == "image_to_text":
+            self.fusion = TextConditionedPatches(text_width, vision_width, text_width, cfg, encoder.embed_dim)
+        else:
+            self.fusion = ConceptFusion(text_width, vision_width, text_width, cfg.layers, cfg.heads, encoder.embed_dim)
         self.phrases = NounPhrases(cfg.concept_model, cfg.concept_cache)
 
     @property
@@ -132,9 +204,12 @@ class ConTextCIR(RetrievalMethod):
 
     # ------------------------------------------------------------------------------ features
     def compose(self, patches: torch.Tensor, image: torch.Tensor, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
-        """(query (B, D) normalised, attention (B, L, P)) from the reference's patches and image
-        feature and the text: the attended text, pooled and projected, added to the image feature."""
+        """(query (B, D) normalised, token -> patch attention (B, L, P)) from the reference's patches
+        and image feature and the text. image_to_text: the pooled text-conditioned patches; text_to_image:
+        the attended text, pooled and projected, added to the image feature."""
         pooled, attention = self.fusion(self.encoder.text_tokens(tokens), tokens.mask, patches)
+        if self.config.direction == "image_to_text":
+            return F.normalize(pooled, dim=-1), attention.transpose(1, 2)  # maps read per token, over patches
         return F.normalize(image + pooled, dim=-1), attention
 
     def encode_query(self, frames: torch.Tensor, tokens: Tokens) -> torch.Tensor:
@@ -163,6 +238,8 @@ class ConTextCIR(RetrievalMethod):
         alone_tokens: Tokens = batch["concept_tokens"][kept].to(memory.device)
         rows = batch["concept_row"][kept].to(memory.device)
         _, alone_attention = self.fusion(self.encoder.text_tokens(alone_tokens), alone_tokens.mask, memory[rows])
+        if self.config.direction == "image_to_text":
+            alone_attention = alone_attention.transpose(1, 2)
         alone = []
         for i in range(len(kept)):
             phrase_end = max(b for _, b in alone_tokens.offsets[i]) or 1
@@ -183,7 +260,8 @@ class ConTextCIR(RetrievalMethod):
         out = {"contrastive": self.contrastive(query, target, negatives, mask)}
         if cfg.cc_weight > 0 and "concepts" in batch:
             context, alone = self.concept_maps(batch, memory, attention)
-            out["concept"] = cfg.cc_weight * concept_consistency(context, alone, cfg.margin)
+            max_scaled = cfg.direction == "text_to_image"  # the authors' margin is on the raw maps
+            out["concept"] = cfg.cc_weight * concept_consistency(context, alone, cfg.margin, max_scaled)
         return out
 
     def after_epoch(self, epoch: int) -> None:
@@ -207,6 +285,8 @@ register_claim(
         variants={
             "ConText-CIR": Variant("context_cir", _BOARD),
             "no reference negative": Variant("context_cir", {**_BOARD, "reference_negative": False}),
+            # composir's first reading (text tokens query patches), where other words cannot compete.
+            "text to image": Variant("context_cir", {**_BOARD, "direction": "text_to_image"}),
         },
         checks=(
             Gain("ConText-CIR", ("multi",), "R@1", 1.0),
