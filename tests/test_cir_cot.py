@@ -396,3 +396,21 @@ def test_the_page_shows_the_chain_under_the_query(cot_index, written_chain):
             driver.quit()
     assert "make it blue" in shown  # under the query it explains
     assert "sees: a large red circle" in shown and "looks for: a large blue circle" in shown
+
+
+def test_annotated_sections_are_never_cut_in_training(synth_root):
+    """Every section of every chain of the synthetic benchmark is encoded whole (the longest
+    multi-edit reasoning included): a cut section would teach the model to open the next section
+    mid-sentence."""
+    from composir.data import load_benchmark
+
+    method = _method()
+    chains = [q.extra["cot"] for q in load_benchmark("synthetic", synth_root, "train").queries if q.extra.get("cot")]
+    assert chains
+    longest = max(chains, key=lambda c: len(method._words(c["reasoning"], None)))
+    ids = method.chain_ids(longest)
+    for key in ("caption", "reasoning", "conclusion"):
+        words = method._words(longest[key], None)
+        assert words and any(ids[i : i + len(words)] == words for i in range(len(ids))), key
+    long_reasoning = {**longest, "reasoning": " ".join(["the red circle becomes blue"] * 20)}  # 100 words
+    assert len(method.chain_ids(long_reasoning)) >= 100
