@@ -351,3 +351,60 @@ def test_inference_only_variants_share_one_training_run(tmp_path):
     assert hits[("reason", 1)] == Path(run.out) / "hits.json"
     assert hits[("direct", 1)].parent == Path(run.out) and hits[("direct", 1)] != hits[("short", 1)]
     assert hits[("baseline", 0)].parent != Path(specs[("reason", 0)].out)
+
+
+def test_the_nearest_class_mean_probe_reads_separable_features_and_not_noise():
+    from composir.experiments.verdicts import nearest_class_mean_accuracy
+
+    rng = np.random.default_rng(0)
+    labels = [f"schema{i % 6}" for i in range(120)]
+    centres = rng.normal(size=(6, 16))
+    separable = np.stack([centres[i % 6] + 0.1 * rng.normal(size=16) for i in range(120)])
+    good = nearest_class_mean_accuracy(separable, labels)
+    assert good["accuracy"] == 1.0 and good["chance"] == pytest.approx(1 / 6)
+    noise = nearest_class_mean_accuracy(rng.normal(size=(120, 16)), labels)
+    assert noise["accuracy"] < 0.35  # about chance (1/6): nothing to decode
+    shuffled = nearest_class_mean_accuracy(separable, list(rng.permutation(labels)))  # labels no longer match
+    assert shuffled["accuracy"] < 0.35
+
+
+def test_a_mechanism_that_does_not_decode_its_labels_makes_the_claim_untestable():
+    from composir.experiments.verdicts import Decodes, check_precondition, judge_claim, probe_key
+
+    gain = Gain("v", ("schema-1shot",), "R@1", 1.0)
+    decodes = Decodes("v", "m", "schema.name", 5.0)
+    claim = Claim("Paper X", "v helps", Variant("base"), {"v": Variant("m")}, (gain,), preconditions=(decodes,))
+    hits = _gain_hits(10, 0)
+    hits = {k: runs for k, runs in hits.items() if k in ("baseline", "v")}
+    key = probe_key("m", "schema.name")
+    rename = {"few": "schema-1shot", "many": "explicit"}
+    hits = {k: [{**run, "bucket": np.asarray([rename[b] for b in run["bucket"]], dtype=object)} for run in runs]
+            for k, runs in hits.items()}  # fmt: skip
+    decoding = {
+        k: [{**run, "probes": {key: {"accuracy": 0.30, "chance": 0.05}}} for run in runs] for k, runs in hits.items()
+    }
+    blind = {
+        k: [{**run, "probes": {key: {"accuracy": 0.07, "chance": 0.05}}} for run in runs] for k, runs in hits.items()
+    }
+    met = check_precondition(claim.preconditions[0], decoding)
+    assert met.met and met.value == pytest.approx(25.0)
+    failed = check_precondition(claim.preconditions[0], blind)
+    assert not failed.met and failed.value == pytest.approx(2.0)
+    assert judge_claim(claim, decoding)[0] == "reproduced"
+    assert judge_claim(claim, blind)[0].startswith("untestable here (a nearest-class-mean probe on v's m")
+    assert "not probed" in check_precondition(claim.preconditions[0], hits).text  # runs without probes
+
+
+@torch.no_grad()
+def test_imagine_exposes_its_imagery_for_the_decoding_probe():
+    from composir.encoders import build_encoder
+    from composir.methods import build_method
+    from helpers import TEXTS
+
+    torch.manual_seed(0)
+    encoder = build_encoder("tiny", config={"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4})
+    method = build_method("imagine", encoder, {"hidden_dim": 16, "top_k": 2}).eval()
+    frames, tokens = torch.randn(len(TEXTS), 1, 3, 64, 64), encoder.tokenize(TEXTS)
+    features = method.probe_features(frames, tokens)
+    torch.testing.assert_close(features["m"], method.compose(frames, tokens)["m"])
+    assert build_method("imagine", encoder, {"use_sic": False}).probe_features(frames, tokens) == {}

@@ -43,9 +43,11 @@ from composir.experiments.verdicts import (
     PreconditionResult,
     difference,
     judge_claim,
+    nearest_class_mean_accuracy,
+    probe_key,
     query_hits,
 )
-from composir.methods.claims import Claim, Variant, registered_claims
+from composir.methods.claims import Claim, Decodes, Variant, registered_claims
 from composir.utils.io import atomic_open, atomic_write_json
 
 # The repository checkout (configs/, docs/, runs/): experiments run from a development install.
@@ -148,17 +150,83 @@ def train_backbone(root: Path, pretrain: Path, steps: int) -> Path:
     return out
 
 
-def _diagnostics(method, bench, n: int = 256) -> dict[str, float]:
-    """The method's own diagnostics on up to ``n`` schema test queries."""
+def _schema_frames(method, paths: list):
+    """The preprocessed first frames (B, 1, 3, H, W) of these media files."""
     import torch
 
     from composir.data.media import load_media
 
-    queries = [q for q in bench.queries if str(q.extra.get("family", "")).startswith("schema-")][:n]
     enc = method.encoder
-    media = [load_media(bench.media_item(q.reference_id).path, 1) for q in queries]
-    frames = torch.stack([torch.stack([enc.preprocess(f) for f in item]) for item in media])
-    return method.diagnostics(frames, enc.tokenize([q.text for q in queries]))
+    return torch.stack([torch.stack([enc.preprocess(f) for f in load_media(path, 1)]) for path in paths])
+
+
+def decoding_pairs(claims: dict[str, Claim]) -> set[tuple[str, str]]:
+    """(feature, label) of every registered Decodes precondition."""
+    return {(p.feature, p.label) for c in claims.values() for p in c.preconditions if isinstance(p, Decodes)}
+
+
+def extra_field(extra: dict, label: str):
+    """``extra["a"]["b"]`` for ``a.b``; None where absent."""
+    value = extra
+    for part in label.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def probes(method, bench, pairs: set[tuple[str, str]], n: int = 512) -> dict[str, dict[str, float]]:
+    """Nearest-class-mean probes of the method's mechanism features (``probe_features``) on up to
+    ``n`` schema test queries, one per (feature, label) pair the method has."""
+    import torch
+
+    queries = [q for q in bench.queries if str(q.extra.get("family", "")).startswith("schema-")][:n]
+    if not pairs or not queries:
+        return {}
+    features: dict[str, list] = {}
+    with torch.no_grad():
+        for start in range(0, len(queries), 128):
+            chunk = queries[start : start + 128]
+            frames = _schema_frames(method, [bench.media_item(q.reference_id).path for q in chunk])
+            for name, value in method.probe_features(frames, method.encoder.tokenize([q.text for q in chunk])).items():
+                features.setdefault(name, []).append(value.float().cpu())
+    out = {}
+    for feature, label in sorted(pairs):
+        labels = [extra_field(q.extra, label) for q in queries]
+        if feature in features and all(isinstance(v, str) for v in labels):
+            out[probe_key(feature, label)] = nearest_class_mean_accuracy(torch.cat(features[feature]).numpy(), labels)
+    return out
+
+
+def backfill_probes(root: Path, results: dict, claims: dict[str, Claim]) -> None:
+    """Probes for finished runs recorded before their claim's Decodes precondition existed: the run's
+    model loaded again and probed on its seed's test split (written into its ``hits.json``)."""
+    pairs = decoding_pairs(claims)
+    wanted = {c.variants[p.variant].key for c in claims.values() for p in c.preconditions
+              if isinstance(p, Decodes) and p.variant in c.variants}  # fmt: skip
+    for (key, seed), result in results.items():
+        have = result["hits"].get("probes", {})
+        run = root / f"{key}-s{seed}"
+        if (
+            key not in wanted
+            or all(probe_key(f, lab) in have for f, lab in pairs)
+            or not (run / "checkpoints").is_dir()
+        ):
+            continue
+        from composir.data import load_benchmark
+        from composir.train import load_run
+
+        method, _ = load_run(run)
+        found = probes(method.eval(), load_benchmark("synthetic", root / f"schema-data-s{seed}", "test"), pairs)
+        record = json.loads((run / "hits.json").read_text())
+        record["probes"] = {**record.get("probes", {}), **found}
+        atomic_write_json(run / "hits.json", record)
+        result["hits"]["probes"] = record["probes"]
+
+
+def _diagnostics(method, bench, n: int = 256) -> dict[str, float]:
+    """The method's own diagnostics on up to ``n`` schema test queries."""
+    queries = [q for q in bench.queries if str(q.extra.get("family", "")).startswith("schema-")][:n]
+    frames = _schema_frames(method, [bench.media_item(q.reference_id).path for q in queries])
+    return method.diagnostics(frames, method.encoder.tokenize([q.text for q in queries]))
 
 
 def run_variant(spec: RunSpec) -> Path:
@@ -195,6 +263,7 @@ def run_variant(spec: RunSpec) -> Path:
         "query_ids": res.query_ids,
         **{k: v.tolist() for k, v in hits.items()},
         "diagnostics": _diagnostics(method, test),
+        "probes": probes(method, test, decoding_pairs(registered_claims())),
     }
     atomic_write_json(result_file, record)
     return result_file
@@ -232,6 +301,7 @@ def load_hits(path: Path) -> dict:
     arrays["bucket"] = np.asarray(record["bucket"], dtype=object)
     if "top1" in record:  # runs from before it was recorded have none (their Engaged is "not measured")
         arrays["top1"] = np.asarray(record["top1"], dtype=object)
+    arrays["probes"] = record.get("probes", {})  # read by Decodes preconditions
     return {"hits": arrays, "diagnostics": record.get("diagnostics", {}), "seconds": record["seconds"]}
 
 
@@ -462,6 +532,7 @@ def main() -> None:
     start = time.time()
     if args.render:
         results = finished_runs(root)
+        backfill_probes(root, results, claims)
         seeds = tuple(sorted({seed for _, seed in results}))
         write_board(doc, header_lines(args, size, None, results), claims, results, seeds, img, budget)
         print(f"wrote {doc} from {len(results)} finished runs")
@@ -484,6 +555,7 @@ def main() -> None:
     # The board shows every registered claim with every finished run in the cache (--papers and
     # --seeds only choose what to train now).
     results = finished_runs(root)
+    backfill_probes(root, results, claims)
     seeds = tuple(sorted({seed for _, seed in results}))
     write_board(doc, header_lines(args, size, seconds, results), claims, results, seeds, img, budget)
     done = sum((Path(spec.out) / "hits.json").is_file() for spec in specs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from composir.data.records import Benchmark
 from composir.eval.evaluate import EvalResult, score
 from composir.methods.claims import (
     Claim,
+    Decodes,
     Engaged,
     Gain,
     HasRange,
@@ -193,7 +195,42 @@ def check_precondition(pre: Precondition, hits: Hits) -> PreconditionResult:
             return PreconditionResult(text + " (top-1s not recorded in these runs)", None, False)
         value = float(np.mean([np.mean(a["top1"] != b["top1"]) for a, b in runs]))
         return PreconditionResult(text, value, bool(value >= pre.at_least))
+    if isinstance(pre, Decodes):
+        text = (f"a nearest-class-mean probe on {pre.variant}'s {pre.feature} decodes {pre.label} "
+                f"≥ {pre.above_chance:g} points above chance")  # fmt: skip
+        key = probe_key(pre.feature, pre.label)
+        probed: list[Any] = [dict(run.get("probes", {})).get(key) for run in hits.get(pre.variant, ())]
+        if not probed or any(r is None for r in probed):
+            return PreconditionResult(text + " (not probed in these runs)", None, False)
+        value = float(np.mean([100 * (r["accuracy"] - r["chance"]) for r in probed]))
+        return PreconditionResult(text, value, bool(value >= pre.above_chance))
     raise TypeError(f"unknown precondition {pre!r}")
+
+
+def probe_key(feature: str, label: str) -> str:
+    return f"{feature} -> {label}"
+
+
+def nearest_class_mean_accuracy(features: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
+    """Two-fold nearest-class-mean probe (cosine): each half classified by the class means of the
+    other; ``accuracy`` over both halves, ``chance`` the most frequent class's share. Classes with
+    fewer than 2 samples are left out."""
+    named = np.asarray(labels, dtype=object)
+    names, counts = np.unique(named, return_counts=True)
+    keep = np.isin(named, names[counts >= 2])
+    x, y = np.asarray(features, dtype=np.float64)[keep], named[keep]
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    fold = np.zeros(len(y), dtype=bool)
+    for name in np.unique(y):  # each class split between the folds
+        fold[np.flatnonzero(y == name)[::2]] = True
+    correct = 0
+    for test in (fold, ~fold):
+        classes = [c for c in np.unique(y[~test])]
+        means = np.stack([x[~test & (y == c)].mean(0) for c in classes])
+        predicted = np.asarray(classes, dtype=object)[(x[test] @ means.T).argmax(1)]
+        correct += int((predicted == y[test]).sum())
+    _, kept_counts = np.unique(y, return_counts=True)
+    return {"accuracy": correct / len(y), "chance": float(kept_counts.max() / len(y)), "n": float(len(y))}
 
 
 def applicable(pre: Precondition, hits: Hits) -> bool:

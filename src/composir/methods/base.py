@@ -72,6 +72,11 @@ class RetrievalMethod(nn.Module):
     # (B, T) tensor from the item's ``extra["frame_scores"]``: WebVid-CoVR's ``scores`` column).
     target_frame_scores = False
 
+    def probe_features(self, frames: torch.Tensor, tokens) -> dict[str, torch.Tensor]:
+        """Named (B, D) features of a mechanism, for the claims' decoding preconditions
+        (``methods.claims.Decodes``): what the mechanism computes for these queries. None by default."""
+        return {}
+
     @property
     def reference_sampling(self) -> str:
         """Which frames of a reference video the query reads (``data.media.frame_indices``):

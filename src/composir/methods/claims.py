@@ -137,7 +137,20 @@ class Engaged:
     at_least: float = 0.05  # fraction of test queries whose top-1 changes
 
 
-Precondition = HasRange | Headroom | Engaged
+@dataclass(frozen=True)
+class Decodes:
+    """The variant's mechanism carries what the claim relies on: a nearest-class-mean probe on the
+    ``feature`` its method exposes (``RetrievalMethod.probe_features``) recovers the test queries'
+    ``label`` (a query ``extra`` field; ``a.b`` reads a field inside it) at least ``above_chance``
+    points above chance."""
+
+    variant: str
+    feature: str
+    label: str
+    above_chance: float = 5.0
+
+
+Precondition = HasRange | Headroom | Engaged | Decodes
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from composir.errors import ConfigError
 from composir.methods.base import all_gather_tensor, distributed
 from composir.methods.claims import (
     Claim,
+    Decodes,
     Engaged,
     HasRange,
     LosesGain,
@@ -364,6 +365,14 @@ class Imagine(QFormerFusion):
             self.text_library.apply_epoch()
 
     @torch.no_grad()
+    def probe_features(self, frames: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The shared imagery m (what the modulation reads), and f_c beside it for comparison."""
+        if not self.config.use_sic:
+            return {}
+        out = self.compose(frames, tokens)
+        return {"m": out["m"], "f_c": out["concrete"]}
+
+    @torch.no_grad()
     def diagnostics(self, frames: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:
         """Whether the imagery can carry per-query information, on these queries: each library's
         mean pairwise prototype cosine (1: collapsed to one vector), how far m stays from its mean
@@ -458,6 +467,8 @@ IMAGINE_CLAIM = register_claim(
             # the imagery must change what the model retrieves.
             HasRange("Rsubset@1", _FEW_SHOT, ("schema-64shot",), 10.0),
             Engaged("IMAGINE", "no modulation at test", 0.05),
+            # The imagery can carry what the claim is about: m tells the schemas apart.
+            Decodes("IMAGINE", "m", "schema.name", 5.0),
         ),
     )
 )
