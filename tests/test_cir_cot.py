@@ -109,7 +109,7 @@ def test_generation_is_deterministic_stops_at_ret_and_parses(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_length_limit_still_gives_an_embedding(backend):
-    method = _method(backend).eval()
+    method = _method(backend, decode_no_repeat_ngram=0).eval()  # the forced "red red ..." is not cut by that rule
     batch = _batch(method, ["make it blue"])
     handle = _force(method, lambda step: "red")  # never writes <ret>
     with torch.no_grad():
@@ -194,7 +194,7 @@ def test_direct_and_zero_shot_modes():
     with torch.no_grad():
         method.encode_query(batch["reference"], batch["tokens"])
     assert not called  # direct: no chain is written
-    zero = _method(mode="zero_shot").eval()
+    zero = _method(mode="zero_shot", decode_section_order=False).eval()  # the forced script skips sections
     handle = _force(zero, lambda step: [CONCLUSION, "blue", "circle", RET][min(step, 3)])
     with torch.no_grad():
         query = zero.encode_query(batch["reference"], batch["tokens"])
@@ -414,3 +414,54 @@ def test_annotated_sections_are_never_cut_in_training(synth_root):
         assert words and any(ids[i : i + len(words)] == words for i in range(len(ids))), key
     long_reasoning = {**longest, "reasoning": " ".join(["the red circle becomes blue"] * 20)}  # 100 words
     assert len(method.chain_ids(long_reasoning)) >= 100
+
+
+def test_section_order_allows_only_the_next_section_and_closes_a_full_one():
+    from composir.methods.cir_cot import SectionOrder
+
+    c, r, o, ret, word = 1, 2, 3, 4, 7
+    rule = SectionOrder([c, r, o, ret], cap=3)
+    scores = torch.zeros(3, 10)
+    rows = torch.tensor([[word, word, c, word], [word, word, word, word], [c, word, r, word]])  # fmt: skip
+    out = rule(rows, scores.clone())
+    # Row 0: in the caption (1 word): only <reason> among the chain tokens, words still open.
+    assert torch.isinf(out[0, [c, o, ret]]).all() and out[0, r] == 0 and out[0, word] == 0
+    # Row 1: no chain token yet (new tokens only: the opener, the caption, is current), 4 >= cap: <reason> forced.
+    assert torch.isinf(out[1]).sum() == 9 and out[1, r] == 0
+    # Row 2: in the reasoning: <conclusion> next, nothing else of the chain.
+    assert torch.isinf(out[2, [c, r, ret]]).all() and out[2, o] == 0
+    empty = rule(torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 10))  # the first new token
+    assert torch.isinf(empty[0, [c, r, o, ret]]).all() and empty[0, word] == 0  # no empty caption
+    opened = rule(torch.tensor([[word, r]]), torch.zeros(1, 10))  # the reasoning just opened
+    assert torch.isinf(opened[0, [c, r, o, ret]]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_constrained_decoding_writes_every_section_in_order(backend):
+    """A model that would stop at once (``<ret>`` first, "red" second) still writes caption,
+    reasoning and conclusion, each closed at the section cap; without the order rule it stops."""
+    vocab_of = lambda m: m.tokenizer.convert_tokens_to_ids  # noqa: E731
+
+    def prefer_ret(method):
+        ret, red = vocab_of(method)(RET), vocab_of(method)("red")
+
+        def hook(module, args, logits):
+            out = torch.full_like(logits, -1e4)
+            out[..., red], out[..., ret] = 1e3, 1e4
+            return out
+
+        return method.lm.lm.lm_head.register_forward_hook(hook)
+
+    for ordered in (True, False):
+        method = _method(backend, decode_section_order=ordered, decode_section_tokens=2, decode_no_repeat_ngram=0,
+                         max_chain_tokens=20).eval()  # fmt: skip
+        batch = _batch(method, ["make it blue"])
+        handle = prefer_ret(method)
+        with torch.no_grad():
+            chain = method.generate_chains(method.visual_prefix(batch["reference"]), ["make it blue"])[0]
+        handle.remove()
+        parsed = method.parse_chain(chain)
+        if ordered:  # each section closed at the cap of 2, the conclusion as soon as it has a word
+            assert parsed == Chain("red red", "red red", "red")
+        else:
+            assert parsed == Chain("", "", "")

@@ -18,6 +18,7 @@ generate greedily from such a prompt. ``VisualPrefix`` is what fills the placeho
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -153,9 +154,27 @@ class CausalLM(nn.Module):
         """(last position's final hidden state (B, width), LM loss on ``labels`` != -100 or None)."""
         raise NotImplementedError
 
-    def generate(self, ids, mask, prefix: VisualPrefix, max_new_tokens: int, eos_id: int) -> list[list[int]]:
-        """The new tokens only, greedy."""
+    def generate(
+        self, ids, mask, prefix: VisualPrefix, max_new_tokens: int, eos_id: int, rules: GenerationRules | None = None
+    ) -> list[list[int]]:
+        """The new tokens only, greedy (under ``rules``: logits processors, no repeated n-grams)."""
         raise NotImplementedError
+
+
+@dataclass
+class GenerationRules:
+    """Constraints on greedy decoding, as transformers' ``generate`` takes them."""
+
+    processors: list[Any]  # transformers LogitsProcessor instances
+    no_repeat_ngram_size: int = 0
+
+    def kwargs(self) -> dict[str, Any]:
+        from transformers import LogitsProcessorList
+
+        out: dict[str, Any] = {"logits_processor": LogitsProcessorList(self.processors)}
+        if self.no_repeat_ngram_size:
+            out["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        return out
 
 
 class ScratchDecoder(CausalLM):
@@ -202,10 +221,15 @@ class ScratchDecoder(CausalLM):
                       labels=labels, output_hidden_states=True)  # fmt: skip
         return out.hidden_states[-1][:, -1], out.loss
 
-    def generate(self, ids, mask, prefix: VisualPrefix, max_new_tokens: int, eos_id: int) -> list[list[int]]:
-        new = self.lm.generate(inputs_embeds=self.embed(ids, prefix), attention_mask=mask, do_sample=False,
-                               max_new_tokens=max_new_tokens, eos_token_id=eos_id,
-                               pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
+    def generate(
+        self, ids, mask, prefix: VisualPrefix, max_new_tokens: int, eos_id: int, rules: GenerationRules | None = None
+    ) -> list[list[int]]:
+        constraints = rules.kwargs() if rules else {}
+        with warnings.catch_warnings():  # n-grams counted over the new tokens only is what is meant
+            warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
+            new = self.lm.generate(inputs_embeds=self.embed(ids, prefix), attention_mask=mask, do_sample=False,
+                                   max_new_tokens=max_new_tokens, eos_token_id=eos_id,
+                                   pad_token_id=self.tokenizer.pad_token_id, **constraints)  # fmt: skip
         return new.tolist()  # generating from embeddings returns the new tokens only
 
 
@@ -278,7 +302,10 @@ class Qwen2VLDecoder(CausalLM):
         out = self.lm(**self._inputs(ids, mask, prefix), labels=labels, output_hidden_states=True)
         return out.hidden_states[-1][:, -1], out.loss
 
-    def generate(self, ids, mask, prefix: VisualPrefix, max_new_tokens: int, eos_id: int) -> list[list[int]]:
+    def generate(
+        self, ids, mask, prefix: VisualPrefix, max_new_tokens: int, eos_id: int, rules: GenerationRules | None = None
+    ) -> list[list[int]]:
         out = self.lm.generate(**self._inputs(ids, mask, prefix), do_sample=False, max_new_tokens=max_new_tokens,
-                               eos_token_id=eos_id, pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
+                               eos_token_id=eos_id, pad_token_id=self.tokenizer.pad_token_id,
+                               **(rules.kwargs() if rules else {}))  # fmt: skip
         return out[:, ids.shape[1] :].tolist()  # generating from ids returns prompt + new tokens

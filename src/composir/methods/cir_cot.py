@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from composir.encoders.base import Tokens
-from composir.encoders.causal_lm import BACKENDS, PAD, VisualPrefix, build_causal_lm
+from composir.encoders.causal_lm import BACKENDS, PAD, GenerationRules, VisualPrefix, build_causal_lm
 from composir.errors import ConfigError
 from composir.methods.base import MethodConfig, RetrievalMethod
 from composir.methods.claims import Claim, Gain, LosesGain, Shrinks, Variant, register_claim
@@ -48,6 +48,12 @@ class CIRCoTConfig(MethodConfig):
     # of the synthetic benchmark's reasoning sections, multi-edit ones, up to 62 tokens).
     max_section_tokens: int | None = bounded(None, 1, 4096)
     max_chain_tokens: int = bounded(128, 1, 8192)
+    # Constrained greedy decoding (inference only; each a switch): sections only in the configured
+    # order, each at most decode_section_tokens long (then the next is opened), and no n-gram of
+    # decode_no_repeat_ngram tokens twice (0: off) -- a model that loops then moves on.
+    decode_section_order: bool = True
+    decode_section_tokens: int = bounded(64, 1, 4096)
+    decode_no_repeat_ngram: int = bounded(4, 0, 64)
     chain_cache_size: int = bounded(20_000, 0, 10_000_000)
 
     def validate(self) -> None:
@@ -109,10 +115,38 @@ class CIRCoTConfig(MethodConfig):
         generation limit and the chain cache only matter at inference. ``zero_shot`` trains against
         the encoder's image features, so it stays apart."""
         settings = super().training_settings()
-        del settings["max_chain_tokens"], settings["chain_cache_size"]
+        for inference_only in ("max_chain_tokens", "chain_cache_size", "decode_section_order", "decode_section_tokens",
+                               "decode_no_repeat_ngram"):  # fmt: skip
+            del settings[inference_only]
         if settings["mode"] in ("reason", "direct"):
             settings["mode"] = "reason or direct"
         return settings
+
+
+class SectionOrder:
+    """A logits processor (transformers' ``LogitsProcessor`` protocol) for chain generation: of the
+    section tokens and ``<ret>`` (``order``), only the one after the current section may come next,
+    never before the current section has a token, and it must come once it has ``cap`` tokens. The
+    current section is the last of ``order`` in the row; before any (the row holds the new tokens
+    only), the first -- the opener, which ends the prompt."""
+
+    def __init__(self, order: list[int], cap: int):
+        self.order, self.cap = order, cap
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        chain = torch.tensor(self.order, device=scores.device)
+        out = scores.clone()
+        for row, ids in enumerate(input_ids.tolist()):
+            last = max((i for i, t in enumerate(ids) if t in self.order), default=None)
+            current = self.order.index(ids[last]) if last is not None else 0
+            length = len(ids) - (last + 1 if last is not None else 0)
+            following = self.order[min(current + 1, len(self.order) - 1)]
+            out[row, chain] = float("-inf")
+            if length >= self.cap:  # the section is full: open the next one
+                out[row] = float("-inf")
+            if length > 0:  # a section is never closed empty
+                out[row, following] = scores[row, following]
+        return out
 
 
 @dataclass
@@ -210,7 +244,7 @@ class CIRCoT(RetrievalMethod):
         """Greedy chains (token ids from the opener on, without ``<ret>``) for each (visual prefix, text)."""
         rows = [self.prompt_ids(t, prefix.length) + self.opener for t in texts]
         ids, mask, _ = (t.to(self.ret_proj.weight.device) for t in self.pad_left(rows))
-        new = self.lm.generate(ids, mask, prefix, self.config.max_chain_tokens, self.ids[RET])
+        new = self.lm.generate(ids, mask, prefix, self.config.max_chain_tokens, self.ids[RET], self.generation_rules())
         chains = []
         for row in new:
             chain = list(self.opener)
@@ -220,6 +254,12 @@ class CIRCoT(RetrievalMethod):
                 chain.append(token)
             chains.append(chain)
         return chains
+
+    def generation_rules(self) -> GenerationRules:
+        cfg: CIRCoTConfig = self.config
+        order = [self.ids[t] for t in (*SECTIONS[cfg.chain], RET)]
+        processors = [SectionOrder(order, cfg.decode_section_tokens)] if cfg.decode_section_order else []
+        return GenerationRules(processors, cfg.decode_no_repeat_ngram)
 
     def parse_chain(self, ids: list[int]) -> Chain:
         """Section texts of a generated chain (a section the model did not open stays empty)."""
