@@ -385,3 +385,18 @@ def test_a_captioner_killed_mid_run_leaves_a_cache_that_resumes_without_lost_or_
     ids = [r["id"] for r in records]
     assert len(ids) == len(set(ids)) == 12  # each image once: none lost, none written twice
     assert all("stages" in r for r in records)
+
+
+def test_a_folder_of_ones_own_images_is_captioned_under_the_keys_the_index_uses(server, tmp_path, capsys):
+    media = tmp_path / "photos"
+    (media / "2024").mkdir(parents=True)
+    for name in ("a.jpg", "2024/b.jpg"):
+        Image.new("RGB", (16, 16), (200, 10, 10)).save(media / name)
+    (media / "notes.txt").write_text("not an image")
+    out = tmp_path / "captions.jsonl"
+    argv = ["caption", "--media", str(media), "--out", str(out), "--url", server, "--model", "fake-vl", "--quiet"]
+    assert main(argv) == 0
+    assert set(read_captions(out)) == {"a.jpg", "2024/b.jpg"}
+    assert main(["caption", "--out", str(out), "--url", server, "--model", "fake-vl"]) == 2
+    assert "--media FOLDER, or --benchmark" in capsys.readouterr().err
+    assert main([*argv, "--benchmark", "synthetic", "--root", str(tmp_path)]) == 2

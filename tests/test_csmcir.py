@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -261,3 +264,47 @@ def test_a_masked_bank_entry_leaves_every_gradient_finite(loss):
     assert torch.isfinite(losses["contrastive"])
     assert torch.isfinite(method.logit_scale.grad) and method.logit_scale.grad != 0
     assert all(torch.isfinite(p.grad).all() for p in method.parameters() if p.grad is not None)
+
+
+def test_indexing_gives_each_item_its_caption_and_says_where_captions_come_from(synth_root, tmp_path, capsys):
+    """A user's photos have no captions: ``composir index`` says so for a method that reads them, and
+    ``--captions`` (a ``composir caption --media`` cache: keys relative to the folder, or stems)
+    gives each item its own, as evaluation does."""
+    import json
+    import shutil
+
+    from composir.cli import main
+    from composir.data.media import load_image
+    from composir.data.records import GalleryItem
+    from composir.search import model_encoder
+
+    media = tmp_path / "photos"
+    media.mkdir()
+    names = sorted(p.name for p in (synth_root / "val").glob("*.png"))[:3]
+    for name in names:
+        shutil.copy(synth_root / "val" / name, media / name)
+    captions = {names[0]: "a large red circle", Path(names[1]).stem: "a small blue square"}  # by key, by stem
+    cache = tmp_path / "captions.jsonl"
+    cache.write_text("".join(json.dumps({"id": k, "stages": {"final": v}}) + "\n" for k, v in captions.items()))
+
+    method = _method(bank="none").eval()
+    items = [GalleryItem(name, media / name) for name in names]
+    with torch.no_grad():
+        got, _ = model_encoder(method, 1, captions={names[0]: captions[names[0]], **captions})(items)
+        frames = torch.stack([method.encoder.preprocess(load_image(media / n)) for n in names])[:, None]
+        texts = ["a large red circle", "a small blue square", ""]
+        expected = method.encode_target(frames, method.encoder.tokenize(texts))
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
+
+    run = tmp_path / "run"
+    _train(synth_root, run, 2)
+    capsys.readouterr()
+    assert main(["index", "--run", str(run), "--media", str(media), "--out", str(tmp_path / "plain")]) == 0
+    assert "none were given" in capsys.readouterr().err
+    argv = ["index", "--run", str(run), "--media", str(media), "--out", str(tmp_path / "captioned"),
+            "--captions", str(cache)]  # fmt: skip
+    assert main(argv) == 0
+    assert "gallery captions:" in capsys.readouterr().err
+    from composir.index import open_index
+
+    assert open_index(tmp_path / "captioned").info["captions"] == str(cache.resolve())

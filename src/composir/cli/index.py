@@ -64,6 +64,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="IVF-PQ: re-rank refine*k candidates by their exact vectors (default 10; 0 or 1: off)",
     )
     p.add_argument("--frames", type=frame_count, default=None)
+    p.add_argument(
+        "--captions",
+        default=None,
+        help="for a method that embeds each gallery item with its caption (csmcir): a caption cache, "
+        "e.g. `composir caption --media MEDIA --out FILE` (ids: paths relative to --media, or file stems); "
+        "items without one are embedded with an empty caption. Only new or changed files are encoded again",
+    )
+    p.add_argument("--caption-stage", default="final", help="which caption of the cache (objects, attributes, ...)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument(
@@ -85,14 +93,17 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ComposirError(f"--out {out}: is a file, not an index folder")
+    captions = _captions(args)  # a bad caption file is named before any model is loaded
     index = _open_store(args)  # a damaged index or an unreachable server is named before any encoding
     method, frames, info = _model(args)
+    _say_caption_source(method, captions, args)
+    info["captions"] = str(Path(args.captions).resolve()) if captions is not None and method.target_text else None
     # A user's own gallery: the run's own scoring; a token scoring keeps every item's tokens beside
     # the store, and search re-ranks its shortlist with them (index/tokens.py).
     scoring = method.use_scoring(None)
     tokens = TokenStore(out) if scoring != "vector" else None
     info.update(fingerprint=method.encoder.fingerprint(), num_frames=frames, scoring=scoring)
-    encode = model_encoder(method, frames, args.device, args.batch_size, tokens)
+    encode = model_encoder(method, frames, args.device, args.batch_size, tokens, captions)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         return _run_sharded(args, index, encode, info, settings, world, tokens)
@@ -123,6 +134,35 @@ def _open_store(args: argparse.Namespace):
             check_collection_name(args.collection)
         return MilvusIndex(args.out, args.uri, args.collection)
     return GalleryIndex(args.out, load=not args.rebuild)
+
+
+def _captions(args: argparse.Namespace) -> dict[str, str] | None:
+    if args.captions is None:
+        return None
+    from composir.data.captions import read_captions
+
+    if not Path(args.captions).is_file():
+        raise ComposirError(f"--captions {args.captions}: file not found")
+    return read_captions(args.captions, args.caption_stage)
+
+
+def _say_caption_source(method, captions: dict[str, str] | None, args: argparse.Namespace) -> None:
+    """Where the gallery's captions come from, for a method that reads them; a caption file for one
+    that does not is said to be unused."""
+    import sys
+
+    if not method.target_text:
+        if captions is not None:
+            print(f"note: {method.name} does not read captions; --captions is not used", file=sys.stderr)
+        return
+    if captions is None:
+        advice = f"`composir caption --media {args.media} --out captions.jsonl ...`"
+        print(f"note: {method.name} embeds each gallery item with its caption and none were given: items are "
+              f"embedded with an empty caption. Caption them first ({advice}) and index with --captions "
+              "captions.jsonl", file=sys.stderr)  # fmt: skip
+    else:
+        print(f"gallery captions: {args.captions} ({len(captions)} captions, stage {args.caption_stage})",
+              file=sys.stderr)  # fmt: skip
 
 
 def _model(args: argparse.Namespace):

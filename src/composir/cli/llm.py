@@ -20,10 +20,10 @@ def llm_config(args: argparse.Namespace):
     )
 
 
-def add_llm_arguments(p: argparse.ArgumentParser, out_help: str, unit: str) -> None:
+def add_llm_arguments(p: argparse.ArgumentParser, out_help: str, unit: str, benchmark_required: bool = True) -> None:
     """The benchmark split and the OpenAI-compatible endpoint (caption, annotate-cot)."""
-    p.add_argument("--benchmark", required=True)
-    p.add_argument("--root", required=True)
+    p.add_argument("--benchmark", required=benchmark_required)
+    p.add_argument("--root", required=benchmark_required)
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--url", required=True, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")

@@ -3,6 +3,7 @@ callable (target embeddings), and a query reference's frames."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -14,15 +15,24 @@ from composir.methods.scoring import shortlist_vector
 
 
 def model_encoder(
-    method, num_frames: int, device: str | torch.device = "cpu", batch_size: int = 64, tokens: TokenStore | None = None
+    method,
+    num_frames: int,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+    tokens: TokenStore | None = None,
+    captions: dict[str, str] | None = None,
 ):
     """An ``encode`` callable for ``GalleryIndex.update`` from a trained method (target embeddings).
 
     A method embedding targets as tokens (a token scoring) gives the store their normalised mean
-    (``shortlist_vector``) and, with ``tokens``, keeps the tokens themselves for re-ranking."""
+    (``shortlist_vector``) and, with ``tokens``, keeps the tokens themselves for re-ranking. For a
+    method that reads a caption per target, ``captions`` gives each item its own (by its key, the
+    path relative to the media folder, else its file stem)."""
     from composir.eval.evaluate import encode_media
 
     def encode(items: list[GalleryItem]):
+        if captions is not None and method.target_text:
+            items = [replace(item, caption=captions.get(item.id, captions.get(Path(item.id).stem))) for item in items]
         res = encode_media(
             items,
             method.encode_target,
