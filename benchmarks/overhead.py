@@ -127,7 +127,7 @@ def row(name: str, ours: float, hand: float, unit: str = "s") -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", default=None, help="a trained run (not needed with --zero-shot)")
     p.add_argument("--root", required=True, help="the synthetic benchmark the run was trained on")
     p.add_argument("--items", type=int, default=320)
     p.add_argument("--repeats", type=int, default=3)
@@ -138,6 +138,8 @@ def main() -> None:
     if args.zero_shot:
         print("\n".join(zero_shot_query_rows(args.zero_shot, args.root, min(args.items, 64))))
         return
+    if args.run is None:
+        p.error("--run is required (or --zero-shot MODEL for the query rows alone)")
     method, _ = load_run(args.run)
     paths = sorted((Path(args.root) / "test").glob("*.png"))[: args.items]
     rows = ["| path | composir | hand-written loop | ratio |", "|---|---|---|---|"]

@@ -223,7 +223,7 @@ def test_preconditions_measure_range_headroom_and_engagement():
 def test_imagine_registers_its_preconditions_and_an_inference_only_ablation():
     claim = registered_claims()["IMAGINE"]
     kinds = {type(p).__name__ for p in claim.preconditions}
-    assert kinds == {"HasRange", "Engaged"}
+    assert kinds == {"HasRange", "Engaged", "Decodes"}
     off, on = claim.variants["no modulation at test"], claim.variants["IMAGINE"]
     assert off.training_key == on.training_key and off.key != on.key  # scored from the same trained model
 

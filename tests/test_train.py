@@ -248,7 +248,7 @@ def test_init_from_another_method_run(synth_root, tmp_path):
     wider = load_config(CONFIG, [*imagine, SMALL[0].replace("width: 32", "width: 64"), f"output_dir={tmp_path / 'w'}"])
     with pytest.raises(ConfigError, match=r"init_from .*another shape.*encoder\."):
         init_weights_from(build_from_config(wider), source)
-    with pytest.raises(FileNotFoundError, match="neither a checkpoint folder nor a run folder"):
+    with pytest.raises(ConfigError, match="neither a checkpoint folder nor a run folder"):
         init_weights_from(method, tmp_path / "nowhere")
 
 
