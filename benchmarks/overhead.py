@@ -43,6 +43,21 @@ from composir.runs import load_run
 from composir.search import Searcher, model_encoder
 
 
+def alternating(paths: dict, repeats: int, warm: int = 2) -> dict[str, float]:
+    """Median seconds of each path, the paths run in turn within every repetition (a slow spell of
+    this shared machine hits all of them alike)."""
+    for _ in range(warm):
+        for fn in paths.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(repeats):
+        for name, fn in paths.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def timed(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -79,8 +94,6 @@ def query_rows(
         query = method.encode_query(pixels(method, [reference]), tokens).numpy()
         flat.search(query, 11)
 
-    in_process = timed(lambda: searcher.search(reference, QUERY_TEXT, k=10), repeats)
-    rows.append(row("query, in-process", in_process, timed(hand_query, repeats)))
     from fastapi.testclient import TestClient
 
     from composir.service import create_app
@@ -92,8 +105,17 @@ def query_rows(
         files = {"file": ("ref.png", upload, "image/png")}
         assert client.post("/search", data={"text": QUERY_TEXT, "k": "10"}, files=files).status_code == 200
 
-    http_s = timed(http, repeats)
-    transport = timed(lambda: client.get("/health"), repeats)  # the test client's own round trip
+    medians = alternating(
+        {
+            "ours": lambda: searcher.search(reference, QUERY_TEXT, k=10),
+            "hand": hand_query,
+            "http": http,
+            "health": lambda: client.get("/health"),  # the test client's own round trip
+        },
+        repeats,
+    )
+    in_process, http_s, transport = medians["ours"], medians["http"], medians["health"]
+    rows.append(row("query, in-process", in_process, medians["hand"]))
     rows.append(row("query, HTTP (in-process ASGI client)", http_s, in_process))
     rows.append(row("query, HTTP less the client's GET /health round trip", http_s - transport, in_process))
     return in_process
