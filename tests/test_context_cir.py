@@ -153,14 +153,11 @@ def test_trains_on_other_encoders(name, tmp_path):
 
 
 def _phrase_map(fusion, text: torch.Tensor, mask: torch.Tensor, patches: torch.Tensor, phrase: slice) -> torch.Tensor:
-    """The phrase's concept map (P,): each patch's attention on the phrase's tokens, averaged over them."""
-    from composir.methods.context_cir import TextConditionedPatches
-
+    """The phrase's concept map (P,): each patch's attention on the phrase's tokens, averaged over
+    them (both fusions lay their maps out (B, L, P), per token)."""
     with torch.no_grad():
         _, attention = fusion(text, mask, patches)
-    if isinstance(fusion, TextConditionedPatches):  # (B, P, L): patches query the text
-        return attention[0, :, phrase].mean(-1)
-    return attention[0, phrase].mean(0)  # (B, L, P): tokens query the patches
+    return attention[0, phrase].mean(0)
 
 
 @pytest.mark.parametrize(("direction", "competes"), [("image_to_text", True), ("text_to_image", False)])
@@ -196,8 +193,8 @@ def test_padding_takes_no_attention_in_the_authors_direction():
         short, short_maps = fusion(text, torch.ones(1, 4, dtype=torch.long), patches)
         long, long_maps = fusion(padded, torch.tensor([[1, 1, 1, 1, 0, 0, 0]]), patches)
     torch.testing.assert_close(long, short)
-    torch.testing.assert_close(long_maps[..., :4], short_maps)
-    assert float(long_maps[..., 4:].abs().max()) == 0.0
+    torch.testing.assert_close(long_maps[:, :4], short_maps)
+    assert float(long_maps[:, 4:].abs().max()) == 0.0
 
 
 def test_the_authors_direction_is_the_default_and_its_loss_reads_raw_maps(monkeypatch):

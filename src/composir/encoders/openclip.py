@@ -21,6 +21,7 @@ from composir.encoders import preprocessing as prep
 from composir.encoders.base import Encoder, Tokens
 from composir.encoders.registry import register_encoder
 from composir.errors import WeightsNotFound
+from composir.utils.hub import OPENCLIP_DEFAULT_MODEL
 
 
 class OpenClipEncoder(Encoder):
@@ -119,7 +120,7 @@ def load_openclip(pretrained: str | None, config: dict[str, Any] | None = None) 
     import open_clip
 
     config = dict(config or {})
-    name = config.pop("model", "RN50x4")
+    name = config.pop("model", OPENCLIP_DEFAULT_MODEL)
     model_config = config.pop("model_config", None)
     quick_gelu = quick_gelu_for(name, pretrained, config.pop("quick_gelu", None))
     pad, words = config.pop("target_pad", None), config.pop("caption_words", None)

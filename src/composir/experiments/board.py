@@ -173,12 +173,17 @@ def extra_field(extra: dict, label: str):
     return value
 
 
+def _schema_queries(bench, n: int) -> list:
+    """The first ``n`` test queries of the schema buckets."""
+    return [q for q in bench.queries if str(q.extra.get("family", "")).startswith("schema-")][:n]
+
+
 def probes(method, bench, pairs: set[tuple[str, str]], n: int = 512) -> dict[str, dict[str, float]]:
     """Nearest-class-mean probes of the method's mechanism features (``probe_features``) on up to
     ``n`` schema test queries, one per (feature, label) pair the method has."""
     import torch
 
-    queries = [q for q in bench.queries if str(q.extra.get("family", "")).startswith("schema-")][:n]
+    queries = _schema_queries(bench, n)
     if not pairs or not queries:
         return {}
     features: dict[str, list] = {}
@@ -199,6 +204,9 @@ def probes(method, bench, pairs: set[tuple[str, str]], n: int = 512) -> dict[str
 def backfill_probes(root: Path, results: dict, claims: dict[str, Claim]) -> None:
     """Probes for finished runs recorded before their claim's Decodes precondition existed: the run's
     model loaded again and probed on its seed's test split (written into its ``hits.json``)."""
+    from composir.data import load_benchmark
+    from composir.train import load_run
+
     pairs = decoding_pairs(claims)
     wanted = {c.variants[p.variant].key for c in claims.values() for p in c.preconditions
               if isinstance(p, Decodes) and p.variant in c.variants}  # fmt: skip
@@ -211,9 +219,6 @@ def backfill_probes(root: Path, results: dict, claims: dict[str, Claim]) -> None
             or not (run / "checkpoints").is_dir()
         ):
             continue
-        from composir.data import load_benchmark
-        from composir.train import load_run
-
         method, _ = load_run(run)
         found = probes(method.eval(), load_benchmark("synthetic", root / f"schema-data-s{seed}", "test"), pairs)
         record = json.loads((run / "hits.json").read_text())
@@ -224,7 +229,7 @@ def backfill_probes(root: Path, results: dict, claims: dict[str, Claim]) -> None
 
 def _diagnostics(method, bench, n: int = 256) -> dict[str, float]:
     """The method's own diagnostics on up to ``n`` schema test queries."""
-    queries = [q for q in bench.queries if str(q.extra.get("family", "")).startswith("schema-")][:n]
+    queries = _schema_queries(bench, n)
     frames = _schema_frames(method, [bench.media_item(q.reference_id).path for q in queries])
     return method.diagnostics(frames, method.encoder.tokenize([q.text for q in queries]))
 
@@ -418,7 +423,7 @@ class Budget:
     def note(self) -> str:
         text = (f"Budget: each variant fine-tuned {self.steps} steps × 32 at lr {self.lr:g} from a `qformer_fusion` "
                 f"backbone pretrained {self.pretrain_steps} steps (none from scratch).")  # fmt: skip
-        if self.steps < FULL.steps:
+        if self.limited:
             text += f" **Budget-limited**: {self.steps} of the full board's {FULL.steps} fine-tuning steps."
         return text
 

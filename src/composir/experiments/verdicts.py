@@ -225,7 +225,7 @@ def nearest_class_mean_accuracy(features: np.ndarray, labels: Sequence[str]) -> 
         fold[np.flatnonzero(y == name)[::2]] = True
     correct = 0
     for test in (fold, ~fold):
-        classes = [c for c in np.unique(y[~test])]
+        classes = list(np.unique(y[~test]))
         means = np.stack([x[~test & (y == c)].mean(0) for c in classes])
         predicted = np.asarray(classes, dtype=object)[(x[test] @ means.T).argmax(1)]
         correct += int((predicted == y[test]).sum())

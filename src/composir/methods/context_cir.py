@@ -144,7 +144,9 @@ class TextConditionedPatches(nn.Module):
         self.out = nn.Linear(width, out_dim)
 
     def forward(self, text: torch.Tensor, mask: torch.Tensor, patches: torch.Tensor):
-        """(pooled (B, out_dim), attention (B, P, L): patch -> token, averaged over layers and heads)."""
+        """(pooled (B, out_dim), attention (B, L, P) averaged over layers and heads). Entry (l, p) is
+        patch p's attention on token l -- laid out per token like ``ConceptFusion``'s, so a phrase's
+        map is read the same way in both directions."""
         x, t = self.patch_in(patches), self.text_in(text)
         padding = ~mask.bool()
         maps = []
@@ -152,7 +154,7 @@ class TextConditionedPatches(nn.Module):
             x, weights = block(x, t, padding)
             maps.append(weights)
         pooled, _ = self.pool(self.pool_query.expand(len(x), -1, -1), x, x, need_weights=False)
-        return self.out(pooled.squeeze(1)), torch.stack(maps).mean(0)
+        return self.out(pooled.squeeze(1)), torch.stack(maps).mean(0).transpose(1, 2)
 
 
 class ConceptCollator(TripletCollator):
@@ -204,12 +206,12 @@ class ConTextCIR(RetrievalMethod):
 
     # ------------------------------------------------------------------------------ features
     def compose(self, patches: torch.Tensor, image: torch.Tensor, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
-        """(query (B, D) normalised, token -> patch attention (B, L, P)) from the reference's patches
+        """(query (B, D) normalised, attention maps (B, L, P), per token) from the reference's patches
         and image feature and the text. image_to_text: the pooled text-conditioned patches; text_to_image:
         the attended text, pooled and projected, added to the image feature."""
         pooled, attention = self.fusion(self.encoder.text_tokens(tokens), tokens.mask, patches)
         if self.config.direction == "image_to_text":
-            return F.normalize(pooled, dim=-1), attention.transpose(1, 2)  # maps read per token, over patches
+            return F.normalize(pooled, dim=-1), attention
         return F.normalize(image + pooled, dim=-1), attention
 
     def encode_query(self, frames: torch.Tensor, tokens: Tokens) -> torch.Tensor:
@@ -238,8 +240,6 @@ class ConTextCIR(RetrievalMethod):
         alone_tokens: Tokens = batch["concept_tokens"][kept].to(memory.device)
         rows = batch["concept_row"][kept].to(memory.device)
         _, alone_attention = self.fusion(self.encoder.text_tokens(alone_tokens), alone_tokens.mask, memory[rows])
-        if self.config.direction == "image_to_text":
-            alone_attention = alone_attention.transpose(1, 2)
         alone = []
         for i in range(len(kept)):
             phrase_end = max(b for _, b in alone_tokens.offsets[i]) or 1

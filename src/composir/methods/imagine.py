@@ -297,9 +297,7 @@ class Imagine(QFormerFusion):
 
     def _query(self, composed: torch.Tensor) -> torch.Tensor:
         """The query as the baseline scores it: unit, unless its f_c is CoVR-2's unnormalised mean."""
-        cfg: ImagineConfig = self.config
-        unnormalised = cfg.token_norm and not cfg.renormalize_mean and cfg.query_pool == "encoder"
-        return composed if unnormalised else F.normalize(composed, dim=-1)
+        return F.normalize(composed, dim=-1) if self.unit_queries else composed
 
     def encode_query(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return self._query(self.compose(frames, tokens)["composed"])
@@ -366,11 +364,10 @@ class Imagine(QFormerFusion):
 
     @torch.no_grad()
     def probe_features(self, frames: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The shared imagery m (what the modulation reads), and f_c beside it for comparison."""
+        """The shared imagery m (what the modulation reads)."""
         if not self.config.use_sic:
             return {}
-        out = self.compose(frames, tokens)
-        return {"m": out["m"], "f_c": out["concrete"]}
+        return {"m": self.compose(frames, tokens)["m"]}
 
     @torch.no_grad()
     def diagnostics(self, frames: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:

@@ -136,7 +136,7 @@ class PrototypeLibrary(nn.Module):
             self.state.fill_(2)
         x = self.space(g)
         if self.assignment == "batch_softmax":  # softmax over the epoch's samples, per prototype
-            logits = F.normalize(x, dim=-1) @ F.normalize(self.prototypes, dim=-1).T / self.temperature
+            logits = self.logits(x)
             top = torch.maximum(self.epoch_max, logits.max(0).values)
             rescale = torch.exp(self.epoch_max - top)
             weights = torch.exp(logits - top)
@@ -164,16 +164,20 @@ class PrototypeLibrary(nn.Module):
             buffer.zero_()
         self.epoch_max.fill_(float("-inf"))
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity (B, K) of features already in the library's space to the prototypes,
+        over the update temperature."""
+        return F.normalize(x, dim=-1) @ F.normalize(self.prototypes, dim=-1).T / self.temperature
+
     def assign(self, x: torch.Tensor) -> torch.Tensor:
         """Each sample's weight on each prototype (B, K) under the library's assignment rule."""
-        sims = F.normalize(x, dim=-1) @ F.normalize(self.prototypes, dim=-1).T
-        logits = sims / self.temperature
+        logits = self.logits(x)
         if self.assignment == "batch_softmax":
             return torch.softmax(logits, dim=0)  # per prototype, over the batch
         if self.assignment == "competitive_soft":
             return torch.softmax(logits, dim=1)  # per sample, over the prototypes
         if self.assignment == "hard":
-            return F.one_hot(sims.argmax(1), len(self.prototypes)).float()
+            return F.one_hot(logits.argmax(1), len(self.prototypes)).float()
         return sinkhorn(logits) * len(x)  # rows sum to 1: each sample's unit of weight, balanced
 
 

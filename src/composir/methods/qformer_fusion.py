@@ -142,6 +142,12 @@ class QFormerFusion(RetrievalMethod):
         return self.config.scoring_per_benchmark.get(benchmark or "", self.config.scoring)
 
     @property
+    def unit_queries(self) -> bool:
+        """Whether the composed query is a unit vector (all but CoVR-2's unnormalised token mean)."""
+        cfg = self.config
+        return not (cfg.token_norm and not cfg.renormalize_mean and cfg.query_pool == "encoder")
+
+    @property
     def reference_sampling(self) -> str:
         return "middle" if self.config.reference_frames == "middle" else "segments"
 
