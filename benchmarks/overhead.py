@@ -118,7 +118,45 @@ def query_rows(
     rows.append(row("query, in-process", in_process, medians["hand"]))
     rows.append(row("query, HTTP (in-process ASGI client)", http_s, in_process))
     rows.append(row("query, HTTP less the client's GET /health round trip", http_s - transport, in_process))
+    rows.append(served_cli_row(searcher, reference, max(3, repeats // 4)))
     return in_process
+
+
+def served_cli_row(searcher: Searcher, reference: Path, repeats: int) -> str:
+    """``composir search --server`` in a fresh process against this searcher served by uvicorn, vs a
+    fresh Python that imports httpx and posts the same query (the floor of any such client)."""
+    import threading
+
+    import uvicorn
+
+    from composir.service import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(searcher), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    cli = [sys.executable, "-m", "composir.cli", "search", "--server", url, "--image", str(reference),
+           "--text", QUERY_TEXT, "--k", "10"]  # fmt: skip
+    post = (
+        f"import httpx; f = open({str(reference)!r}, 'rb'); "
+        f"r = httpx.post({url + '/search'!r}, data={{'text': {QUERY_TEXT!r}, 'k': '10'}}, files={{'file': f}}); "
+        "assert r.status_code == 200"
+    )
+    medians = alternating(
+        {
+            "cli": lambda: subprocess.run(cli, check=True, capture_output=True),
+            "hand": lambda: subprocess.run([sys.executable, "-c", post], check=True, capture_output=True),
+        },
+        repeats,
+        warm=1,
+    )
+    server.should_exit = True
+    thread.join(10)
+    return row(
+        "query, CLI `--server` (fresh process) vs a fresh `python -c` httpx post", medians["cli"], medians["hand"]
+    )
 
 
 def zero_shot_query_rows(model: str, root: str, items: int) -> list[str]:
@@ -178,8 +216,8 @@ def main() -> None:
                 media, model_encoder(method, 1), info, batch_size=64, progress=False, rebuild=True
             )
 
-        rows.append(row(f"index {len(paths)} images", timed(ours_index, args.repeats),
-                        timed(lambda: hand_index(method, paths), args.repeats)))  # fmt: skip
+        index_s = alternating({"ours": ours_index, "hand": lambda: hand_index(method, paths)}, args.repeats, warm=1)
+        rows.append(row(f"index {len(paths)} images", index_s["ours"], index_s["hand"]))
         searcher = Searcher(Path(tmp) / "idx", run=args.run)
         flat = hand_index(method, paths)
         reference, text = paths[0], QUERY_TEXT
@@ -204,9 +242,10 @@ def main() -> None:
             queries.append(method.encode_query(frames, method.encoder.tokenize([q.text for q in chunk])))
         (torch.cat(queries) @ gallery.T).topk(50, dim=1)
 
-    ours_eval = timed(lambda: evaluate(method, bench, num_frames=1, progress=False), args.repeats)
-    rows.append(row(f"eval {len(bench.queries)} queries, {len(bench.gallery)} items", ours_eval,
-                    timed(hand_eval, args.repeats)))  # fmt: skip
+    eval_s = alternating(
+        {"ours": lambda: evaluate(method, bench, num_frames=1, progress=False), "hand": hand_eval}, args.repeats, warm=1
+    )
+    rows.append(row(f"eval {len(bench.queries)} queries, {len(bench.gallery)} items", eval_s["ours"], eval_s["hand"]))
     ours_tps, hand_tps = train_steps(args.run, args.root, Path(args.run).parent)
     rows.append(f"| train, 40 steps of batch 64 (triplets/s; ratio: loop / composir) | {ours_tps:.0f} | "
                 f"{hand_tps:.0f} | {hand_tps / ours_tps:.2f}x |")  # fmt: skip

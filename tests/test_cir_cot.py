@@ -4,6 +4,7 @@ the chain cache, bad texts, the explanation in search results."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from composir.methods import available_methods, build_method
 from composir.methods.cir_cot import CAPTION, CONCLUSION, REASON, RET, Chain
 from composir.methods.claims import registered_claims
 
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 ENC = {"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4, "vision_layers": 1, "qformer_layers": 1}
 LM = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
       "num_key_value_heads": 2}  # fmt: skip
@@ -465,3 +467,84 @@ def test_constrained_decoding_writes_every_section_in_order(backend):
             assert parsed == Chain("red red", "red red", "red")
         else:
             assert parsed == Chain("", "", "")
+
+
+def _captioned(method, captions):
+    frames = [torch.zeros(1, 3, 64, 64) for _ in captions]
+    for i, f in enumerate(frames):  # one image a colour of its own: told apart by the frozen random encoder
+        f[0, i % 3] = 1.0
+    items = [
+        {"index": i, "reference": frames[i], "target": frames[i], "text": "", "query_id": str(i),
+         "reference_id": f"r{i}", "target_id": f"t{i}", "extra": {"target_caption": c}}
+        for i, c in enumerate(captions)
+    ]  # fmt: skip
+    return method.collator()(items)
+
+
+def test_the_caption_stage_learns_to_caption_images_with_the_encoder_frozen():
+    method = _method(stage="caption", decode_section_tokens=12)
+    assert not any(p.requires_grad for p in method.encoder.parameters())
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # a frozen encoder that tells the images apart (at its random init it barely does)
+        for p in method.encoder.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3, generator=gen)
+    captions = ["a large red circle on a gray background", "a small blue square on a snow background"]
+    batch = _captioned(method, captions)
+    assert set(method.losses(batch)) == {"lm"}
+    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(200):
+        loss = method.losses(batch)["lm"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    method.eval()
+    assert method.caption_images(batch["target"]) == captions  # each image its own caption, whole
+
+
+def test_the_caption_stage_needs_captions():
+    method = _method(stage="caption")
+    with pytest.raises(ConfigError, match="target captions"):
+        method.losses(_captioned(method, ["", ""]))
+
+
+def test_teacher_forced_conclusion_accuracy_reads_the_conclusion_only():
+    method = _method(max_chain_tokens=40)
+    batch = _batch(method, ["make it blue"])
+    frames, queries = batch["reference"], [type("Q", (), {"text": "make it blue", "extra": {"cot": COT}})()]
+    # A model that always says "a": right on the conclusion's two "a"s of eight words, whatever the
+    # caption and reasoning (whose own "a"s and words are not counted), and never on <ret>.
+    handle = _force(method, lambda step: "a")
+    try:
+        assert method.conclusion_accuracy(frames, queries) == pytest.approx(2 / 8)
+    finally:
+        handle.remove()
+    # After learning the chain, the conclusion is predicted token for token.
+    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-2)
+    method.train()
+    for _ in range(60):
+        loss = method.losses(batch)["lm"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    method.eval()
+    with torch.no_grad():
+        assert method.conclusion_accuracy(frames, queries) == 1.0
+
+
+def test_training_logs_the_decoders_sub_task_metrics(synth_root, tmp_path):
+    from composir.train import load_config, train
+
+    base = CONFIG_DIR / "tiny-synthetic-cir-cot.yaml"
+    for stage, metric in (("caption", "caption F1"), ("retrieval", "conclusion token acc")):
+        out = tmp_path / stage
+        overrides = [
+            f"data.root={synth_root}", f"output_dir={out}", "encoder.config={width: 32, embed_dim: 16, heads: 2, "
+            "num_query_tokens: 4, vision_layers: 1, qformer_layers: 1}", "method.config=null",
+            f"method.config={json.dumps({'lm_config': LM, 'stage': stage, 'max_chain_tokens': 8})}",
+            "train.batch_size=4", "train.max_steps=1", "train.eval_every=1", "train.save_every=1",
+            "train.warmup_steps=0", "train.num_workers=0", "data.max_val_queries=8",
+        ]  # fmt: skip
+        train(load_config(base, overrides), progress=False)
+        rows = (out / "metrics.csv").read_text().splitlines()
+        assert any(f"1,val,{metric}," in row for row in rows), rows[:5]

@@ -9,8 +9,18 @@ import os
 # is kept, and a program that imported torch before composir keeps whatever torch started with.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from composir.data import Benchmark, GalleryItem, Triplet, load_benchmark
+from typing import Any
 
 __version__ = "0.1.0"
 
 __all__ = ["Benchmark", "GalleryItem", "Triplet", "__version__", "load_benchmark"]
+
+
+def __getattr__(name: str) -> Any:
+    # The data layer (numpy, media decoding) is imported on first use: a command that needs none
+    # of it, such as a search sent to a running server, starts without it.
+    if name in ("Benchmark", "GalleryItem", "Triplet", "load_benchmark"):
+        import composir.data
+
+        return getattr(composir.data, name)
+    raise AttributeError(f"module 'composir' has no attribute {name!r}")

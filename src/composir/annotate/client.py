@@ -25,12 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from composir.data.captions import read_caption_records
 from composir.data.media import load_media
 from composir.data.records import GalleryItem
 from composir.errors import ComposirError, ConfigError
+from composir.utils.progress import progress_bar
 
 
 @dataclass
@@ -237,7 +236,7 @@ def annotate(
     pool = ThreadPoolExecutor(max_workers=cfg.concurrency)
     try:
         futures = [pool.submit(one, client, cfg, x) for x in todo]
-        for future in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
+        for future in progress_bar(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
             record = future.result()
             cache.append(record)
             counts["failed" if "error" in record else "done"] += 1

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from composir.data.captions import read_captions
 from composir.data.media import media_type_of
 from composir.data.noun_phrases import NounPhrases
 from composir.errors import ConfigError
 from composir.utils.io import atomic_write_json, is_utf8
+from composir.utils.progress import progress_bar
 
 ARTICLES = ("the ", "a ", "an ")
 
@@ -160,7 +160,7 @@ def _model_scorer(run: Path, paths: list[Path]):
     enc = method.eval().encoder
     with torch.no_grad():
         feats = []
-        for i in tqdm(range(0, len(paths), 64), desc="gallery", unit="batch", leave=False):
+        for i in progress_bar(range(0, len(paths), 64), desc="gallery", unit="batch", leave=False):
             media = [load_media(p, 1) for p in paths[i : i + 64]]
             frames = torch.stack([torch.stack([enc.preprocess(f) for f in item]) for item in media])
             feats.append(torch.nn.functional.normalize(enc.encode_image(frames), dim=-1))
@@ -203,7 +203,7 @@ def make_triplets(cfg: TripletConfig, progress: bool = True) -> dict[str, int]:
     val = set(rng.choice(len(ids), size=max(1, int(cfg.val_fraction * len(ids))), replace=False).tolist())
     entries: dict[str, list[dict]] = {"train": [], "val": []}
     tried = 0
-    for r in tqdm(range(len(ids)), desc="triplets", unit="image", disable=not progress):
+    for r in progress_bar(range(len(ids)), desc="triplets", unit="image", disable=not progress):
         # Phrases to swap in or add come from the reference's nearest images (most shared phrases):
         # edits toward what the collection holds, as CIRR built its sets from similar images.
         near = index.jaccard(phrase_sets[r])

@@ -29,7 +29,9 @@ def _version() -> str:
         return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``command``, only that subcommand's options are set up (the
+    others keep their name and help): a command does not import what the others' options list."""
     parser = argparse.ArgumentParser(
         prog="composir",
         description="Composed image and video retrieval: benchmarks, methods, training, evaluation, indexing, search.",
@@ -45,9 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
             description=module.HELP,
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
-        module.add_arguments(p)
+        if command in (None, module.NAME):
+            module.add_arguments(p)
         p.set_defaults(func=module.run, outputs=getattr(module, "OUTPUTS", ()))
     return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word that is not an option), if it names one."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    names = {c.replace("_", "-") for c in COMMANDS}
+    return first if first in names else None
 
 
 def _stop_on_sigterm() -> None:
@@ -61,7 +71,8 @@ def _stop_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command(argv)).parse_args(argv)
     _stop_on_sigterm()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:

@@ -7,8 +7,8 @@ import math
 import os
 from pathlib import Path
 
-from composir.data.media import MAX_FRAMES
 from composir.errors import ComposirError
+from composir.utils.limits import MAX_FRAMES
 
 
 def int_in(low: int, high: int | None = None):

@@ -8,12 +8,24 @@ import sys
 from composir.cli.llm import add_llm_arguments, llm_config
 
 NAME = "caption"
-HELP = "multi-level CoT captions of a split's target images from a multimodal LLM"
+HELP = "captions of a split's target images (or a folder's) from a multimodal LLM or a trained captioning run"
 OUTPUTS = ("out",)  # what it writes: checked writable before any work
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_llm_arguments(p, "the caption cache (JSON lines; resumed when it exists)", "images", benchmark_required=False)
+    add_llm_arguments(
+        p,
+        "the caption cache (JSON lines; resumed when it exists)",
+        "images",
+        benchmark_required=False,
+        endpoint_required=False,
+    )
+    p.add_argument(
+        "--captioner",
+        default=None,
+        help="instead of --url/--model: a trained captioning run (cir_cot with stage caption) writes the captions",
+    )
+    p.add_argument("--device", default="cpu", help="with --captioner: the device it runs on")
     p.add_argument(
         "--media",
         default=None,
@@ -23,10 +35,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from composir.annotate.captions import caption_items, target_items
+    from composir.annotate.captions import target_items
     from composir.data import load_benchmark
     from composir.errors import ComposirError
 
+    if args.captioner is not None and (args.url or args.model):
+        raise ComposirError("give --captioner RUN or --url/--model, not both")
+    if args.captioner is None and not (args.url and args.model):
+        raise ComposirError("name the captioner: --url and --model (a served multimodal LLM) or --captioner RUN")
     if args.media is not None:
         if args.benchmark or args.root:
             raise ComposirError("give --media (a folder of your images) or --benchmark and --root, not both")
@@ -37,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         items = target_items(load_benchmark(args.benchmark, args.root, args.split))
     if args.limit:
         items = items[: args.limit]
-    counts = caption_items(items, args.out, llm_config(args), progress=not args.quiet)
+    counts = _caption(items, args)
     print(
         f"{args.out}: {counts['captioned']} captioned, {counts['failed']} failed (recorded; re-run to retry), "
         f"{counts['already']} already done, of {counts['images']} images"
@@ -45,6 +61,18 @@ def run(args: argparse.Namespace) -> int:
     if counts.get("first_error"):
         print(f"first failure: {counts['first_error']}", file=sys.stderr)
     return 0 if counts["failed"] == 0 else 1
+
+
+def _caption(items, args: argparse.Namespace) -> dict:
+    if args.captioner is None:
+        from composir.annotate.captions import caption_items
+
+        return caption_items(items, args.out, llm_config(args), progress=not args.quiet)
+    from composir.annotate.learned import caption_with_run, load_captioner
+    from composir.utils.hub import check_model_weights
+
+    check_model_weights(args.captioner)
+    return caption_with_run(items, args.out, load_captioner(args.captioner, args.device), progress=not args.quiet)
 
 
 def folder_items(folder: str):

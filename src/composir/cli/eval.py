@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from composir.cli.args import add_model_args, frame_count, int_in, non_negative_int, positive_int
-from composir.data import BENCHMARKS
 from composir.errors import ComposirError
 
 NAME = "eval"
@@ -17,6 +16,8 @@ OUTPUTS = ("json", "grid", "submission")  # what it writes: checked writable bef
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from composir.data import BENCHMARKS
+
     p.add_argument(
         "--benchmark",
         required=True,

@@ -7,8 +7,6 @@ from pathlib import Path
 
 from composir.cli.args import frame_count, memory_size, non_negative_int, positive_int, seed_int, unit_fraction
 from composir.errors import ComposirError
-from composir.index.store import DEFAULT_STORE, KINDS, STORES
-from composir.index.tokens import TokenStore
 
 NAME = "index"
 HELP = "index a folder of images/videos with a trained run (incremental)"
@@ -16,6 +14,8 @@ OUTPUTS = ("out",)  # what it writes: checked writable before any work
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from composir.index.store import DEFAULT_STORE, KINDS, STORES
+
     # --run-dir: the same, spelled so that torchrun's own option parser does not claim it.
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--run", "--run-dir", dest="run", help="the trained run folder")
@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     # A user's own gallery: the run's own scoring; a token scoring keeps every item's tokens beside
     # the store, and search re-ranks its shortlist with them (index/tokens.py).
     scoring = method.use_scoring(None)
+    from composir.index.tokens import TokenStore
+
     tokens = TokenStore(out) if scoring != "vector" else None
     info.update(fingerprint=method.encoder.fingerprint(), num_frames=frames, scoring=scoring)
     encode = model_encoder(method, frames, args.device, args.batch_size, tokens, captions)

@@ -20,14 +20,18 @@ def llm_config(args: argparse.Namespace):
     )
 
 
-def add_llm_arguments(p: argparse.ArgumentParser, out_help: str, unit: str, benchmark_required: bool = True) -> None:
+def add_llm_arguments(
+    p: argparse.ArgumentParser, out_help: str, unit: str, benchmark_required: bool = True, endpoint_required: bool = True
+) -> None:
     """The benchmark split and the OpenAI-compatible endpoint (caption, annotate-cot)."""
     p.add_argument("--benchmark", required=benchmark_required)
     p.add_argument("--root", required=benchmark_required)
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True, help=out_help)
-    p.add_argument("--url", required=True, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
-    p.add_argument("--model", required=True, help="the served multimodal model's name")
+    p.add_argument(
+        "--url", required=endpoint_required, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1"
+    )
+    p.add_argument("--model", required=endpoint_required, help="the served multimodal model's name")
     p.add_argument("--api-key-env", default=None, help="environment variable that holds the API key")
     p.add_argument("--timeout", type=seconds, default=60.0, help="seconds per request, the whole answer included")
     p.add_argument("--retries", type=non_negative_int, default=3, help="retries per request (exponential back-off)")

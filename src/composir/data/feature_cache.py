@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from composir.data.media_dataset import MediaDataset, collate_media
 from composir.data.records import GalleryItem
 from composir.errors import ComposirError
 from composir.utils.io import atomic_write_json
+from composir.utils.progress import progress_bar
 from composir.utils.workers import loader_workers
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,9 @@ def build_cache(
     failures = json.loads((out / "failures.json").read_text()) if (out / "failures.json").is_file() else {}
     dataset = MediaDataset([unique[i] for i in todo], encoder.preprocess, num_frames)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_media, **loader_workers(num_workers))
-    with tqdm(total=len(ids), initial=len(ids) - len(todo), desc="caching", unit="item", disable=not progress) as bar:
+    with progress_bar(
+        total=len(ids), initial=len(ids) - len(todo), desc="caching", unit="item", disable=not progress
+    ) as bar:
         for index, frames, bad in loader:
             for i, err in bad:
                 row = todo[i]

@@ -99,9 +99,6 @@ def load_image(path: str | Path, max_pixels: int | None = None, limits: DecodeLi
 
 
 FRAME_SAMPLINGS = ("segments", "middle")
-# Frames sampled per video at most: past it a short video is decoded into that many repeated
-# frames (memory for nothing); the peers use 8 to 32 (CoVR-2's targets: 15).
-MAX_FRAMES = 256
 
 
 def uniform_indices(num_available: int, num_frames: int) -> list[int]:

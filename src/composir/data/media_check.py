@@ -13,10 +13,9 @@ import logging
 import os
 from dataclasses import dataclass
 
-from tqdm import tqdm
-
 from composir.data.records import Benchmark
 from composir.errors import ComposirError
+from composir.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def count_missing(bench: Benchmark, progress: bool = False) -> MediaCount:
     items = {item.id: item for item in bench.gallery} | dict(bench.media)
     paths = {str(item.path) if item.path else f"{item_id} (no path)" for item_id, item in items.items()}
     quiet = not progress or len(paths) < 100_000  # stat is fast: a bar only where it takes a while
-    missing = [p for p in tqdm(sorted(paths), desc="checking media", unit="file", disable=quiet)
+    missing = [p for p in progress_bar(sorted(paths), desc="checking media", unit="file", disable=quiet)
                if p.endswith(" (no path)") or not os.path.exists(p)]  # fmt: skip
     return MediaCount(len(paths), missing)
 

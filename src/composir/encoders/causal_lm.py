@@ -154,6 +154,10 @@ class CausalLM(nn.Module):
         """(last position's final hidden state (B, width), LM loss on ``labels`` != -100 or None)."""
         raise NotImplementedError
 
+    def logits(self, ids, mask, prefix: VisualPrefix) -> torch.Tensor:
+        """Next-token logits at every position (B, L, vocabulary)."""
+        raise NotImplementedError
+
     def generate(
         self, ids, mask, prefix: VisualPrefix, max_new_tokens: int, eos_id: int, rules: GenerationRules | None = None
     ) -> list[list[int]]:
@@ -220,6 +224,10 @@ class ScratchDecoder(CausalLM):
         out = self.lm(inputs_embeds=self.embed(ids, prefix), attention_mask=mask, position_ids=positions,
                       labels=labels, output_hidden_states=True)  # fmt: skip
         return out.hidden_states[-1][:, -1], out.loss
+
+    def logits(self, ids, mask, prefix: VisualPrefix) -> torch.Tensor:
+        positions = (mask.cumsum(1) - 1).clamp_min(0)
+        return self.lm(inputs_embeds=self.embed(ids, prefix), attention_mask=mask, position_ids=positions).logits
 
     def generate(
         self, ids, mask, prefix: VisualPrefix, max_new_tokens: int, eos_id: int, rules: GenerationRules | None = None
@@ -301,6 +309,9 @@ class Qwen2VLDecoder(CausalLM):
     def hidden(self, ids, mask, prefix: VisualPrefix, labels=None):
         out = self.lm(**self._inputs(ids, mask, prefix), labels=labels, output_hidden_states=True)
         return out.hidden_states[-1][:, -1], out.loss
+
+    def logits(self, ids, mask, prefix: VisualPrefix) -> torch.Tensor:
+        return self.lm(**self._inputs(ids, mask, prefix)).logits
 
     def generate(
         self, ids, mask, prefix: VisualPrefix, max_new_tokens: int, eos_id: int, rules: GenerationRules | None = None

@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from composir.data.media_dataset import MediaDataset, collate_media, frame_score_matrix
 from composir.data.records import Benchmark, GalleryItem, Protocol, Triplet
 from composir.eval import metrics as M
 from composir.eval.ranking import chunked_topk, rank_members
+from composir.utils.progress import progress_bar
 from composir.utils.workers import loader_workers
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def encode_media(
     )
     feats, ok, failures = [], [], []  # type: list[torch.Tensor], list[int], list[tuple[str, str]]
     mismatched = 0
-    for index, frames, bad in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
+    for index, frames, bad in progress_bar(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         failures.extend((items[i].id, err) for i, err in bad)
         if frames is None:
             continue
@@ -200,7 +200,7 @@ def evaluate(
         collate_fn=collate_media,
     )
     ok_query = torch.zeros(len(bench.queries), dtype=torch.bool)
-    for index, frames, bad in tqdm(loader, desc="queries", unit="batch", leave=False, disable=not progress):
+    for index, frames, bad in progress_bar(loader, desc="queries", unit="batch", leave=False, disable=not progress):
         for r, err in bad:
             for i in queries_of[references[r]]:
                 failures.append((f"query {bench.queries[i].query_id}", err))

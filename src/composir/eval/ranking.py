@@ -7,9 +7,9 @@ match a stable full sort.
 from __future__ import annotations
 
 import torch
-from tqdm import tqdm
 
 from composir.methods.scoring import member_similarity, similarity, tokens_per_item
+from composir.utils.progress import progress_bar
 
 
 def _merge(scores: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +58,7 @@ def chunked_topk(
     gallery_chunk = max(1, gallery_chunk // tokens_per_item(gallery))
     out_scores = torch.empty(n, k, dtype=torch.float32)
     out_index = torch.empty(n, k, dtype=torch.long)
-    for qs in tqdm(range(0, n, query_chunk), desc="ranking", unit="chunk", disable=not progress):
+    for qs in progress_bar(range(0, n, query_chunk), desc="ranking", unit="chunk", disable=not progress):
         q = queries[qs : qs + query_chunk]
         ex = exclude[qs : qs + query_chunk].to(q.device) if exclude is not None else None
         best_s = torch.full((q.shape[0], 0), float("-inf"), device=q.device)

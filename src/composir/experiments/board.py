@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from composir.experiments.verdicts import (
     BASELINE,
@@ -49,6 +48,7 @@ from composir.experiments.verdicts import (
 )
 from composir.methods.claims import Claim, Decodes, Variant, registered_claims
 from composir.utils.io import atomic_open, atomic_write_json
+from composir.utils.progress import progress_bar
 
 # The repository checkout (configs/, docs/, runs/): experiments run from a development install.
 REPO = Path(__file__).resolve().parents[3]
@@ -239,6 +239,7 @@ def run_variant(spec: RunSpec) -> Path:
     one_thread()
     from composir.data import load_benchmark
     from composir.eval.evaluate import evaluate
+    from composir.experiments.captions import perturb_gallery_captions
     from composir.train import load_config, load_run, train
 
     out = Path(spec.out)
@@ -258,7 +259,9 @@ def run_variant(spec: RunSpec) -> Path:
     else:
         train(load_config(CONFIG, spec.overrides()), resume=True, progress=False)
         method, _ = load_run(out)
-    test = load_benchmark("synthetic", Path(spec.data), "test")
+    test = perturb_gallery_captions(
+        load_benchmark("synthetic", Path(spec.data), "test"), spec.variant.gallery_captions, spec.seed
+    )
     res = evaluate(method, test, batch_size=64, num_frames=1, progress=False)
     hits = query_hits(test, res)
     record = {
@@ -282,7 +285,7 @@ def run_all(specs: list, jobs: int, run=run_variant) -> None:
     context = multiprocessing.get_context("spawn")  # no OpenMP state inherited by the workers
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = {pool.submit(run, s): s for s in todo}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="runs", unit="run"):
+        for future in progress_bar(as_completed(futures), total=len(futures), desc="runs", unit="run"):
             spec = futures[future]
             try:
                 future.result()

@@ -167,12 +167,14 @@ def run_compare(spec: CompareSpec) -> Path:
 def score_checkpoints(spec: CompareSpec, test, path: Path, train_seconds: float) -> None:
     """Every kept checkpoint of ``spec.out`` built as ``spec.variant`` and scored on ``test``."""
     from composir.eval.evaluate import evaluate
+    from composir.experiments.captions import perturb_gallery_captions
     from composir.experiments.verdicts import query_hits
     from composir.runs.factory import build_with_weights
     from composir.train import load_config
 
     start = time.time()
     cfg = load_config(CONFIG, spec.overrides())
+    test = perturb_gallery_captions(test, spec.variant.gallery_captions, spec.seed)
     curve = []
     for folder in sorted((Path(spec.out) / "checkpoints").glob("step-*")):
         method = build_with_weights(cfg, folder)

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from composir.data.media import media_type_of
 from composir.data.records import GalleryItem
@@ -61,6 +60,7 @@ from composir.index.plan import (
 )
 from composir.index.store import Encode, IndexSettings, register_store
 from composir.utils.io import atomic_open, atomic_write_json, is_utf8
+from composir.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -615,7 +615,7 @@ class GalleryIndex:
         kind = info["kind"]
         failed: list[tuple[str, str]] = []
         pending_vectors, pending_rows = [], {}
-        bar = tqdm(total=len(todo), desc="indexing", unit="file", disable=not batches.progress)
+        bar = progress_bar(total=len(todo), desc="indexing", unit="file", disable=not batches.progress)
         for start in range(0, len(todo), batches.size):
             chunk = todo[start : start + batches.size]
             feats, errors = encode([GalleryItem(f.key, f.path, f.media_type) for f in chunk])

@@ -27,12 +27,12 @@ import re
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from composir.data.records import GalleryItem
 from composir.errors import ComposirError
 from composir.index.store import Encode, IndexSettings, register_store
 from composir.utils.io import atomic_write_json
+from composir.utils.progress import progress_bar
 
 POINTER = "milvus.json"
 _LITE_SUFFIX = ".db"
@@ -216,7 +216,7 @@ class MilvusIndex:
         stale += self.superseded
         failed: list[tuple[str, str]] = []
         since_flush = 0
-        bar = tqdm(total=len(todo), desc="indexing", unit="file", disable=not progress)
+        bar = progress_bar(total=len(todo), desc="indexing", unit="file", disable=not progress)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             feats, errors = encode([GalleryItem(f.key, f.path, f.media_type) for f in chunk])

@@ -216,6 +216,11 @@ class RetrievalMethod(nn.Module):
         beside the method's rows); empty where a method has none."""
         return {}
 
+    def validation_metrics(self, bench: Any, num_frames: int) -> dict[str, float]:
+        """Numbers about a sub-task the method relies on, measured on a validation split and logged
+        beside its retrieval metrics (metrics.csv); empty where a method has none."""
+        return {}
+
     def explain(self, frames: torch.Tensor, tokens: torch.Tensor) -> list[dict[str, Any]] | None:
         """Per-query explanation for people (reasoning, prototypes); None where the method has none."""
         return self.encode_query_explained(frames, tokens)[1]

@@ -6,7 +6,7 @@ switches (``CIRCoTConfig``). Design notes: docs/methods.md.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ SECTIONS = {"full": (CAPTION, REASON, CONCLUSION), "no_reason": (CAPTION, CONCLU
             "no_caption": (REASON, CONCLUSION), "none": ()}  # fmt: skip
 SECTION_KEYS = {CAPTION: "caption", REASON: "reasoning", CONCLUSION: "conclusion"}
 MODES = ("reason", "direct", "zero_shot")
+STAGES = ("retrieval", "caption")
+VALIDATION_ITEMS = 64  # gallery items captioned / queries teacher-forced per validation split
 
 
 @dataclass
@@ -55,8 +57,15 @@ class CIRCoTConfig(MethodConfig):
     decode_section_tokens: int = bounded(64, 1, 4096)
     decode_no_repeat_ngram: int = bounded(4, 0, 64)
     chain_cache_size: int = bounded(20_000, 0, 10_000_000)
+    # caption: the captioning pre-stage -- the visual projection and the decoder learn image -> caption
+    # (each training target and its caption, extra["target_caption"]) with the LM loss alone, the
+    # encoder frozen; a retrieval run starts from it (train.init_from) and it writes gallery captions
+    # (`composir caption --captioner RUN`). retrieval: CIR-CoT itself.
+    stage: str = "retrieval"
 
     def validate(self) -> None:
+        if self.stage not in STAGES:
+            raise ConfigError(f"cir_cot.stage must be one of {list(STAGES)}, got {self.stage!r}")
         if self.chain not in SECTIONS:
             raise ConfigError(f"cir_cot.chain must be one of {sorted(SECTIONS)}, got {self.chain!r}")
         if self.mode not in MODES:
@@ -177,6 +186,8 @@ class CIRCoT(RetrievalMethod):
         self.ids[PAD] = self.tokenizer.pad_token_id
         self.ret_proj = nn.Linear(self.lm.width, encoder.embed_dim)
         self._chains: OrderedDict[tuple, list[int]] = OrderedDict()
+        if cfg.stage == "caption":  # the pre-stage trains the projection and the decoder only
+            self.encoder.requires_grad_(False)
 
     @property
     def ddp_find_unused_parameters(self) -> bool:
@@ -340,8 +351,85 @@ class CIRCoT(RetrievalMethod):
             labels.append([-100] * given + chain[len(self.opener) :])
         return rows, labels
 
+    def caption_rows(self, captions: list[str], prefix_len: int) -> tuple[list[list[int]], list[list[int]]]:
+        """Image -> caption sequences (image slots, ``<caption>``, the caption, ``<ret>`` as its end)
+        and their labels: the caption's tokens and the end, nothing before."""
+        rows, labels = [], []
+        for caption in captions:
+            given = [*self.lm.image_slots(prefix_len), self.ids[CAPTION]]
+            said = [*self._words(caption, self.config.max_section_tokens), self.ids[RET]]
+            rows.append(given + said)
+            labels.append([-100] * len(given) + said)
+        return rows, labels
+
+    def caption_loss(self, frames: torch.Tensor, captions: list[str | None]) -> torch.Tensor:
+        keep = [i for i, c in enumerate(captions) if c]
+        if not keep:
+            raise ConfigError("cir_cot.stage caption trains on target captions: this batch has none")
+        prefix = self.visual_prefix(frames[keep])
+        rows, labels = self.caption_rows([str(captions[i]) for i in keep], prefix.length)
+        return self._ret_embedding(rows, prefix, labels)[1]
+
+    @torch.no_grad()
+    def caption_images(self, frames: torch.Tensor) -> list[str]:
+        """Greedy captions of ``frames`` (the caption section alone, under the configured decoding
+        constraints: at most ``decode_section_tokens`` tokens, no repeated n-grams)."""
+        prefix = self.visual_prefix(frames)
+        rows = [[*self.lm.image_slots(prefix.length), self.ids[CAPTION]]] * len(frames)
+        ids, mask, _ = (t.to(self.ret_proj.weight.device) for t in self.pad_left(rows))
+        cfg: CIRCoTConfig = self.config
+        order = [self.ids[CAPTION], self.ids[RET]]
+        rules = GenerationRules([SectionOrder(order, cfg.decode_section_tokens)], cfg.decode_no_repeat_ngram)
+        new = self.lm.generate(ids, mask, prefix, cfg.decode_section_tokens + 1, self.ids[RET], rules)
+        out = []
+        for row in new:
+            words = []
+            for token in row:
+                if token in (self.ids[RET], self.ids[PAD]):
+                    break
+                words.append(token)
+            out.append(self.tokenizer.decode(words, skip_special_tokens=True))
+        return out
+
+    # ------------------------------------------------------------------------------ sub-task metrics
+    @torch.no_grad()
+    def validation_metrics(self, bench: Any, num_frames: int) -> dict[str, float]:
+        """The caption stage: token F1 and exact match of greedy captions of up to
+        ``VALIDATION_ITEMS`` captioned gallery items. CIR-CoT with a conclusion: next-token accuracy
+        on the annotated conclusions with the gold caption and reasoning in context (teacher-forced):
+        whether the decoder can write what its chain must end with."""
+        if self.config.stage == "caption":
+            items = [item for item in bench.gallery if item.caption][:VALIDATION_ITEMS]
+            return caption_scores(self, items, num_frames) if items else {}
+        if CONCLUSION not in SECTIONS[self.config.chain]:
+            return {}
+        queries = [q for q in bench.queries if (q.extra or {}).get("cot")][:VALIDATION_ITEMS]
+        if not queries:
+            return {}
+        frames = _frames(self, [bench.media_item(q.reference_id).path for q in queries], num_frames)
+        return {"conclusion token acc": 100.0 * self.conclusion_accuracy(frames, queries)}
+
+    def conclusion_accuracy(self, frames: torch.Tensor, queries: list) -> float:
+        """Teacher-forced next-token accuracy over the conclusion sections' tokens (``<ret>`` excluded)."""
+        prefix = self.visual_prefix(frames)
+        batch = {"text": [q.text for q in queries], "extra": [q.extra for q in queries]}
+        rows, _ = self.training_rows(batch, prefix.length)
+        device = self.ret_proj.weight.device
+        ids, mask, _ = (t.to(device) for t in self.pad_left(rows))
+        predicted = self.lm.logits(ids, mask, prefix).argmax(-1)
+        right = total = 0
+        for i, row in enumerate(rows):
+            start = ids.shape[1] - len(row)  # left padding
+            open_at = start + len(row) - 1 - row[::-1].index(self.ids[CONCLUSION])
+            for j in range(open_at + 1, start + len(row) - 1):  # the conclusion's tokens, not <ret>
+                right += int(predicted[i, j - 1] == ids[i, j])
+                total += 1
+        return right / max(total, 1)
+
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         cfg: CIRCoTConfig = self.config
+        if cfg.stage == "caption":
+            return {"lm": self.caption_loss(batch["target"], [(e or {}).get("target_caption") for e in batch["extra"]])}
         prefix = self.visual_prefix(batch["reference"])
         rows, labels = self.training_rows(batch, prefix.length)
         query, lm_loss = self._ret_embedding(rows, prefix, labels)
@@ -349,6 +437,38 @@ class CIRCoT(RetrievalMethod):
         if cfg.lm_weight > 0:
             out["lm"] = cfg.lm_weight * lm_loss
         return out
+
+
+def _frames(method: RetrievalMethod, paths: list, num_frames: int) -> torch.Tensor:
+    """The preprocessed frames (B, T, 3, H, W) of these media files."""
+    from composir.data.media import load_media
+
+    enc = method.encoder
+    device = next(method.parameters()).device
+    return torch.stack([torch.stack([enc.preprocess(f) for f in load_media(p, num_frames)]) for p in paths]).to(device)
+
+
+def token_f1(said: str, gold: str) -> float:
+    """Word-overlap F1 of two texts (as SQuAD scores answers): the words in common, counted."""
+    a, b = said.lower().split(), gold.lower().split()
+    common = sum((Counter(a) & Counter(b)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(a), common / len(b)
+    return 2 * precision * recall / (precision + recall)
+
+
+def caption_scores(method: CIRCoT, items: list, num_frames: int, batch: int = 32) -> dict[str, float]:
+    """Greedy captions of ``items`` against their own: mean word F1 and exact match, in %."""
+    said: list[str] = []
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        said += method.caption_images(_frames(method, [item.path for item in chunk], num_frames))
+    gold = [item.caption for item in items]
+    return {
+        "caption F1": 100.0 * sum(token_f1(s, g) for s, g in zip(said, gold)) / len(items),
+        "caption exact": 100.0 * sum(s.strip() == g.strip() for s, g in zip(said, gold)) / len(items),
+    }
 
 
 def _pixels_key(frames: torch.Tensor) -> str:

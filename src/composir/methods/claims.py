@@ -39,11 +39,17 @@ from composir.errors import ConfigError
 
 @dataclass(frozen=True)
 class Variant:
-    """A method with its config (``method.config``) and train-section overrides."""
+    """A method with its config (``method.config``) and train-section overrides; and, at test time,
+    the gallery's captions as given or changed (``gallery_captions``, ``experiments.captions``:
+    ``as_given`` | ``empty`` | ``shuffled`` | ``noise-P``), which leaves the trained model the same."""
 
     method: str
     config: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    gallery_captions: str = "as_given"
+
+    def __post_init__(self) -> None:
+        parse_gallery_captions(self.gallery_captions)
 
     @property
     def key(self) -> str:
@@ -66,8 +72,28 @@ class Variant:
         return self._digest("train-", training_settings(self.method, self.config))
 
     def _digest(self, kind: str, settings: dict[str, Any]) -> str:
-        text = json.dumps([self.method, settings, self.train], sort_keys=True, default=str)
+        parts: list[Any] = [self.method, settings, self.train]
+        if kind == "" and self.gallery_captions != "as_given":  # scored apart; trained as the same model
+            parts.append(self.gallery_captions)
+        text = json.dumps(parts, sort_keys=True, default=str)
         return f"{self.method}-{kind}{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+
+
+GALLERY_CAPTIONS = ("as_given", "empty", "shuffled", "noise-P")
+
+
+def parse_gallery_captions(mode: str) -> tuple[str, float]:
+    """(kind, rate) of a ``gallery_captions`` mode: ``noise-0.2`` -> ("noise", 0.2), others rate 0."""
+    kind, _, rate = mode.partition("-")
+    if kind in ("as_given", "empty", "shuffled") and not rate:
+        return kind, 0.0
+    try:
+        value = float(rate) if kind == "noise" else float("nan")
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise ConfigError(f"gallery_captions must be one of {list(GALLERY_CAPTIONS)} (0 < P <= 1), got {mode!r}")
+    return kind, value
 
 
 @dataclass(frozen=True)

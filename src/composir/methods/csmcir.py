@@ -21,10 +21,15 @@ from composir.methods.memory_bank import MemoryBank, target_key
 from composir.methods.registry import register_method
 from composir.utils.typed import bounded
 
+TARGET_SIDES = ("image_caption", "image_fused", "image")
+
 
 @dataclass
 class CSMCIRConfig(MethodConfig):
-    target_side: str = "image_caption"  # image_caption | image
+    # image_caption: the target's image fused with its caption by the query's Q-Former (the paper);
+    # image_fused: the same symmetric pass with an empty text, never a caption (the captionless
+    # control: what the shared tower gives without captions); image: an asymmetric image-only target
+    target_side: str = "image_caption"
     shared: bool = True  # False: the target side has its own copy of the encoder
     bank: str = "entropy"  # none | fifo | entropy
     bank_size: int = bounded(1024, 1, 1_000_000)
@@ -36,8 +41,8 @@ class CSMCIRConfig(MethodConfig):
     momentum: float = bounded(0.99, 0, 1, high_open=True)  # the key encoder's moving-average coefficient
 
     def validate(self) -> None:
-        if self.target_side not in ("image_caption", "image"):
-            raise ConfigError(f"csmcir.target_side must be image_caption or image, got {self.target_side!r}")
+        if self.target_side not in TARGET_SIDES:
+            raise ConfigError(f"csmcir.target_side must be one of {list(TARGET_SIDES)}, got {self.target_side!r}")
         if self.bank not in ("none", "fifo", "entropy"):
             raise ConfigError(f"csmcir.bank must be none, fifo or entropy, got {self.bank!r}")
         if self.bank_size < 1 or self.max_age < 0:
@@ -82,9 +87,9 @@ class CSMCIR(RetrievalMethod):
 
     @property
     def ddp_find_unused_parameters(self) -> bool:
-        # The image-only projection serves no loss when targets are captioned fusions; with a
-        # separate target tower, the query encoder's image path and the tower's text path are idle.
-        return self.target_text or self.target_tower is not None
+        # The image-only projection serves no loss when targets are fusions; with a separate target
+        # tower, the query encoder's image path and the tower's text path are idle.
+        return self.config.target_side != "image" or self.target_tower is not None
 
     def collator(self) -> TripletCollator:
         return CaptionedCollator(self.encoder.tokenize) if self.target_text else super().collator()
@@ -104,9 +109,9 @@ class CSMCIR(RetrievalMethod):
         return self._embed_target(self._target_encoder, frames, tokens)
 
     def _embed_target(self, tower, frames: torch.Tensor, tokens=None) -> torch.Tensor:
-        if not self.target_text:
+        if self.config.target_side == "image":
             return F.normalize(tower.project_image(tower.image_query_outputs(frames)).mean(1), dim=-1)
-        if tokens is None:
+        if tokens is None or not self.target_text:  # an uncaptioned item, or the captionless control
             tokens = self.encoder.tokenize([""] * len(frames))
         return self._fused(tower, frames, tokens)
 
@@ -181,6 +186,15 @@ register_claim(
             "unshared towers": Variant("csmcir", {**_BOARD, "shared": False}),
             "no memory bank": Variant("csmcir", {**_BOARD, "bank": "none"}),
             "FIFO bank": Variant("csmcir", {**_BOARD, "bank": "fifo"}),
+            # What the captions carry, apart from the architecture: the shared tower trained and
+            # tested with no captions, the baseline given the same captions the asymmetric way, and
+            # the trained CSMCIR scored with its gallery's captions taken away or corrupted.
+            "captionless symmetric tower": Variant("csmcir", {**_BOARD, "target_side": "image_fused"}),
+            "baseline + captions (late fusion)": Variant("qformer_fusion", {"target_caption": "late"}),
+            "CSMCIR, empty gallery captions": Variant("csmcir", _BOARD, gallery_captions="empty"),
+            "CSMCIR, 20% caption noise": Variant("csmcir", _BOARD, gallery_captions="noise-0.2"),
+            "CSMCIR, 40% caption noise": Variant("csmcir", _BOARD, gallery_captions="noise-0.4"),
+            "CSMCIR, shuffled gallery captions": Variant("csmcir", _BOARD, gallery_captions="shuffled"),
         },
         checks=(
             Gain("CSMCIR", _FAMILIES, "R@1", 1.0),

@@ -101,6 +101,8 @@ class ImagineConfig(QFormerFusionConfig):
                 "imagine composes one query vector (the modulated f_c); scoring max_token_pairs needs query "
                 "tokens: use vector or max_target_tokens"
             )
+        if self.target_caption != "none":
+            raise ConfigError("imagine embeds targets from pixels (as CoVR-2 does): target_caption must be none")
         choices = {
             "selection": ("topk", "random", "all"),
             "update": ("momentum", "replace", "static"),

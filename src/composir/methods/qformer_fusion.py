@@ -63,6 +63,10 @@ class QFormerFusionConfig(MethodConfig):
     # query side starts from (CoVR-2: Salesforce/blip2-itm-vit-g-coco); the run factory builds it.
     target_pretrained: str | None = None
     caption_weight: float = bounded(0.0, 0)
+    # late: the target is unit(unit image target + unit text feature of its caption), the caption
+    # read where the item has one (evaluation and indexing hand it over, as to CSMCIR): a captioned
+    # target used the asymmetric way, beside CSMCIR's one symmetric pass. none: pixels only.
+    target_caption: str = "none"
     reference_frames: str = "all"  # all | middle
     target_pooling: str = "tokens"  # tokens (vision tokens averaged over frames) | embedding
     # With target_pooling embedding: frames weighted equally (uniform) or by softmax(scores / T)
@@ -102,6 +106,14 @@ class QFormerFusionConfig(MethodConfig):
             )
         if self.caption_weight < 0:
             raise ConfigError(f"qformer_fusion.caption_weight must not be negative, got {self.caption_weight}")
+        if self.target_caption not in ("none", "late"):
+            raise ConfigError(f"qformer_fusion.target_caption must be none or late, got {self.target_caption!r}")
+        token_scorings = {self.scoring, *self.scoring_per_benchmark.values()} - {"vector"}
+        if self.target_caption == "late" and token_scorings:
+            raise ConfigError(
+                f"qformer_fusion.target_caption: late adds one caption vector to one image vector; "
+                f"scoring {sorted(token_scorings)[0]} scores tokens (use vector)"
+            )
 
 
 @register_method("qformer_fusion")
@@ -160,8 +172,12 @@ class QFormerFusion(RetrievalMethod):
         """Training contrasts with the config's scoring; inference with the benchmark's."""
         return self.config.scoring if self.training else self.active_scoring
 
+    @property
+    def target_text(self) -> bool:  # evaluation and indexing hand captions to encode_target
+        return self.config.target_caption == "late"
+
     def collator(self) -> TripletCollator:
-        if self.config.caption_weight > 0:
+        if self.config.caption_weight > 0 or self.target_text:
             return CaptionedCollator(self.encoder.tokenize, frame_scores=self.target_frame_scores)
         return super().collator()
 
@@ -206,9 +222,15 @@ class QFormerFusion(RetrievalMethod):
     def encode_target(
         self, frames: torch.Tensor, tokens=None, frame_scores: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Target embeddings; ``frame_scores`` (B, T): per-frame scores, read with
-        ``frame_weighting: scores``."""
-        return self._target_features(frames, frame_scores)[0]
+        """Target embeddings; ``tokens``: their captions (read with ``target_caption: late``);
+        ``frame_scores`` (B, T): per-frame scores, read with ``frame_weighting: scores``."""
+        target = self._target_features(frames, frame_scores)[0]
+        return self._with_caption(target, tokens) if self.target_text else target
+
+    def _with_caption(self, target: torch.Tensor, tokens) -> torch.Tensor:
+        if tokens is None:  # an uncaptioned item: an empty caption, as CSMCIR fuses one
+            tokens = self.encoder.tokenize([""] * len(target))
+        return F.normalize(target + self.encode_caption(tokens), dim=-1)
 
     def _target_features(
         self, frames: torch.Tensor, frame_scores: torch.Tensor | None
@@ -262,7 +284,9 @@ class QFormerFusion(RetrievalMethod):
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         query = self.encode_query(batch["reference"], batch["tokens"])
-        target = self.encode_target(batch["target"], frame_scores=batch.get("target_frame_scores"))
+        target = self.encode_target(
+            batch["target"], batch.get("target_caption"), frame_scores=batch.get("target_frame_scores")
+        )
         return self.retrieval_losses(query, target, batch)
 
     def retrieval_losses(

@@ -213,7 +213,7 @@ def validate_config(cfg: RunConfig) -> None:
     for section, key, low in _LOWER_BOUNDS:
         value = getattr(getattr(cfg, section), key)
         need(value is None or value >= low, f"{section}.{key}", f"must be at least {low}, got {value}")
-    from composir.data.media import MAX_FRAMES
+    from composir.utils.limits import MAX_FRAMES
 
     need(d.num_frames <= MAX_FRAMES, "data.num_frames", f"must be at most {MAX_FRAMES}, got {d.num_frames}")
     need(t.lr > 0, "train.lr", f"must be positive, got {t.lr}")

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from composir.data.media import write_video
 from composir.data.synthetic import MCOT_FILE
@@ -44,6 +43,7 @@ from composir.synth.scenes import (
     random_scene,
 )
 from composir.utils.io import atomic_open, atomic_write_json
+from composir.utils.progress import progress_bar
 
 FAMILY_KINDS = ("explicit", "multi", "implicit")
 SPLITS = ("train", "val", "test")
@@ -350,7 +350,7 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict[str, Any]:
     results: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {s: ({}, []) for s in SPLITS}
     mcot: dict[str, tuple[dict[str, str], dict[str, Any]]] = {}
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    bar = tqdm(total=len(tasks), desc="synth families", unit="fam", disable=not progress)
+    bar = progress_bar(total=len(tasks), desc="synth families", unit="fam", disable=not progress)
     pool = ctx.Pool(cfg.workers) if cfg.workers > 1 else None
     try:
         iterator = pool.imap(_run_task, tasks, chunksize=16) if pool else map(_run_task, tasks)

@@ -33,6 +33,7 @@ from composir.runs.factory import build_from_config
 from composir.train.dataset import ResumableBatchSampler, TripletDataset
 from composir.train.metrics_log import MetricsLog
 from composir.utils.io import remove_leftovers
+from composir.utils.progress import progress_bar
 from composir.utils.workers import loader_workers
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def evaluate_splits(method, cfg: RunConfig, device: torch.device, cache=None) ->
             cache=cache,
             progress=False,
         )
-        out[split] = res.metrics
+        out[split] = {**res.metrics, **method.validation_metrics(bench, cfg.data.num_frames)}
         for fam, m in res.per_family.items():
             out[f"{split}/{fam}"] = m
     return out
@@ -312,7 +313,7 @@ class Trainer:
         self.micro = self.state["step"] * self.cfg.train.grad_accum
         self.steps_done_here = 0
         self.losses: dict[str, torch.Tensor] = {}  # the last micro-batch's terms, for the log
-        self.bar = tqdm(
+        self.bar = progress_bar(
             total=self.total_steps,
             initial=self.state["step"],
             desc="train",

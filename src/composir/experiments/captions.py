@@ -1,0 +1,74 @@
+"""Gallery captions changed at test time: how much of a caption-reading method's result the
+captions carry (CSMCIR fuses each gallery item with its caption).
+
+Modes (``Variant.gallery_captions``): ``as_given``; ``empty`` (every caption ""); ``shuffled`` (the
+captions permuted across the gallery: fluent, but of another item); ``noise-P`` (each colour, shape,
+size and background word replaced, with probability P, by another of its kind -- the perception
+errors of a captioner).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+
+import numpy as np
+
+from composir.data.records import Benchmark
+from composir.methods.claims import parse_gallery_captions
+from composir.synth.scenes import BACKGROUNDS, COLOURS, SHAPES, SIZES
+
+# Each word kind a synthetic caption names; multi-word names ("light blue") are matched whole.
+ATTRIBUTE_KINDS: dict[str, tuple[str, ...]] = {
+    "colour": tuple(COLOURS),
+    "shape": SHAPES,
+    "size": SIZES,
+    "background": BACKGROUNDS,
+}
+_KIND_OF = {word: kind for kind, words in ATTRIBUTE_KINDS.items() for word in words}
+# "light blue" (a background) before "blue" (a colour): the longer name wins where both match.
+_ATTRIBUTE = re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(_KIND_OF, key=len, reverse=True)) + r")\b")
+
+
+def noisy_caption(caption: str, rate: float, rng: np.random.Generator) -> str:
+    """``caption`` with each attribute word replaced, with probability ``rate``, by another word of
+    its kind."""
+
+    def swap(match: re.Match) -> str:
+        word = match.group(1)
+        if rng.random() >= rate:
+            return word
+        others = [w for w in ATTRIBUTE_KINDS[_KIND_OF[word]] if w != word]
+        return others[rng.integers(len(others))]
+
+    return _ATTRIBUTE.sub(swap, caption)
+
+
+def perturb_gallery_captions(bench: Benchmark, mode: str, seed: int = 0) -> Benchmark:
+    """A copy of ``bench`` whose gallery items carry captions changed by ``mode`` (the queries and
+    their texts are untouched); ``bench`` itself when ``mode`` is ``as_given``."""
+    kind, rate = parse_gallery_captions(mode)
+    if kind == "as_given":
+        return bench
+    rng = np.random.default_rng(seed)
+    captions = [item.caption or "" for item in bench.gallery]
+    if kind == "empty":
+        changed = [""] * len(captions)
+    elif kind == "shuffled":
+        changed = [captions[i] for i in _derangement(len(captions), rng)]
+    else:
+        changed = [noisy_caption(c, rate, rng) for c in captions]
+    out = copy.copy(bench)
+    out.gallery = [dataclasses.replace(item, caption=c) for item, c in zip(bench.gallery, changed)]
+    return out
+
+
+def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of range(n) that moves every index (so no item keeps its own caption)."""
+    if n < 2:
+        return np.arange(n)
+    order = rng.permutation(n)
+    moved = np.empty(n, dtype=int)
+    moved[order] = np.roll(order, -1)  # one cycle through all n: each index goes to the next in order
+    return moved
