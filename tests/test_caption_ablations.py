@@ -115,3 +115,14 @@ def test_the_late_fusion_baseline_adds_the_caption_feature():
 def test_caption_settings_are_checked(method, config, message):
     with pytest.raises(ConfigError, match=message):
         build_method(method, build_encoder("tiny", config=ENC), config)
+
+
+def test_attribute_accuracy_counts_each_gold_word_once():
+    from composir.experiments.captions import attribute_accuracy
+
+    gold = ["a large red circle and a large red cross on a light blue background"]
+    assert attribute_accuracy(gold, gold) == 100.0
+    # 8 gold words (large, red, circle, large, red, cross, light blue); "blue" is not "light blue".
+    said = ["a large red circle and a small blue cross on a blue background"]
+    assert attribute_accuracy(said, gold) == pytest.approx(100 * 4 / 7)
+    assert attribute_accuracy(["a red red red red"], ["a red circle"]) == pytest.approx(50.0)

@@ -35,12 +35,17 @@ def load_captioner(run: str | Path, device: str = "cpu"):
 
 
 def caption_with_run(
-    items: Iterable[GalleryItem], out: str | Path, method, batch_size: int = 32, progress: bool = True
+    items: Iterable[GalleryItem],
+    out: str | Path,
+    method,
+    name: str,
+    batch_size: int = 32,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Caption every item not yet in the cache ``out`` with ``method``; counts as ``caption_items``
-    gives them (an image that cannot be read is recorded as failed and skipped)."""
+    """Caption every item not yet in the cache ``out`` with ``method`` (recorded as the model
+    ``name``); counts as ``caption_items`` gives them (an image that cannot be read is recorded as
+    failed and skipped)."""
     cache = CaptionCache(out)
-    name = f"composir:{getattr(method, 'run_dir', None) or method.name}"
     counts: dict[str, Any] = {"captioned": 0, "failed": 0}
     try:
         items = list({i.id: i for i in items}.values())

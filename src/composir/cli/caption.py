@@ -72,7 +72,8 @@ def _caption(items, args: argparse.Namespace) -> dict:
     from composir.utils.hub import check_model_weights
 
     check_model_weights(args.captioner)
-    return caption_with_run(items, args.out, load_captioner(args.captioner, args.device), progress=not args.quiet)
+    method = load_captioner(args.captioner, args.device)
+    return caption_with_run(items, args.out, method, f"composir run {args.captioner}", progress=not args.quiet)
 
 
 def folder_items(folder: str):

@@ -21,7 +21,11 @@ def llm_config(args: argparse.Namespace):
 
 
 def add_llm_arguments(
-    p: argparse.ArgumentParser, out_help: str, unit: str, benchmark_required: bool = True, endpoint_required: bool = True
+    p: argparse.ArgumentParser,
+    out_help: str,
+    unit: str,
+    benchmark_required: bool = True,
+    endpoint_required: bool = True,
 ) -> None:
     """The benchmark split and the OpenAI-compatible endpoint (caption, annotate-cot)."""
     p.add_argument("--benchmark", required=benchmark_required)

@@ -277,9 +277,9 @@ def run_variant(spec: RunSpec) -> Path:
     return result_file
 
 
-def run_all(specs: list, jobs: int, run=run_variant) -> None:
-    """``run`` each spec without a ``hits.json`` in its ``out`` folder, ``jobs`` processes at a time."""
-    todo = [s for s in specs if not (Path(s.out) / "hits.json").is_file()]
+def run_all(specs: list, jobs: int, run=run_variant, result: str = "hits.json") -> None:
+    """``run`` each spec without a ``result`` file in its ``out`` folder, ``jobs`` processes at a time."""
+    todo = [s for s in specs if not (Path(s.out) / result).is_file()]
     if not todo:
         return
     context = multiprocessing.get_context("spawn")  # no OpenMP state inherited by the workers

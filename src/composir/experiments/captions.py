@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+from collections import Counter
 
 import numpy as np
 
@@ -29,6 +30,22 @@ ATTRIBUTE_KINDS: dict[str, tuple[str, ...]] = {
 _KIND_OF = {word: kind for kind, words in ATTRIBUTE_KINDS.items() for word in words}
 # "light blue" (a background) before "blue" (a colour): the longer name wins where both match.
 _ATTRIBUTE = re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(_KIND_OF, key=len, reverse=True)) + r")\b")
+
+
+def attributes(caption: str) -> list[str]:
+    """The colour, shape, size and background words of a caption, in order."""
+    return _ATTRIBUTE.findall(caption)
+
+
+def attribute_accuracy(said: list[str], gold: list[str]) -> float:
+    """Of the gold captions' attribute words, the share a written caption has too (counted as a
+    multiset per caption: two "red"s need two), in %."""
+    right = total = 0
+    for s, g in zip(said, gold):
+        want = Counter(attributes(g))
+        right += sum((Counter(attributes(s)) & want).values())
+        total += sum(want.values())
+    return 100.0 * right / max(total, 1)
 
 
 def noisy_caption(caption: str, rate: float, rng: np.random.Generator) -> str:

@@ -52,6 +52,7 @@ from composir.utils.io import atomic_open, atomic_write_json
 # The repository checkout (configs/, docs/, runs/): experiments run from a development install.
 REPO = Path(__file__).resolve().parents[3]
 CONFIG = REPO / "configs" / "tiny-synthetic-csmcir.yaml"
+CAPTIONER_CONFIG = REPO / "configs" / "tiny-synthetic-cir-cot.yaml"
 FAMILIES = ("explicit", "multi", "implicit")
 CONCEPT_BUCKETS = ("0 concepts", "1 concept", "2 concepts", "3+ concepts")
 GENERATED = "trained on generated triplets"
@@ -69,6 +70,7 @@ class CompareSpec:
     points: int
     lr: float
     train_root: str | None = None  # make-triplets output to train on instead of ``data``
+    captions: str | None = None  # a caption cache read in training and at test (None: the generator's)
     # Variants that train the very same model (``Variant.training_key``) and differ only at
     # inference: (hits file name in ``out``, variant), scored from this run's checkpoints.
     also_scored: tuple[tuple[str, Variant], ...] = ()
@@ -78,8 +80,10 @@ class CompareSpec:
         train_data = (
             [f"data.root={self.train_root}", "data.benchmark=cirr"] if self.train_root else [f"data.root={self.data}"]
         )
+        captions = [f"data.target_captions={self.captions}"] if self.captions else []
         return [
             *train_data,
+            *captions,
             f"method.name={self.variant.method}",
             "method.config=null",
             f"method.config={json.dumps(self.variant.config)}",
@@ -134,6 +138,81 @@ def make_generated(data: Path) -> tuple[Path, float]:
     return out, 100 * float(np.mean(verdicts))
 
 
+@dataclass(frozen=True)
+class CaptionerSpec:
+    """A learned captioner for one seed's benchmark: CIR-CoT's caption stage trained on its training
+    split (the encoder learns too: from scratch, like every run here), then the cache it writes
+    for every image of the three splits."""
+
+    data: str
+    out: str
+    steps: int
+    lr: float
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.out) / "learned.jsonl"
+
+
+def train_captioner(spec: CaptionerSpec) -> Path:
+    """Train (resumed), caption every image not yet in the cache, then record the captions'
+    attribute accuracy against the generator's on the test gallery (``accuracy.json``, written last)."""
+    board.one_thread()
+    from composir.annotate.captions import target_items
+    from composir.annotate.learned import caption_with_run, load_captioner
+    from composir.data import load_benchmark
+    from composir.experiments.captions import attribute_accuracy
+    from composir.train import load_config, train
+
+    config = {"stage": "caption", "caption_encoder_frozen": False}
+    overrides = [
+        f"data.root={spec.data}", "method.config=null", f"method.config={json.dumps(config)}",
+        f"output_dir={spec.out}", f"train.max_steps={spec.steps}", f"train.lr={spec.lr}",
+        f"train.warmup_steps={max(1, spec.steps // 20)}", f"train.eval_every={spec.steps}",
+        f"train.save_every={spec.steps}", "train.num_workers=0",
+    ]  # fmt: skip
+    train(load_config(CAPTIONER_CONFIG, overrides), resume=True, progress=False)
+    method = load_captioner(spec.out)
+    splits = {split: load_benchmark("synthetic", Path(spec.data), split) for split in ("train", "val", "test")}
+    items = [i for b in splits.values() for i in target_items(b)]
+    caption_with_run(items, spec.cache, method, f"composir run {spec.out}", progress=False)
+    from composir.data.captions import read_captions
+
+    said = read_captions(spec.cache)
+    gallery = [item for item in splits["test"].gallery if item.caption]
+    accuracy = attribute_accuracy([said.get(i.id, "") for i in gallery], [i.caption for i in gallery])
+    exact = 100.0 * float(np.mean([said.get(i.id, "") == i.caption for i in gallery]))
+    atomic_write_json(Path(spec.out) / "accuracy.json", {"attribute_accuracy": accuracy, "exact": exact})
+    return spec.cache
+
+
+def learned_captions(data: dict[int, Path], root: Path, args) -> dict[int, tuple[Path, dict]]:
+    """Per seed: the learned captioner's cache and its measured accuracy (trained where missing)."""
+    steps = args.captioner_steps
+    specs = {s: CaptionerSpec(str(d), str(root / f"captioner-s{s}"), steps, 1e-3) for s, d in data.items()}
+    board.run_all(list(specs.values()), args.jobs, run=train_captioner, result="accuracy.json")
+    out = {}
+    for s, spec in specs.items():
+        done = Path(spec.out) / "accuracy.json"
+        if not done.is_file():
+            raise SystemExit(f"the captioner of seed {s} did not finish ({spec.out}); see the error above")
+        out[s] = (spec.cache, json.loads(done.read_text()))
+    return out
+
+
+def caption_lines(captions: dict[int, tuple[Path, dict]], steps: int) -> list[str]:
+    accuracy = [c[1]["attribute_accuracy"] for c in captions.values()]
+    exact = [c[1]["exact"] for c in captions.values()]
+    return [
+        f"**Captions.** Every variant reads the captions of a learned captioner (CIR-CoT's caption stage, "
+        f"`cir_cot` with `stage: caption`, trained {steps} steps on each seed's training split, encoder "
+        f"included) in training and at test, except rows marked *generator's captions* (the oracle). "
+        f"On the test gallery its captions carry {board.mean_sd(accuracy)} % of the generator's attribute "
+        f"words (colour, shape, size, background; exact captions {board.mean_sd(exact)} %).",
+        "",
+    ]
+
+
 def concept_counts(bench) -> np.ndarray:
     """Per test query: how many objects / backgrounds its text names (the generator's gold spans)."""
     from context_cir import gold_spans
@@ -156,7 +235,7 @@ def run_compare(spec: CompareSpec) -> Path:
     start = time.time()
     train(load_config(CONFIG, spec.overrides()), resume=True, progress=False)
     train_seconds = time.time() - start
-    test = load_benchmark("synthetic", Path(spec.data), "test")
+    test = load_benchmark("synthetic", Path(spec.data), "test", captions=spec.captions)
     for name, variant in spec.also_scored:
         if not (out / name).is_file():
             score_checkpoints(replace(spec, variant=variant), test, out / name, train_seconds)
@@ -418,7 +497,7 @@ def generated_lines(runs: dict[str, list[dict]], method_name: str, precision: di
 
 
 def plan_runs(
-    members: dict[str, Variant], data: dict[int, Path], root: Path, args
+    members: dict[str, Variant], data: dict[int, Path], root: Path, args, captions: dict[int, Path] | None = None
 ) -> tuple[dict[tuple[str, int], CompareSpec], dict[tuple[str, int], Path]]:
     """One training run per (trained model, seed) -- variants that differ only at inference are
     scored from the same run -- and where each (variant, seed)'s hits will be."""
@@ -431,12 +510,22 @@ def plan_runs(
             first = members[names[0]]
             out = root / f"{first.key}-s{s}"
             others = tuple((f"hits-{members[n].key}.json", members[n]) for n in names[1:])
+            learned = str(captions[s]) if captions and first.captions == "default" else None
             specs[(names[0], s)] = CompareSpec(
-                first, s, str(data[s]), str(out), args.steps, args.points, args.lr, also_scored=others
+                first, s, str(data[s]), str(out), args.steps, args.points, args.lr, captions=learned, also_scored=others
             )
             hits_files[(names[0], s)] = out / "hits.json"
             hits_files.update({(n, s): out / file for n, (file, _) in zip(names[1:], others)})
     return specs, hits_files
+
+
+def _reads_captions(members: dict[str, Variant]) -> bool:
+    """Whether any variant's model reads target captions (only then is a captioner trained)."""
+    from composir.encoders import build_encoder
+    from composir.methods import build_method
+
+    encoder = build_encoder("tiny", config={"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4})
+    return any(build_method(v.method, encoder, v.config).target_text for v in members.values())
 
 
 def main() -> None:
@@ -452,6 +541,13 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="these variants of the claim (default: all)")
     parser.add_argument("--also", nargs="*", default=[], help="more methods as rows (their default config)")
     parser.add_argument("--generated", action="store_true", help="add the method trained on make-triplets output")
+    parser.add_argument(
+        "--captions",
+        choices=("learned", "oracle"),
+        default="learned",
+        help="target captions: a learned captioner's (trained per seed) or the generator's",
+    )
+    parser.add_argument("--captioner-steps", type=int, default=1500)
     parser.add_argument("--out", default=str(REPO / "runs" / "compare"))
     parser.add_argument("--doc", default=None, help="default: docs/compare-<claim>.md")
     args = parser.parse_args()
@@ -470,7 +566,8 @@ def main() -> None:
         parser.error(f"--only: {unknown} are not variants of {claim.paper}; it has {sorted(claim.variants)}")
     chosen = {n: v for n, v in claim.variants.items() if not args.only or n in args.only}
     members = {BASELINE: claim.baseline, **chosen, **{m: Variant(m) for m in args.also}}
-    specs, hits_files = plan_runs(members, data, root, args)
+    captions = learned_captions(data, root, args) if args.captions == "learned" and _reads_captions(members) else {}
+    specs, hits_files = plan_runs(members, data, root, args, {s: c[0] for s, c in captions.items()})
     method_name = next(iter(chosen))
     precision = add_generated_runs(specs, hits_files, chosen[method_name], data, root, args) if args.generated else {}
     board.run_all(list(specs.values()), args.jobs, run=run_compare)
@@ -482,7 +579,8 @@ def main() -> None:
         runs.setdefault(name, []).append(load_run_hits(path))
     done = min(len(r) for r in runs.values())
     runs = {n: r[:done] for n, r in runs.items()}
-    extra = generated_lines(runs, method_name, precision) if GENERATED in runs else []
+    extra = caption_lines(captions, args.captioner_steps) if captions else []
+    extra += generated_lines(runs, method_name, precision) if GENERATED in runs else []
     seconds = (
         cached_step_seconds(members, data[args.seeds[0]], args.time_steps, Path(args.out)) if args.time_steps else None
     )

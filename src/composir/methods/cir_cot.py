@@ -6,6 +6,7 @@ switches (``CIRCoTConfig``). Design notes: docs/methods.md.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,10 @@ class CIRCoTConfig(MethodConfig):
     # encoder frozen; a retrieval run starts from it (train.init_from) and it writes gallery captions
     # (`composir caption --captioner RUN`). retrieval: CIR-CoT itself.
     stage: str = "retrieval"
+    # The caption stage keeps the encoder as it was given (a pretrained or fine-tuned backbone);
+    # false: the encoder learns too (a captioner trained from scratch sees nothing through a frozen
+    # random encoder).
+    caption_encoder_frozen: bool = True
 
     def validate(self) -> None:
         if self.stage not in STAGES:
@@ -186,7 +191,7 @@ class CIRCoT(RetrievalMethod):
         self.ids[PAD] = self.tokenizer.pad_token_id
         self.ret_proj = nn.Linear(self.lm.width, encoder.embed_dim)
         self._chains: OrderedDict[tuple, list[int]] = OrderedDict()
-        if cfg.stage == "caption":  # the pre-stage trains the projection and the decoder only
+        if cfg.stage == "caption" and cfg.caption_encoder_frozen:  # the projection and the decoder learn
             self.encoder.requires_grad_(False)
 
     @property
@@ -388,7 +393,7 @@ class CIRCoT(RetrievalMethod):
                 if token in (self.ids[RET], self.ids[PAD]):
                     break
                 words.append(token)
-            out.append(self.tokenizer.decode(words, skip_special_tokens=True))
+            out.append(_clean_spacing(self.tokenizer.decode(words, skip_special_tokens=True)))
         return out
 
     # ------------------------------------------------------------------------------ sub-task metrics
@@ -446,6 +451,11 @@ def _frames(method: RetrievalMethod, paths: list, num_frames: int) -> torch.Tens
     enc = method.encoder
     device = next(method.parameters()).device
     return torch.stack([torch.stack([enc.preprocess(f) for f in load_media(p, num_frames)]) for p in paths]).to(device)
+
+
+def _clean_spacing(text: str) -> str:
+    """A word-level tokenizer decodes punctuation as words of its own ("circle , a"); written text has none."""
+    return re.sub(r" ([,.;:!?])", r"\1", text)
 
 
 def token_f1(said: str, gold: str) -> float:

@@ -47,9 +47,14 @@ class Variant:
     config: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     gallery_captions: str = "as_given"
+    # Where target captions come from, in training and at test: ``default``, the experiment's own
+    # source (a learned captioner's where it trains one), or ``oracle``, the generator's ground truth.
+    captions: str = "default"
 
     def __post_init__(self) -> None:
         parse_gallery_captions(self.gallery_captions)
+        if self.captions not in ("default", "oracle"):
+            raise ConfigError(f"captions must be default or oracle, got {self.captions!r}")
 
     @property
     def key(self) -> str:
@@ -73,6 +78,8 @@ class Variant:
 
     def _digest(self, kind: str, settings: dict[str, Any]) -> str:
         parts: list[Any] = [self.method, settings, self.train]
+        if self.captions != "default":  # another model: trained on other captions
+            parts.append({"captions": self.captions})
         if kind == "" and self.gallery_captions != "as_given":  # scored apart; trained as the same model
             parts.append(self.gallery_captions)
         text = json.dumps(parts, sort_keys=True, default=str)

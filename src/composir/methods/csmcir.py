@@ -190,6 +190,7 @@ register_claim(
             # tested with no captions, the baseline given the same captions the asymmetric way, and
             # the trained CSMCIR scored with its gallery's captions taken away or corrupted.
             "captionless symmetric tower": Variant("csmcir", {**_BOARD, "target_side": "image_fused"}),
+            "CSMCIR, generator's captions (oracle)": Variant("csmcir", _BOARD, captions="oracle"),
             "baseline + captions (late fusion)": Variant("qformer_fusion", {"target_caption": "late"}),
             "CSMCIR, empty gallery captions": Variant("csmcir", _BOARD, gallery_captions="empty"),
             "CSMCIR, 20% caption noise": Variant("csmcir", _BOARD, gallery_captions="noise-0.2"),

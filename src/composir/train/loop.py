@@ -304,7 +304,8 @@ class Trainer:
             state["best_metric"], state["best_step"] = value, state["step"]  # type: ignore[assignment]
             self.save("best", {"best_metrics": results})
         self.metrics.plot(self.out / "training.png")
-        summary = "  ".join(f"{k}={v:.1f}" for k, v in first.items() if k.startswith("R"))
+        # Recall metrics, and the method's sub-task numbers (named in words: "caption F1").
+        summary = "  ".join(f"{k}={v:.1f}" for k, v in first.items() if k.startswith("R") or " " in k)
         tqdm.write(f"step {state['step']}: {cfg.data.val_splits[0]} {summary}")
         self.method.train()
 
@@ -481,6 +482,6 @@ def _log_window(metrics: MetricsLog, state, window, scheduler, losses, bar) -> N
     if window["skipped"]:
         values["skipped_triplets"] = window["skipped"]
     metrics.write(state["step"], "train", values)
-    bar.set_postfix(loss=f"{values['loss']:.3f}", tps=f"{values['triplets_per_s']:.0f}")
+    bar.set_postfix(loss=f"{values['loss']:.3f}", tps=f"{values['triplets_per_s']:.0f}", refresh=False)
     for k in window:
         window[k] = 0 if k != "loss" else 0.0
