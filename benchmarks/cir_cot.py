@@ -2,9 +2,10 @@
 
 ``quality``: for each trained run, the chain it writes for every test query (mode ``reason``): the
 conclusion against the target's attribute-level caption (the generator's ground truth, what the
-chains were trained toward) -- exact match, and the F1 of the objects it names (each "size colour
-shape" phrase, as a multiset) and whether the background is right -- per family; and how often
-each section was written at all.
+chains were trained toward) -- exact match, the F1 of the objects it names (each "size colour
+shape" phrase, as a multiset), whether the background is right, and the share of the gold
+attribute words (colour, shape, size, background) it has; the caption section's attribute words
+against the reference's caption; per family; and how often each section was written at all.
 
 ``latency``: one run, ``reason`` vs ``direct`` on the same queries, one query per call (what a
 server sees), interleaved query by query so the machine's noise hits both alike, chain cache
@@ -27,6 +28,7 @@ import torch
 
 from composir.data import load_benchmark
 from composir.data.media import load_media
+from composir.experiments.captions import attribute_accuracy
 from composir.train import load_run
 
 FAMILIES = ("explicit", "multi", "implicit")
@@ -71,24 +73,28 @@ def chains(method, bench, n: int) -> list[tuple[str, dict, str]]:
             gold = (q.extra.get("target_captions") or {}).get("attributes") or (q.extra.get("cot") or {}).get(
                 "conclusion", ""
             )
-            out.append((q.extra.get("family", ""), e["chain"], gold))
+            gold_caption = (q.extra.get("cot") or {}).get("caption", "")
+            out.append((q.extra.get("family", ""), e["chain"], gold, gold_caption))
     return out
 
 
 def cmd_quality(args) -> None:
     bench = load_benchmark("synthetic", Path(args.data), "test")
-    print("| run | family | queries | conclusion exact | object F1 | background | sections written (c / r / o) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | family | queries | conclusion exact | object F1 | background | conclusion attributes | "
+          "caption attributes | sections written (c / r / o) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for run in args.runs:
         method, _ = load_run(run)
         rows = defaultdict(list)
-        for family, chain, gold in chains(method.eval(), bench, args.n):
+        for family, chain, gold, gold_caption in chains(method.eval(), bench, args.n):
             pred_objects, pred_bg = parse_attributes(chain["conclusion"])
             gold_objects, gold_bg = parse_attributes(gold)
             row = (
                 chain["conclusion"].strip().lower() == gold.strip().lower(),
                 object_f1(pred_objects, gold_objects),
                 pred_bg == gold_bg,
+                attribute_accuracy([chain["conclusion"]], [gold]) / 100,
+                attribute_accuracy([chain["caption"]], [gold_caption]) / 100,
                 *(bool(chain[k]) for k in ("caption", "reasoning", "conclusion")),
             )
             rows[family].append(row)
@@ -97,9 +103,9 @@ def cmd_quality(args) -> None:
             r = rows.get(family)
             if not r:
                 continue
-            m = [100 * statistics.mean(float(x[i]) for x in r) for i in range(6)]
-            print(f"| {Path(run).name} | {family} | {len(r)} | {m[0]:.1f} | {m[1]:.1f} | {m[2]:.1f} | "
-                  f"{m[3]:.0f} / {m[4]:.0f} / {m[5]:.0f} |")  # fmt: skip
+            m = [100 * statistics.mean(float(x[i]) for x in r) for i in range(8)]
+            print(f"| {Path(run).name} | {family} | {len(r)} | {m[0]:.1f} | {m[1]:.1f} | {m[2]:.1f} | {m[3]:.1f} | "
+                  f"{m[4]:.1f} | {m[5]:.0f} / {m[6]:.0f} / {m[7]:.0f} |")  # fmt: skip
 
 
 @torch.no_grad()

@@ -548,3 +548,44 @@ def test_training_logs_the_decoders_sub_task_metrics(synth_root, tmp_path):
         train(load_config(base, overrides), progress=False)
         rows = (out / "metrics.csv").read_text().splitlines()
         assert any(f"1,val,{metric}," in row for row in rows), rows[:5]
+
+
+def test_scheduled_sampling_embeds_ret_after_the_models_own_chain():
+    method = _method(max_chain_tokens=10).eval()  # no dropout: the passes must agree exactly
+    batch = _batch(method, ["make it blue", "add a small green cross", "remove the circle"])
+    queries = []
+    contrastive = method.contrastive
+    method.contrastive = lambda q, t, *a, **k: (queries.append(q.detach()), contrastive(q, t, *a, **k))[1]
+    own = method.encode_query(batch["reference"], batch["tokens"])
+    method.losses(batch)
+    method.config.self_chain_rate = 1.0
+    method.losses(batch)
+    gold_query, own_query = queries
+    torch.testing.assert_close(own_query, own, atol=1e-5, rtol=0)
+    assert not torch.allclose(gold_query, own, atol=1e-6)  # the model's chains are not the annotated ones
+    assert "decode_section_tokens" in method.config.training_settings()  # training now writes chains
+
+
+def test_the_board_records_how_right_the_conclusions_are(synth_root):
+    from composir.data import load_benchmark
+    from composir.experiments.board import subtasks
+
+    method = _method(max_chain_tokens=8).eval()
+    bench = load_benchmark("synthetic", synth_root, "test")
+    bench.queries = bench.queries[:8]
+    gold = [q.extra["target_captions"]["attributes"] for q in bench.queries]
+
+    def explain(frames, tokens):  # right conclusions for every other query, none for the rest
+        return [{"chain": {"conclusion": gold[i] if i % 2 == 0 else ""}} for i in range(len(tokens.texts))]
+
+    method.explain = explain
+    numbers = subtasks(method, bench)
+    named = [len(_words(g)) for g in gold]
+    assert numbers["conclusion attributes"] == pytest.approx(100 * sum(named[::2]) / sum(named))
+    assert "conclusion token acc" in numbers  # the method's own validation metric, on the test split
+
+
+def _words(caption: str) -> list[str]:
+    from composir.experiments.captions import attributes
+
+    return attributes(caption)

@@ -220,6 +220,24 @@ def test_preconditions_measure_range_headroom_and_engagement():
     assert result.met and result.value == pytest.approx(0.20, abs=0.01)
 
 
+def test_a_sub_task_precondition_reads_the_recorded_number():
+    from composir.methods.claims import SubTask
+
+    hits = _gain_hits(10, 0)
+    pre = SubTask("v", "conclusion attributes", 80.0)
+    assert check_precondition(pre, hits).value is None  # not recorded: not measured, not met
+    for run, value in zip(hits["v"], (70.0, 80.0, 90.0)):
+        run["subtasks"] = {"conclusion attributes": value}
+    assert check_precondition(pre, hits).value == pytest.approx(80.0) and check_precondition(pre, hits).met
+    hits["v"][2]["subtasks"] = {"conclusion attributes": 60.0}
+    result = check_precondition(pre, hits)
+    assert not result.met and result.text == "v's conclusion attributes ≥ 80"
+    claim = Claim("X", "v helps", Variant("base"), {"v": Variant("m")}, (Gain("v", ("few",), "R@1", 4.0),),
+                  preconditions=(pre,))  # fmt: skip
+    assert judge_claim(claim, hits)[0].startswith("untestable here (v's conclusion attributes ≥ 80: 70")
+    assert {type(p).__name__ for p in registered_claims()["CIR-CoT"].preconditions} == {"SubTask"}
+
+
 def test_imagine_registers_its_preconditions_and_an_inference_only_ablation():
     claim = registered_claims()["IMAGINE"]
     kinds = {type(p).__name__ for p in claim.preconditions}

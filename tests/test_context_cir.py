@@ -229,3 +229,18 @@ def test_the_authors_direction_is_the_default_and_its_loss_reads_raw_maps(monkey
             without = method.compose(patches, torch.zeros_like(image), tokens)[0]
         # The authors' query is the pooled text-conditioned patches: the image feature is not added.
         assert torch.allclose(with_image, without) == (direction == "image_to_text")
+
+
+def test_concept_map_shift_is_the_distance_between_a_phrases_maps(synth_root, monkeypatch):
+    from composir.data import load_benchmark
+
+    method = _method().eval()
+    bench = load_benchmark("synthetic", synth_root, "val")
+    shift = method.validation_metrics(bench, 1)["concept map shift"]
+    assert 0.0 < shift < 100.0  # a real model's phrases attend somewhat differently in their sentence
+    maps = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.2, 0.2, 0.3, 0.3]])
+    monkeypatch.setattr(method, "concept_maps", lambda batch, memory, attention: (maps, maps * 3))
+    assert method.validation_metrics(bench, 1)["concept map shift"] == pytest.approx(0.0, abs=1e-4)  # same distribution
+    apart = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.2, 0.2, 0.3, 0.3]])
+    monkeypatch.setattr(method, "concept_maps", lambda batch, memory, attention: (maps, apart))
+    assert method.validation_metrics(bench, 1)["concept map shift"] == pytest.approx(50.0)  # one of two disjoint

@@ -308,3 +308,12 @@ def test_indexing_gives_each_item_its_caption_and_says_where_captions_come_from(
     from composir.index import open_index
 
     assert open_index(tmp_path / "captioned").info["captions"] == str(cache.resolve())
+
+
+def test_the_bank_reports_how_many_negatives_it_holds():
+    method = _method(bank_size=16)
+    assert method.validation_metrics(None, 1) == {"bank entries": 0.0}
+    method.losses(_batch(method))
+    method.after_step(1)
+    assert method.validation_metrics(None, 1) == {"bank entries": 4.0}
+    assert _method(bank="none").validation_metrics(None, 1) == {}

@@ -41,6 +41,7 @@ def test_layout_families_and_hard_negatives(synth_root):
         assert set(q.extra["hard_negatives"]) <= set(q.subset_ids) - {q.reference_id, q.target_ids[0]}
         assert set(q.extra["target_captions"]) == {"global", "attributes", "layout"}
         assert set(q.extra["cot"]) == {"caption", "reasoning", "conclusion"}
+        assert f'"{q.text}"' not in q.extra["cot"]["reasoning"]  # the request is in the prompt, not quoted again
         assert bench.media_item(q.reference_id).path.is_file()
     multi = [q for q in bench.queries if q.extra["family"] == "multi"]
     assert all(q.extra["hard_negatives"] for q in multi)

@@ -69,10 +69,11 @@ class BoardSize:
     pretrain_steps: int
     steps: int  # fine-tuning steps per variant and seed
     seeds: tuple[int, ...]
+    captioner_steps: int = 1500  # the learned captioner's (from the backbone, encoder frozen)
 
 
 FULL = BoardSize(10_000, 500, 6_000, 2_000, 600, (0, 1, 2, 3, 4))
-QUICK = BoardSize(4_000, 200, 4_000, 600, 200, (0, 1))
+QUICK = BoardSize(4_000, 200, 4_000, 600, 200, (0, 1), captioner_steps=600)
 
 
 @dataclass(frozen=True)
@@ -89,11 +90,13 @@ class RunSpec:
     # The run folder of a variant that trains the very same model (``Variant.training_key``): this
     # one is not trained again, only built with its own (inference) settings and scored.
     trained_in: str | None = None
+    captions: str | None = None  # a caption cache read in training and at test (None: the generator's)
 
     def overrides(self) -> list[str]:
         return [
             f"data.root={self.data}",
             "data.num_frames=1",
+            *([f"data.target_captions={self.captions}"] if self.captions else []),
             f"method.name={self.variant.method}",
             "method.config=null",  # the variant's config replaces the base file's, not merges into it
             f"method.config={json.dumps(self.variant.config)}",
@@ -227,6 +230,28 @@ def backfill_probes(root: Path, results: dict, claims: dict[str, Claim]) -> None
         result["hits"]["probes"] = record["probes"]
 
 
+def subtasks(method, bench, n: int = 128) -> dict[str, float]:
+    """Numbers on the sub-tasks a method relies on: its own validation metrics on the test split,
+    and for a method that writes chains, how many of the target's attribute words (the generator's
+    attribute-level caption) the conclusions of ``n`` test queries name (``SubTask`` preconditions)."""
+    import torch
+
+    from composir.experiments.captions import attribute_accuracy
+
+    out = dict(method.validation_metrics(bench, 1))
+    queries = [q for q in bench.queries if (q.extra.get("target_captions") or {}).get("attributes")][:n]
+    if not queries:
+        return out
+    with torch.no_grad():
+        frames = _schema_frames(method, [bench.media_item(q.reference_id).path for q in queries])
+        explanations = method.explain(frames, method.encoder.tokenize([q.text for q in queries]))
+    chains = [(e or {}).get("chain") for e in explanations or []]
+    if chains and all(isinstance(c, dict) and "conclusion" in c for c in chains):
+        gold = [q.extra["target_captions"]["attributes"] for q in queries]
+        out["conclusion attributes"] = attribute_accuracy([c["conclusion"] for c in chains], gold)
+    return out
+
+
 def _diagnostics(method, bench, n: int = 256) -> dict[str, float]:
     """The method's own diagnostics on up to ``n`` schema test queries."""
     queries = _schema_queries(bench, n)
@@ -260,7 +285,9 @@ def run_variant(spec: RunSpec) -> Path:
         train(load_config(CONFIG, spec.overrides()), resume=True, progress=False)
         method, _ = load_run(out)
     test = perturb_gallery_captions(
-        load_benchmark("synthetic", Path(spec.data), "test"), spec.variant.gallery_captions, spec.seed
+        load_benchmark("synthetic", Path(spec.data), "test", captions=spec.captions),
+        spec.variant.gallery_captions,
+        spec.seed,
     )
     res = evaluate(method, test, batch_size=64, num_frames=1, progress=False)
     hits = query_hits(test, res)
@@ -272,6 +299,7 @@ def run_variant(spec: RunSpec) -> Path:
         **{k: v.tolist() for k, v in hits.items()},
         "diagnostics": _diagnostics(method, test),
         "probes": probes(method, test, decoding_pairs(registered_claims())),
+        "subtasks": subtasks(method, test),
     }
     atomic_write_json(result_file, record)
     return result_file
@@ -310,6 +338,7 @@ def load_hits(path: Path) -> dict:
     if "top1" in record:  # runs from before it was recorded have none (their Engaged is "not measured")
         arrays["top1"] = np.asarray(record["top1"], dtype=object)
     arrays["probes"] = record.get("probes", {})  # read by Decodes preconditions
+    arrays["subtasks"] = record.get("subtasks", {})  # read by SubTask preconditions
     return {"hits": arrays, "diagnostics": record.get("diagnostics", {}), "seconds": record["seconds"]}
 
 
@@ -471,6 +500,30 @@ def write_board(
         f.write("\n".join(lines))
 
 
+def learned_captions_for(variants, data: dict[int, Path], root: Path, backbone: Path, size: BoardSize, jobs: int):
+    """Per seed, a learned captioner's caption cache, when a variant reads captions (else empty)."""
+    from composir.experiments.captioner import learned_captions, reads_captions
+
+    if not reads_captions(variants):
+        return {}
+    found = learned_captions(data, root, size.captioner_steps, jobs, init_from=str(backbone))
+    return {s: cache for s, (cache, _) in found.items()}
+
+
+def caption_note(root: Path, size: BoardSize) -> list[str]:
+    """The board's paragraph on its captions, from the captioners' recorded accuracy (none: no lines)."""
+    from composir.experiments.captioner import caption_lines
+
+    found = {}
+    for path in sorted(root.glob("captioner-s*/accuracy.json")):
+        found[int(path.parent.name.removeprefix("captioner-s"))] = (
+            path.parent / "learned.jsonl",
+            json.loads(path.read_text()),
+        )
+    start = "from the backbone, its encoder frozen"
+    return caption_lines(found, size.captioner_steps, start) if found else []
+
+
 def header_lines(args, size: BoardSize, seconds: float | None, results: dict) -> list[str]:
     run_minutes = statistics.mean(r["seconds"] for r in results.values()) / 60 if results else 0.0
     command = "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/board.py" + (" --quick" if args.quick else "")
@@ -518,13 +571,16 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: by size)")
     parser.add_argument("--pretrain-steps", type=int, default=None, help="backbone steps (default: by size)")
+    parser.add_argument("--captioner-steps", type=int, default=None, help="learned captioner steps (default: by size)")
     parser.add_argument("--out", default=None, help="cache folder (default: runs/claims or runs/claims-quick)")
     parser.add_argument("--render", action="store_true", help="only redraw the board from the finished runs")
     parser.add_argument("--doc", default=None, help="default: docs/claims.md (docs/claims-quick.md with --quick)")
     args = parser.parse_args()
     size = QUICK if args.quick else FULL
     changes = {"seeds": tuple(args.seeds or size.seeds), "steps": args.steps or size.steps}
-    size = BoardSize(**{**asdict(size), **changes, "pretrain_steps": args.pretrain_steps or size.pretrain_steps})
+    changes["pretrain_steps"] = args.pretrain_steps or size.pretrain_steps
+    changes["captioner_steps"] = args.captioner_steps or size.captioner_steps
+    size = BoardSize(**{**asdict(size), **changes})
     claims = registered_claims()
     unknown = sorted(set(args.papers or []) - set(claims))
     if unknown:
@@ -542,18 +598,22 @@ def main() -> None:
         results = finished_runs(root)
         backfill_probes(root, results, claims)
         seeds = tuple(sorted({seed for _, seed in results}))
-        write_board(doc, header_lines(args, size, None, results), claims, results, seeds, img, budget)
+        write_board(
+            doc, header_lines(args, size, None, results) + caption_note(root, size), claims, results, seeds, img, budget
+        )
         print(f"wrote {doc} from {len(results)} finished runs")
         return
     pretrain, data = make_data(root, size)
     backbone = train_backbone(root, pretrain, size.pretrain_steps)
     variants = {v.key: v for c in to_run.values() for v in (c.baseline, *c.variants.values())}
+    captions = learned_captions_for(variants.values(), data, root, backbone, size, args.jobs)
     trainer: dict[str, str] = {}  # training key -> the variant key whose run trains that model
     for key, v in variants.items():
         trainer.setdefault(v.training_key, key)
     specs = [
         RunSpec(v, s, str(data[s]), str(backbone), str(root / f"{key}-s{s}"), size.steps, args.lr,
-                None if trainer[v.training_key] == key else str(root / f"{trainer[v.training_key]}-s{s}"))
+                None if trainer[v.training_key] == key else str(root / f"{trainer[v.training_key]}-s{s}"),
+                str(captions[s]) if captions and v.captions == "default" else None)
         for s in size.seeds
         for key, v in variants.items()
     ]  # fmt: skip
@@ -565,7 +625,9 @@ def main() -> None:
     results = finished_runs(root)
     backfill_probes(root, results, claims)
     seeds = tuple(sorted({seed for _, seed in results}))
-    write_board(doc, header_lines(args, size, seconds, results), claims, results, seeds, img, budget)
+    write_board(
+        doc, header_lines(args, size, seconds, results) + caption_note(root, size), claims, results, seeds, img, budget
+    )
     done = sum((Path(spec.out) / "hits.json").is_file() for spec in specs)
     print(f"wrote {doc} ({done}/{len(specs)} runs of this invocation, {seconds / 60:.1f} min)")
 

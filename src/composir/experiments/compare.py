@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from composir.experiments import board
+from composir.experiments.captioner import caption_lines, learned_captions, reads_captions
 from composir.experiments.verdicts import BASELINE, applicable, judge_claim
 from composir.methods.claims import Claim, Variant, registered_claims
 from composir.utils.io import atomic_open, atomic_write_json
@@ -52,7 +53,6 @@ from composir.utils.io import atomic_open, atomic_write_json
 # The repository checkout (configs/, docs/, runs/): experiments run from a development install.
 REPO = Path(__file__).resolve().parents[3]
 CONFIG = REPO / "configs" / "tiny-synthetic-csmcir.yaml"
-CAPTIONER_CONFIG = REPO / "configs" / "tiny-synthetic-cir-cot.yaml"
 FAMILIES = ("explicit", "multi", "implicit")
 CONCEPT_BUCKETS = ("0 concepts", "1 concept", "2 concepts", "3+ concepts")
 GENERATED = "trained on generated triplets"
@@ -136,81 +136,6 @@ def make_generated(data: Path) -> tuple[Path, float]:
             if ref is not None and tgt is not None:
                 verdicts.append(triplet_is_correct(ref, tgt, entry["caption"]))
     return out, 100 * float(np.mean(verdicts))
-
-
-@dataclass(frozen=True)
-class CaptionerSpec:
-    """A learned captioner for one seed's benchmark: CIR-CoT's caption stage trained on its training
-    split (the encoder learns too: from scratch, like every run here), then the cache it writes
-    for every image of the three splits."""
-
-    data: str
-    out: str
-    steps: int
-    lr: float
-
-    @property
-    def cache(self) -> Path:
-        return Path(self.out) / "learned.jsonl"
-
-
-def train_captioner(spec: CaptionerSpec) -> Path:
-    """Train (resumed), caption every image not yet in the cache, then record the captions'
-    attribute accuracy against the generator's on the test gallery (``accuracy.json``, written last)."""
-    board.one_thread()
-    from composir.annotate.captions import target_items
-    from composir.annotate.learned import caption_with_run, load_captioner
-    from composir.data import load_benchmark
-    from composir.experiments.captions import attribute_accuracy
-    from composir.train import load_config, train
-
-    config = {"stage": "caption", "caption_encoder_frozen": False}
-    overrides = [
-        f"data.root={spec.data}", "method.config=null", f"method.config={json.dumps(config)}",
-        f"output_dir={spec.out}", f"train.max_steps={spec.steps}", f"train.lr={spec.lr}",
-        f"train.warmup_steps={max(1, spec.steps // 20)}", f"train.eval_every={spec.steps}",
-        f"train.save_every={spec.steps}", "train.num_workers=0",
-    ]  # fmt: skip
-    train(load_config(CAPTIONER_CONFIG, overrides), resume=True, progress=False)
-    method = load_captioner(spec.out)
-    splits = {split: load_benchmark("synthetic", Path(spec.data), split) for split in ("train", "val", "test")}
-    items = [i for b in splits.values() for i in target_items(b)]
-    caption_with_run(items, spec.cache, method, f"composir run {spec.out}", progress=False)
-    from composir.data.captions import read_captions
-
-    said = read_captions(spec.cache)
-    gallery = [item for item in splits["test"].gallery if item.caption]
-    accuracy = attribute_accuracy([said.get(i.id, "") for i in gallery], [i.caption for i in gallery])
-    exact = 100.0 * float(np.mean([said.get(i.id, "") == i.caption for i in gallery]))
-    atomic_write_json(Path(spec.out) / "accuracy.json", {"attribute_accuracy": accuracy, "exact": exact})
-    return spec.cache
-
-
-def learned_captions(data: dict[int, Path], root: Path, args) -> dict[int, tuple[Path, dict]]:
-    """Per seed: the learned captioner's cache and its measured accuracy (trained where missing)."""
-    steps = args.captioner_steps
-    specs = {s: CaptionerSpec(str(d), str(root / f"captioner-s{s}"), steps, 1e-3) for s, d in data.items()}
-    board.run_all(list(specs.values()), args.jobs, run=train_captioner, result="accuracy.json")
-    out = {}
-    for s, spec in specs.items():
-        done = Path(spec.out) / "accuracy.json"
-        if not done.is_file():
-            raise SystemExit(f"the captioner of seed {s} did not finish ({spec.out}); see the error above")
-        out[s] = (spec.cache, json.loads(done.read_text()))
-    return out
-
-
-def caption_lines(captions: dict[int, tuple[Path, dict]], steps: int) -> list[str]:
-    accuracy = [c[1]["attribute_accuracy"] for c in captions.values()]
-    exact = [c[1]["exact"] for c in captions.values()]
-    return [
-        f"**Captions.** Every variant reads the captions of a learned captioner (CIR-CoT's caption stage, "
-        f"`cir_cot` with `stage: caption`, trained {steps} steps on each seed's training split, encoder "
-        f"included) in training and at test, except rows marked *generator's captions* (the oracle). "
-        f"On the test gallery its captions carry {board.mean_sd(accuracy)} % of the generator's attribute "
-        f"words (colour, shape, size, background; exact captions {board.mean_sd(exact)} %).",
-        "",
-    ]
 
 
 def concept_counts(bench) -> np.ndarray:
@@ -519,15 +444,6 @@ def plan_runs(
     return specs, hits_files
 
 
-def _reads_captions(members: dict[str, Variant]) -> bool:
-    """Whether any variant's model reads target captions (only then is a captioner trained)."""
-    from composir.encoders import build_encoder
-    from composir.methods import build_method
-
-    encoder = build_encoder("tiny", config={"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4})
-    return any(build_method(v.method, encoder, v.config).target_text for v in members.values())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--claim", required=True, help="a registered claim (its baseline and variants)")
@@ -566,7 +482,8 @@ def main() -> None:
         parser.error(f"--only: {unknown} are not variants of {claim.paper}; it has {sorted(claim.variants)}")
     chosen = {n: v for n, v in claim.variants.items() if not args.only or n in args.only}
     members = {BASELINE: claim.baseline, **chosen, **{m: Variant(m) for m in args.also}}
-    captions = learned_captions(data, root, args) if args.captions == "learned" and _reads_captions(members) else {}
+    learned = args.captions == "learned" and reads_captions(members.values())
+    captions = learned_captions(data, root, args.captioner_steps, args.jobs) if learned else {}
     specs, hits_files = plan_runs(members, data, root, args, {s: c[0] for s, c in captions.items()})
     method_name = next(iter(chosen))
     precision = add_generated_runs(specs, hits_files, chosen[method_name], data, root, args) if args.generated else {}
@@ -579,7 +496,7 @@ def main() -> None:
         runs.setdefault(name, []).append(load_run_hits(path))
     done = min(len(r) for r in runs.values())
     runs = {n: r[:done] for n, r in runs.items()}
-    extra = caption_lines(captions, args.captioner_steps) if captions else []
+    extra = caption_lines(captions, args.captioner_steps, "encoder included") if captions else []
     extra += generated_lines(runs, method_name, precision) if GENERATED in runs else []
     seconds = (
         cached_step_seconds(members, data[args.seeds[0]], args.time_steps, Path(args.out)) if args.time_steps else None

@@ -32,6 +32,7 @@ from composir.methods.claims import (
     Precondition,
     RecoversGap,
     Shrinks,
+    SubTask,
 )
 
 HIT_METRICS = ("R@1", "R@10", "R@50", "Rsubset@1")
@@ -204,6 +205,13 @@ def check_precondition(pre: Precondition, hits: Hits) -> PreconditionResult:
             return PreconditionResult(text + " (not probed in these runs)", None, False)
         value = float(np.mean([100 * (r["accuracy"] - r["chance"]) for r in probed]))
         return PreconditionResult(text, value, bool(value >= pre.above_chance))
+    if isinstance(pre, SubTask):
+        text = f"{pre.variant}'s {pre.metric} ≥ {pre.at_least:g}"
+        recorded: list[Any] = [dict(run.get("subtasks", {})).get(pre.metric) for run in hits.get(pre.variant, ())]
+        if not recorded or any(v is None for v in recorded):
+            return PreconditionResult(text + " (not recorded in these runs)", None, False)
+        value = float(np.mean(recorded))
+        return PreconditionResult(text, value, bool(value >= pre.at_least))
     raise TypeError(f"unknown precondition {pre!r}")
 
 

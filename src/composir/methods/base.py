@@ -233,6 +233,16 @@ class RetrievalMethod(nn.Module):
         return self.encode_query(frames, tokens), None
 
 
+def media_frames(method: RetrievalMethod, paths: list, num_frames: int) -> torch.Tensor:
+    """The preprocessed frames (B, T, 3, H, W) of these media files, on the method's device (for a
+    method's own measurements on a benchmark split)."""
+    from composir.data.media import load_media
+
+    enc = method.encoder
+    device = next(method.parameters()).device
+    return torch.stack([torch.stack([enc.preprocess(f) for f in load_media(p, num_frames)]) for p in paths]).to(device)
+
+
 def all_gather_tensor(x: torch.Tensor) -> torch.Tensor:
     """Every rank's ``x`` concatenated in rank order, without gradients (state updates: libraries, banks)."""
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]

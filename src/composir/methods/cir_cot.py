@@ -19,8 +19,8 @@ from torch import nn
 from composir.encoders.base import Tokens
 from composir.encoders.causal_lm import BACKENDS, PAD, GenerationRules, VisualPrefix, build_causal_lm
 from composir.errors import ConfigError
-from composir.methods.base import MethodConfig, RetrievalMethod
-from composir.methods.claims import Claim, Gain, LosesGain, Shrinks, Variant, register_claim
+from composir.methods.base import MethodConfig, RetrievalMethod, media_frames
+from composir.methods.claims import Claim, Gain, LosesGain, Shrinks, SubTask, Variant, register_claim
 from composir.methods.registry import register_method
 from composir.utils.typed import bounded
 
@@ -67,6 +67,10 @@ class CIRCoTConfig(MethodConfig):
     # false: the encoder learns too (a captioner trained from scratch sees nothing through a frozen
     # random encoder).
     caption_encoder_frozen: bool = True
+    # Scheduled sampling: this share of each batch's queries takes its <ret> embedding from a chain
+    # the model writes itself (greedy, under the decoding constraints), as at inference; the LM loss
+    # stays on the annotated chains. 0: <ret> always follows the annotated chain.
+    self_chain_rate: float = bounded(0.0, 0, 1)
 
     def validate(self) -> None:
         if self.stage not in STAGES:
@@ -129,9 +133,12 @@ class CIRCoTConfig(MethodConfig):
         generation limit and the chain cache only matter at inference. ``zero_shot`` trains against
         the encoder's image features, so it stays apart."""
         settings = super().training_settings()
-        for inference_only in ("max_chain_tokens", "chain_cache_size", "decode_section_order", "decode_section_tokens",
-                               "decode_no_repeat_ngram"):  # fmt: skip
-            del settings[inference_only]
+        inference_only = ["chain_cache_size"]
+        if not settings["self_chain_rate"]:  # else training writes chains too, under these rules
+            inference_only += ["max_chain_tokens", "decode_section_order", "decode_section_tokens",
+                               "decode_no_repeat_ngram"]  # fmt: skip
+        for name in inference_only:
+            del settings[name]
         if settings["mode"] in ("reason", "direct"):
             settings["mode"] = "reason or direct"
         return settings
@@ -396,6 +403,17 @@ class CIRCoT(RetrievalMethod):
             out.append(_clean_spacing(self.tokenizer.decode(words, skip_special_tokens=True)))
         return out
 
+    def _with_own_chains(self, query: torch.Tensor, prefix: VisualPrefix, texts: list[str]) -> torch.Tensor:
+        """``query`` with a random ``self_chain_rate`` share of its rows embedded after the model's own chain."""
+        picked = (torch.rand(len(query)) < self.config.self_chain_rate).nonzero().flatten()
+        if not len(picked):
+            return query
+        chosen = [texts[i] for i in picked.tolist()]
+        chains = self.generate_chains(prefix[picked], chosen)
+        rows = [self.prompt_ids(t, prefix.length) + c + [self.ids[RET]] for t, c in zip(chosen, chains)]
+        own = self._ret_embedding(rows, prefix[picked])[0]
+        return query.index_copy(0, picked.to(query.device), own)
+
     # ------------------------------------------------------------------------------ sub-task metrics
     @torch.no_grad()
     def validation_metrics(self, bench: Any, num_frames: int) -> dict[str, float]:
@@ -411,7 +429,7 @@ class CIRCoT(RetrievalMethod):
         queries = [q for q in bench.queries if (q.extra or {}).get("cot")][:VALIDATION_ITEMS]
         if not queries:
             return {}
-        frames = _frames(self, [bench.media_item(q.reference_id).path for q in queries], num_frames)
+        frames = media_frames(self, [bench.media_item(q.reference_id).path for q in queries], num_frames)
         return {"conclusion token acc": 100.0 * self.conclusion_accuracy(frames, queries)}
 
     def conclusion_accuracy(self, frames: torch.Tensor, queries: list) -> float:
@@ -438,19 +456,12 @@ class CIRCoT(RetrievalMethod):
         prefix = self.visual_prefix(batch["reference"])
         rows, labels = self.training_rows(batch, prefix.length)
         query, lm_loss = self._ret_embedding(rows, prefix, labels)
+        if cfg.self_chain_rate > 0 and cfg.mode == "reason":
+            query = self._with_own_chains(query, prefix, batch["text"])
         out = {"contrastive": self.contrastive(query, self.encode_target(batch["target"]))}
         if cfg.lm_weight > 0:
             out["lm"] = cfg.lm_weight * lm_loss
         return out
-
-
-def _frames(method: RetrievalMethod, paths: list, num_frames: int) -> torch.Tensor:
-    """The preprocessed frames (B, T, 3, H, W) of these media files."""
-    from composir.data.media import load_media
-
-    enc = method.encoder
-    device = next(method.parameters()).device
-    return torch.stack([torch.stack([enc.preprocess(f) for f in load_media(p, num_frames)]) for p in paths]).to(device)
 
 
 def _clean_spacing(text: str) -> str:
@@ -473,7 +484,7 @@ def caption_scores(method: CIRCoT, items: list, num_frames: int, batch: int = 32
     said: list[str] = []
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
-        said += method.caption_images(_frames(method, [item.path for item in chunk], num_frames))
+        said += method.caption_images(media_frames(method, [item.path for item in chunk], num_frames))
     gold = [item.caption for item in items]
     return {
         "caption F1": 100.0 * sum(token_f1(s, g) for s, g in zip(said, gold)) / len(items),
@@ -510,5 +521,8 @@ register_claim(
             "Baseline: the same model trained without a chain (`<ret>` right after the prompt) and used "
             "directly, as the paper's no-CoT ablation."
         ),
+        # The claim is about reasoning that is right: chains whose conclusions miss the target's
+        # attributes test a decoder that cannot write them, not the paper's mechanism.
+        preconditions=(SubTask("CIR-CoT (reason)", "conclusion attributes", 80.0),),
     )
 )

@@ -25,9 +25,9 @@ from torch import nn
 from composir.data.noun_phrases import DEFAULT_MODEL, NounPhrases
 from composir.encoders.base import TokenFeatures, Tokens
 from composir.errors import ConfigError
-from composir.methods.base import MethodConfig, RetrievalMethod
+from composir.methods.base import MethodConfig, RetrievalMethod, media_frames
 from composir.methods.batch import TripletCollator
-from composir.methods.claims import Claim, Gain, LosesGain, Shrinks, Variant, register_claim
+from composir.methods.claims import Claim, Gain, LosesGain, Shrinks, SubTask, Variant, register_claim
 from composir.methods.registry import register_method
 from composir.utils.typed import bounded
 
@@ -267,6 +267,31 @@ class ConTextCIR(RetrievalMethod):
     def after_epoch(self, epoch: int) -> None:
         self.phrases.save()  # spans extracted so far, for the next run
 
+    @torch.no_grad()
+    def validation_metrics(self, bench: Any, num_frames: int) -> dict[str, float]:
+        """``concept map shift``: how far the sentence moves each noun phrase's attention from the
+        phrase's attention alone, on up to 64 queries -- the total-variation distance between the two
+        maps, each made a distribution over patches, in % (0: the sentence changes nothing, so the
+        concept loss has nothing to fix)."""
+        queries = bench.queries[:64]
+        if not queries:
+            return {}
+        frames = media_frames(self, [bench.media_item(q.reference_id).path for q in queries], num_frames)
+        items = [
+            {"index": i, "reference": frames[i].cpu(), "target": frames[i].cpu(), "text": q.text,
+             "query_id": q.query_id, "reference_id": q.reference_id, "target_id": q.reference_id, "extra": q.extra}
+            for i, q in enumerate(queries)
+        ]  # fmt: skip
+        batch = self.collator()(items)
+        memory, image = self.encoder.image_tokens(frames)
+        _, attention = self.compose(memory, image, batch["tokens"].to(frames.device))
+        context, alone = self.concept_maps(batch, memory, attention)
+        if not len(context):
+            return {}
+        p = context / context.sum(-1, keepdim=True).clamp_min(1e-8)
+        q = alone / alone.sum(-1, keepdim=True).clamp_min(1e-8)
+        return {"concept map shift": float(50.0 * (p - q).abs().sum(-1).mean())}
+
 
 def _flat(spans: list[list[tuple[int, int]]]) -> list[tuple[int, int]]:
     return [s for row in spans for s in row]
@@ -288,6 +313,9 @@ register_claim(
             # composir's first reading (text tokens query patches), where other words cannot compete.
             "text to image": Variant("context_cir", {**_BOARD, "direction": "text_to_image"}),
         },
+        # The loss fixes a phrase attending differently inside its sentence than alone: without the
+        # loss that difference must be there, else there is nothing for it to fix.
+        preconditions=(SubTask("baseline", "concept map shift", 5.0),),
         checks=(
             Gain("ConText-CIR", ("multi",), "R@1", 1.0),
             Shrinks("ConText-CIR", ("multi",), ("explicit",), "R@1"),

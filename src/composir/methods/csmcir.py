@@ -16,7 +16,7 @@ from composir.encoders.base import QFormerBackbone
 from composir.errors import ConfigError
 from composir.methods.base import MethodConfig, RetrievalMethod, all_gather_tensor, distributed
 from composir.methods.batch import CaptionedCollator, TripletCollator
-from composir.methods.claims import Claim, Gain, LosesGain, Variant, register_claim
+from composir.methods.claims import Claim, Gain, LosesGain, SubTask, Variant, register_claim
 from composir.methods.memory_bank import MemoryBank, target_key
 from composir.methods.registry import register_method
 from composir.utils.typed import bounded
@@ -132,6 +132,10 @@ class CSMCIR(RetrievalMethod):
         bank_term = self.bank_loss(query, key, bank, mask) if bank is not None else no_bank
         return {"contrastive": self.contrastive(query, target), "bank": bank_term}
 
+    def validation_metrics(self, bench: Any, num_frames: int) -> dict[str, float]:
+        """``bank entries``: how many targets the memory bank holds (0: it supplied no negative)."""
+        return {"bank entries": float(len(self.bank))} if self.bank is not None else {}
+
     @torch.no_grad()
     def _key_features(self, frames: torch.Tensor, tokens) -> torch.Tensor:
         if not bool(self.key_encoder_ready):
@@ -197,6 +201,8 @@ register_claim(
             "CSMCIR, 40% caption noise": Variant("csmcir", _BOARD, gallery_captions="noise-0.4"),
             "CSMCIR, shuffled gallery captions": Variant("csmcir", _BOARD, gallery_captions="shuffled"),
         },
+        # The bank's part of the claim needs a bank that holds negatives.
+        preconditions=(SubTask("CSMCIR", "bank entries", 1.0),),
         checks=(
             Gain("CSMCIR", _FAMILIES, "R@1", 1.0),
             LosesGain("image-only target (asymmetric)", "CSMCIR", _FAMILIES, "R@1"),

@@ -203,13 +203,14 @@ def plan_implicit(rng: np.random.Generator, video: bool) -> FamilyPlan:
 PLANNERS = {"explicit": plan_explicit, "multi": plan_multi, "implicit": plan_implicit}
 
 
-def _reasoning(text: str, concrete: list[str], concept: str | None) -> str:
-    """What the request changes, in concrete steps (the chain's middle section; the reference's
-    caption is its first section, so it is not repeated here)."""
+def _reasoning(concrete: list[str], concept: str | None) -> str:
+    """What the request changes, in concrete steps (the chain's middle section). Neither the
+    reference's caption (the first section) nor the request itself (in the prompt) is repeated: a
+    quoted request is text the decoder copies from its prompt, not reasoning."""
     steps = join_clauses(concrete)
     if concept:
-        return f'"{text}" names the concept {concept}, which here means: {steps}. everything else stays.'
-    return f'"{text}" asks to {steps}. everything else stays.'
+        return f"{concept} here means: {steps}. everything else stays."
+    return f"{steps}. everything else stays."
 
 
 # Per image its MCoT-stage captions and scene; paths; annotation entries.
@@ -295,7 +296,7 @@ def _write_family(
             # keep it short enough for a small language model to write at evaluation.
             "cot": {
                 "caption": captions[0]["attributes"],
-                "reasoning": _reasoning(t["text"], t["concrete"], t.get("concept")),
+                "reasoning": _reasoning(t["concrete"], t.get("concept")),
                 "conclusion": captions[t["target"]]["attributes"],
             },
             "target_scene": plan.members[t["target"]].to_json(),

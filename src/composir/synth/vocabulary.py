@@ -28,7 +28,7 @@ def words_of(text: str) -> list[str]:
 def _plan_texts(plan) -> list[str]:
     texts = [level for scene in plan.members for level in caption_levels(scene, False).values()]
     for t in plan.triplets:
-        texts += [t["text"], _reasoning(t["text"], t["concrete"], t.get("concept"))]
+        texts += [t["text"], _reasoning(t["concrete"], t.get("concept"))]
     return texts
 
 
@@ -55,4 +55,4 @@ def vocabulary(samples: int = 400) -> tuple[str, ...]:
 
 def _schema_texts(members, triplet) -> list[str]:
     texts = [level for scene in members for level in caption_levels(scene, False).values()]
-    return [*texts, _reasoning(triplet["text"], triplet["concrete"], triplet.get("concept"))]
+    return [*texts, _reasoning(triplet["concrete"], triplet.get("concept"))]
