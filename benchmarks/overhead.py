@@ -177,6 +177,15 @@ def zero_shot_query_rows(model: str, root: str, items: int) -> list[str]:
                        check=True, capture_output=True)  # fmt: skip
         searcher = Searcher(index)
         method = searcher.method
+        info = {"fingerprint": method.encoder.fingerprint(), "num_frames": 1}
+
+        def ours_index() -> None:
+            GalleryIndex(Path(tmp) / "idx2", load=False).update(
+                media, model_encoder(method, 1), info, batch_size=64, progress=False, rebuild=True
+            )
+
+        index_s = alternating({"ours": ours_index, "hand": lambda: hand_index(method, paths)}, 3, warm=1)
+        rows.append(row(f"index {len(paths)} images", index_s["ours"], index_s["hand"]))
         query_rows(searcher, method, hand_index(method, paths), paths[0], rows)
     return rows
 

@@ -11,6 +11,21 @@ import torch
 from PIL import Image
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-synthetic-combiner.yaml"
+CIR_COT_CONFIG = CONFIG.parent / "tiny-synthetic-cir-cot.yaml"
+
+
+def cir_cot_overrides(root, out, method_config: dict, steps: int) -> list[str]:
+    """A few CPU steps of the CIR-CoT config on the small synthetic benchmark, with a tiny encoder."""
+    import json
+
+    return [
+        f"data.root={root}", f"output_dir={out}", "encoder.config={width: 32, embed_dim: 16, heads: 2, "
+        "num_query_tokens: 4, vision_layers: 1, qformer_layers: 1}", "method.config=null",
+        f"method.config={json.dumps(method_config)}", "train.batch_size=4", f"train.max_steps={steps}",
+        f"train.eval_every={steps}", f"train.save_every={steps}", "train.warmup_steps=0", "train.num_workers=0",
+        "data.max_val_queries=8",
+    ]  # fmt: skip
+
 
 # A tiny set-up that trains in seconds on a CPU: the small synthetic benchmark, 12 steps.
 SMALL = [

@@ -342,7 +342,9 @@ def test_ctrl_c_stops_the_client_at_once_and_keeps_what_was_answered(server, tmp
     proc = subprocess.Popen([sys.executable, "-c", code, str(script), server, str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     assert proc.stdout.readline().strip() == "ready"
-    time.sleep(3.0)  # the first answers are in
+    cache, deadline = tmp_path / "c.jsonl", time.monotonic() + 60
+    while not (cache.is_file() and cache.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the first answers are in (however slowly a loaded machine starts the process)
     sent_before = len(FakeLLM.requests)
     start = time.monotonic()
     proc.send_signal(getattr(signal, signal_name))

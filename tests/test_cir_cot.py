@@ -4,7 +4,6 @@ the chain cache, bad texts, the explanation in search results."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +14,8 @@ from composir.errors import ConfigError
 from composir.methods import available_methods, build_method
 from composir.methods.cir_cot import CAPTION, CONCLUSION, REASON, RET, Chain
 from composir.methods.claims import registered_claims
+from helpers import CIR_COT_CONFIG, cir_cot_overrides
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 ENC = {"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4, "vision_layers": 1, "qformer_layers": 1}
 LM = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
       "num_key_value_heads": 2}  # fmt: skip
@@ -492,14 +491,20 @@ def test_the_caption_stage_learns_to_caption_images_with_the_encoder_frozen():
     captions = ["a large red circle on a gray background", "a small blue square on a snow background"]
     batch = _captioned(method, captions)
     assert set(method.losses(batch)) == {"lm"}
+    _fit_lm(method, batch, 200)
+    assert method.caption_images(batch["target"]) == captions  # each image its own caption, whole
+
+
+def _fit_lm(method, batch, steps: int) -> None:
+    """``steps`` of AdamW (lr 1e-2) on the LM loss of one batch; the method is left in eval mode."""
     optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(200):
+    method.train()
+    for _ in range(steps):
         loss = method.losses(batch)["lm"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     method.eval()
-    assert method.caption_images(batch["target"]) == captions  # each image its own caption, whole
 
 
 def test_the_caption_stage_needs_captions():
@@ -520,14 +525,7 @@ def test_teacher_forced_conclusion_accuracy_reads_the_conclusion_only():
     finally:
         handle.remove()
     # After learning the chain, the conclusion is predicted token for token.
-    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-2)
-    method.train()
-    for _ in range(60):
-        loss = method.losses(batch)["lm"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    method.eval()
+    _fit_lm(method, batch, 60)
     with torch.no_grad():
         assert method.conclusion_accuracy(frames, queries) == 1.0
 
@@ -535,17 +533,10 @@ def test_teacher_forced_conclusion_accuracy_reads_the_conclusion_only():
 def test_training_logs_the_decoders_sub_task_metrics(synth_root, tmp_path):
     from composir.train import load_config, train
 
-    base = CONFIG_DIR / "tiny-synthetic-cir-cot.yaml"
     for stage, metric in (("caption", "caption F1"), ("retrieval", "conclusion token acc")):
         out = tmp_path / stage
-        overrides = [
-            f"data.root={synth_root}", f"output_dir={out}", "encoder.config={width: 32, embed_dim: 16, heads: 2, "
-            "num_query_tokens: 4, vision_layers: 1, qformer_layers: 1}", "method.config=null",
-            f"method.config={json.dumps({'lm_config': LM, 'stage': stage, 'max_chain_tokens': 8})}",
-            "train.batch_size=4", "train.max_steps=1", "train.eval_every=1", "train.save_every=1",
-            "train.warmup_steps=0", "train.num_workers=0", "data.max_val_queries=8",
-        ]  # fmt: skip
-        train(load_config(base, overrides), progress=False)
+        config = {"lm_config": LM, "stage": stage, "max_chain_tokens": 8}
+        train(load_config(CIR_COT_CONFIG, cir_cot_overrides(synth_root, out, config, steps=1)), progress=False)
         rows = (out / "metrics.csv").read_text().splitlines()
         assert any(f"1,val,{metric}," in row for row in rows), rows[:5]
 

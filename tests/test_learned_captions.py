@@ -3,7 +3,6 @@ writes the cache a served LLM would, and a benchmark loaded with it carries thos
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,8 @@ import torch
 from composir.cli import main
 from composir.data import load_benchmark
 from composir.data.captions import read_captions
+from helpers import CIR_COT_CONFIG, cir_cot_overrides
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-synthetic-cir-cot.yaml"
 LM = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
       "num_key_value_heads": 2}  # fmt: skip
 
@@ -23,14 +22,8 @@ def captioner(synth_root, tmp_path_factory) -> Path:
     from composir.train import load_config, train
 
     out = tmp_path_factory.mktemp("captioner")
-    overrides = [
-        f"data.root={synth_root}", f"output_dir={out}", "encoder.config={width: 32, embed_dim: 16, heads: 2, "
-        "num_query_tokens: 4, vision_layers: 1, qformer_layers: 1}", "method.config=null",
-        f"method.config={json.dumps({'lm_config': LM, 'stage': 'caption', 'decode_section_tokens': 10})}",
-        "train.batch_size=8", "train.max_steps=3", "train.eval_every=3", "train.save_every=3",
-        "train.warmup_steps=0", "train.num_workers=0", "data.max_val_queries=8",
-    ]  # fmt: skip
-    train(load_config(CONFIG, overrides), progress=False)
+    config = {"lm_config": LM, "stage": "caption", "decode_section_tokens": 10}
+    train(load_config(CIR_COT_CONFIG, cir_cot_overrides(synth_root, out, config, steps=3)), progress=False)
     return out
 
 

@@ -214,7 +214,8 @@ register_claim(
         note=(
             "The abstract gives no numbers: the board asks for +1 R@1 over the baseline on the three "
             "synthetic families pooled, and for each of the three parts to carry most of it. Targets "
-            "read the benchmark's caption cache (the generator's levels stand in for the LLM's MCoT)."
+            "read a learned captioner's captions (CIR-CoT's caption stage trained per seed: captions with "
+            "perception errors, as an MLLM's); the generator's own captions are the labelled oracle row."
         ),
     )
 )
