@@ -193,8 +193,30 @@ def score_checkpoints(spec: CompareSpec, test, path: Path, train_seconds: float)
         "query_ids": [q.query_id for q in test.queries],
         "concepts": concept_counts(test).tolist(),
         "curve": curve,
+        "subtasks": board.subtasks(method, test),  # the final checkpoint's (SubTask preconditions)
     }
     atomic_write_json(path, record)
+
+
+def backfill_subtasks(specs: dict[tuple[str, int], CompareSpec]) -> None:
+    """Runs scored before ``subtasks`` were recorded get them now, from their final checkpoint."""
+    from composir.data import load_benchmark
+    from composir.experiments.captions import perturb_gallery_captions
+    from composir.runs.factory import build_with_weights
+    from composir.train import load_config
+
+    for spec in specs.values():
+        for name, variant in (("hits.json", spec.variant), *spec.also_scored):
+            path = Path(spec.out) / name
+            if not path.is_file() or "subtasks" in (record := json.loads(path.read_text())):
+                continue
+            scored = replace(spec, variant=variant)
+            final = sorted((Path(spec.out) / "checkpoints").glob("step-*"))[-1]
+            method = build_with_weights(load_config(CONFIG, scored.overrides()), final).eval()
+            test = load_benchmark("synthetic", Path(spec.data), "test", captions=spec.captions)
+            test = perturb_gallery_captions(test, variant.gallery_captions, spec.seed)
+            record["subtasks"] = board.subtasks(method, test)
+            atomic_write_json(path, record)
 
 
 def load_run_hits(path: Path) -> dict:
@@ -207,6 +229,7 @@ def load_run_hits(path: Path) -> dict:
         curve.append((point["step"], arrays))
     final = dict(curve[-1][1])
     final["concepts"] = np.asarray(record["concepts"])
+    final["subtasks"] = record.get("subtasks", {})
     return {"hits": final, "curve": curve, "seconds": record["seconds"]}
 
 
@@ -372,7 +395,7 @@ def report(
         lines += [*time_table({n: runs[n] for n in compared}, seconds, args.steps), ""]
     lines += claim_checks(claim, compared)
     lines += extra
-    picture = Path(args.doc).parent / "img" / f"compare-{board.slug(claim.paper)}.png"
+    picture = Path(args.doc).parent / "img" / f"{Path(args.doc).stem}.png"  # one picture per report
     plot(claim, {n: runs[n] for n in compared}, seconds, picture)
     lines += [f"![{claim.paper}]({picture.relative_to(Path(args.doc).parent).as_posix()})", ""]
     return lines
@@ -488,6 +511,7 @@ def main() -> None:
     method_name = next(iter(chosen))
     precision = add_generated_runs(specs, hits_files, chosen[method_name], data, root, args) if args.generated else {}
     board.run_all(list(specs.values()), args.jobs, run=run_compare)
+    backfill_subtasks(specs)
     runs: dict[str, list[dict]] = {}
     for (name, s), path in hits_files.items():
         if not path.is_file():
