@@ -153,16 +153,6 @@ def train_backbone(root: Path, pretrain: Path, steps: int) -> Path:
     return out
 
 
-def _schema_frames(method, paths: list):
-    """The preprocessed first frames (B, 1, 3, H, W) of these media files."""
-    import torch
-
-    from composir.data.media import load_media
-
-    enc = method.encoder
-    return torch.stack([torch.stack([enc.preprocess(f) for f in load_media(path, 1)]) for path in paths])
-
-
 def decoding_pairs(claims: dict[str, Claim]) -> set[tuple[str, str]]:
     """(feature, label) of every registered Decodes precondition."""
     return {(p.feature, p.label) for c in claims.values() for p in c.preconditions if isinstance(p, Decodes)}
@@ -186,6 +176,8 @@ def probes(method, bench, pairs: set[tuple[str, str]], n: int = 512) -> dict[str
     ``n`` schema test queries, one per (feature, label) pair the method has."""
     import torch
 
+    from composir.methods.base import media_frames
+
     queries = _schema_queries(bench, n)
     if not pairs or not queries:
         return {}
@@ -193,7 +185,7 @@ def probes(method, bench, pairs: set[tuple[str, str]], n: int = 512) -> dict[str
     with torch.no_grad():
         for start in range(0, len(queries), 128):
             chunk = queries[start : start + 128]
-            frames = _schema_frames(method, [bench.media_item(q.reference_id).path for q in chunk])
+            frames = media_frames(method, [bench.media_item(q.reference_id).path for q in chunk], 1)
             for name, value in method.probe_features(frames, method.encoder.tokenize([q.text for q in chunk])).items():
                 features.setdefault(name, []).append(value.float().cpu())
     out = {}
@@ -237,13 +229,14 @@ def subtasks(method, bench, n: int = 128) -> dict[str, float]:
     import torch
 
     from composir.experiments.captions import attribute_accuracy
+    from composir.methods.base import media_frames
 
     out = dict(method.validation_metrics(bench, 1))
     queries = [q for q in bench.queries if (q.extra.get("target_captions") or {}).get("attributes")][:n]
     if not queries:
         return out
     with torch.no_grad():
-        frames = _schema_frames(method, [bench.media_item(q.reference_id).path for q in queries])
+        frames = media_frames(method, [bench.media_item(q.reference_id).path for q in queries], 1)
         explanations = method.explain(frames, method.encoder.tokenize([q.text for q in queries]))
     chains = [(e or {}).get("chain") for e in explanations or []]
     if chains and all(isinstance(c, dict) and "conclusion" in c for c in chains):
@@ -254,8 +247,10 @@ def subtasks(method, bench, n: int = 128) -> dict[str, float]:
 
 def _diagnostics(method, bench, n: int = 256) -> dict[str, float]:
     """The method's own diagnostics on up to ``n`` schema test queries."""
+    from composir.methods.base import media_frames
+
     queries = _schema_queries(bench, n)
-    frames = _schema_frames(method, [bench.media_item(q.reference_id).path for q in queries])
+    frames = media_frames(method, [bench.media_item(q.reference_id).path for q in queries], 1)
     return method.diagnostics(frames, method.encoder.tokenize([q.text for q in queries]))
 
 
@@ -512,16 +507,10 @@ def learned_captions_for(variants, data: dict[int, Path], root: Path, backbone: 
 
 def caption_note(root: Path, size: BoardSize) -> list[str]:
     """The board's paragraph on its captions, from the captioners' recorded accuracy (none: no lines)."""
-    from composir.experiments.captioner import caption_lines
+    from composir.experiments.captioner import caption_lines, recorded_captioners
 
-    found = {}
-    for path in sorted(root.glob("captioner-s*/accuracy.json")):
-        found[int(path.parent.name.removeprefix("captioner-s"))] = (
-            path.parent / "learned.jsonl",
-            json.loads(path.read_text()),
-        )
-    start = "from the backbone, its encoder frozen"
-    return caption_lines(found, size.captioner_steps, start) if found else []
+    found = recorded_captioners(root)
+    return caption_lines(found, size.captioner_steps, "from the backbone, its encoder frozen") if found else []
 
 
 def header_lines(args, size: BoardSize, seconds: float | None, results: dict) -> list[str]:

@@ -21,6 +21,7 @@ from composir.methods.claims import Variant
 from composir.utils.io import atomic_write_json
 
 CAPTIONER_CONFIG = board.REPO / "configs" / "tiny-synthetic-cir-cot.yaml"
+CACHE, ACCURACY = "learned.jsonl", "accuracy.json"  # in a captioner's run folder; ACCURACY is written last
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class CaptionerSpec:
 
     @property
     def cache(self) -> Path:
-        return Path(self.out) / "learned.jsonl"
+        return Path(self.out) / CACHE
 
     def overrides(self) -> list[str]:
         config = {"stage": "caption", "caption_encoder_frozen": self.init_from is not None}
@@ -70,7 +71,7 @@ def train_captioner(spec: CaptionerSpec) -> Path:
     gallery = [item for item in splits["test"].gallery if item.caption]
     accuracy = attribute_accuracy([said.get(i.id, "") for i in gallery], [i.caption for i in gallery])
     exact = 100.0 * float(np.mean([said.get(i.id, "") == i.caption for i in gallery]))
-    atomic_write_json(Path(spec.out) / "accuracy.json", {"attribute_accuracy": accuracy, "exact": exact})
+    atomic_write_json(Path(spec.out) / ACCURACY, {"attribute_accuracy": accuracy, "exact": exact})
     return spec.cache
 
 
@@ -79,14 +80,30 @@ def learned_captions(
 ) -> dict[int, tuple[Path, dict]]:
     """Per seed: the learned captioner's cache and its measured accuracy (trained where missing)."""
     specs = {s: CaptionerSpec(str(d), str(root / f"captioner-s{s}"), steps, 1e-3, init_from) for s, d in data.items()}
-    board.run_all(list(specs.values()), jobs, run=train_captioner, result="accuracy.json")
+    board.run_all(list(specs.values()), jobs, run=train_captioner, result=ACCURACY)
     out = {}
     for s, spec in specs.items():
-        done = Path(spec.out) / "accuracy.json"
-        if not done.is_file():
+        found = finished_captioner(Path(spec.out))
+        if found is None:
             raise SystemExit(f"the captioner of seed {s} did not finish ({spec.out}); see the error above")
-        out[s] = (spec.cache, json.loads(done.read_text()))
+        out[s] = found
     return out
+
+
+def finished_captioner(out: Path) -> tuple[Path, dict] | None:
+    """(caption cache, recorded accuracy) of a captioner run folder, or None while it is unfinished."""
+    done = out / ACCURACY
+    return (out / CACHE, json.loads(done.read_text())) if done.is_file() else None
+
+
+def recorded_captioners(root: Path) -> dict[int, tuple[Path, dict]]:
+    """Per seed, the finished captioners under an experiment's folder (``captioner-s<seed>``)."""
+    found = {}
+    for folder in sorted(root.glob("captioner-s*")):
+        finished = finished_captioner(folder)
+        if finished is not None:
+            found[int(folder.name.removeprefix("captioner-s"))] = finished
+    return found
 
 
 def caption_lines(captions: dict[int, tuple[Path, dict]], steps: int, start: str) -> list[str]:

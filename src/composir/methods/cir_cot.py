@@ -268,15 +268,12 @@ class CIRCoT(RetrievalMethod):
         rows = [self.prompt_ids(t, prefix.length) + self.opener for t in texts]
         ids, mask, _ = (t.to(self.ret_proj.weight.device) for t in self.pad_left(rows))
         new = self.lm.generate(ids, mask, prefix, self.config.max_chain_tokens, self.ids[RET], self.generation_rules())
-        chains = []
-        for row in new:
-            chain = list(self.opener)
-            for token in row:
-                if token in (self.ids[RET], self.ids[PAD]):
-                    break
-                chain.append(token)
-            chains.append(chain)
-        return chains
+        return [[*self.opener, *self._until_end(row)] for row in new]
+
+    def _until_end(self, row: list[int]) -> list[int]:
+        """A generated row's tokens before its ``<ret>`` (or padding)."""
+        end = next((i for i, token in enumerate(row) if token in (self.ids[RET], self.ids[PAD])), len(row))
+        return row[:end]
 
     def generation_rules(self) -> GenerationRules:
         cfg: CIRCoTConfig = self.config
@@ -393,15 +390,7 @@ class CIRCoT(RetrievalMethod):
         order = [self.ids[CAPTION], self.ids[RET]]
         rules = GenerationRules([SectionOrder(order, cfg.decode_section_tokens)], cfg.decode_no_repeat_ngram)
         new = self.lm.generate(ids, mask, prefix, cfg.decode_section_tokens + 1, self.ids[RET], rules)
-        out = []
-        for row in new:
-            words = []
-            for token in row:
-                if token in (self.ids[RET], self.ids[PAD]):
-                    break
-                words.append(token)
-            out.append(_clean_spacing(self.tokenizer.decode(words, skip_special_tokens=True)))
-        return out
+        return [_clean_spacing(self.tokenizer.decode(self._until_end(row), skip_special_tokens=True)) for row in new]
 
     def _with_own_chains(self, query: torch.Tensor, prefix: VisualPrefix, texts: list[str]) -> torch.Tensor:
         """``query`` with a random ``self_chain_rate`` share of its rows embedded after the model's own chain."""
