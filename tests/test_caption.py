@@ -337,7 +337,10 @@ def test_ctrl_c_stops_the_client_at_once_and_keeps_what_was_answered(server, tmp
     FakeLLM.mode = "paced"  # 0.3 s per answer, 4 in flight: requests are on their way when the signal comes
     script = tmp_path / "run.py"
     script.write_text(SLOW_RUN)
+    # Both signals raise KeyboardInterrupt, as SIGINT does in a terminal; set explicitly, since a test
+    # run started in the background (nohup, &) passes SIGINT on ignored and Python keeps it so.
     code = "import signal, runpy, sys; signal.signal(signal.SIGTERM, signal.default_int_handler); "
+    code += "signal.signal(signal.SIGINT, signal.default_int_handler); "
     code += "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
     proc = subprocess.Popen([sys.executable, "-c", code, str(script), server, str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -348,7 +351,12 @@ def test_ctrl_c_stops_the_client_at_once_and_keeps_what_was_answered(server, tmp
     sent_before = len(FakeLLM.requests)
     start = time.monotonic()
     proc.send_signal(getattr(signal, signal_name))
-    proc.wait(timeout=20)
+    try:  # communicate, not wait: a child blocked on a full stderr pipe would never exit
+        _, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"still running 20 s after the signal; its stderr ends: {err[-3000:]}") from None
     assert time.monotonic() - start < 2.5, "still running long after the signal"
     time.sleep(0.5)
     assert len(FakeLLM.requests) <= sent_before + 4  # at most what was already on its way

@@ -343,6 +343,21 @@ def test_board_renders_a_claim(tmp_path):
     assert (tmp_path / "img" / "claims-paper-x.png").stat().st_size > 10_000
 
 
+def test_the_board_header_says_what_backbone_the_variants_start_from():
+    from types import SimpleNamespace
+
+    from composir.experiments import board
+
+    args = SimpleNamespace(quick=False, lr=5e-4, jobs=2)
+    scores = {"explicit": 47.625, "multi": 18.5, "implicit": 43.2}
+    text = " ".join(board.header_lines(args, board.FULL, None, {}, scores))
+    assert (
+        f"pretrained {board.FULL.pretrain_steps} steps on a plain synthetic set of {board.FULL.pretrain_size:,} "
+        "triplets (its val R@1 explicit 47.6, multi 18.5, implicit 43.2); every variant"
+    ) in text
+    assert "(its val R@1" not in " ".join(board.header_lines(args, board.FULL, None, {}))
+
+
 def _compare_module():
     from composir.experiments import compare
 
