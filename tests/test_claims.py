@@ -358,6 +358,24 @@ def test_the_board_header_says_what_backbone_the_variants_start_from():
     assert "(its val R@1" not in " ".join(board.header_lines(args, board.FULL, None, {}))
 
 
+def test_the_backbone_is_measured_again_once_it_has_trained_further(tmp_path):
+    import json
+
+    from composir.errors import ComposirError
+    from composir.experiments import board
+
+    best = tmp_path / "backbone" / "checkpoints" / "best"
+    best.mkdir(parents=True)
+    (best / "model.safetensors").write_bytes(b"")
+    (best / "trainer_state.json").write_text(json.dumps({"step": 10}))
+    record = tmp_path / "backbone" / "val_r1_by_family.json"
+    record.write_text(json.dumps({"step": 10, "scores": {"explicit": 47.6}}))
+    assert board.backbone_scores(tmp_path / "backbone", tmp_path / "pretrain") == {"explicit": 47.6}
+    (best / "trainer_state.json").write_text(json.dumps({"step": 20}))
+    with pytest.raises(ComposirError, match="no config.yaml"):  # not the kept scores: it loads the run to measure
+        board.backbone_scores(tmp_path / "backbone", tmp_path / "pretrain")
+
+
 def _compare_module():
     from composir.experiments import compare
 

@@ -157,11 +157,19 @@ def train_backbone(root: Path, pretrain: Path, steps: int) -> Path:
 
 
 def backbone_scores(backbone: Path, pretrain: Path) -> dict[str, float]:
-    """The backbone's R@1 per family on its own pretraining set's val split (evaluated once, kept
-    in the run folder): the board's header shows what the variants start from."""
+    """The backbone's R@1 per family on its own pretraining set's val split, kept in the run folder
+    with the step it was measured at (a backbone trained further is measured again): the board's
+    header shows what the variants start from."""
+    from composir.runs import checkpoint as ckpt
+
+    folder = ckpt.best_or_latest(backbone / "checkpoints")
+    if folder is None:
+        raise RuntimeError(f"{backbone}: the backbone has no checkpoint")
+    step = ckpt.read_trainer_state(folder)["step"]
     record = backbone / "val_r1_by_family.json"
-    if record.is_file():
-        return json.loads(record.read_text())
+    kept = json.loads(record.read_text()) if record.is_file() else {}
+    if kept.get("step") == step:
+        return kept["scores"]
     from composir.data import load_benchmark
     from composir.eval.evaluate import evaluate
     from composir.train import load_run
@@ -170,7 +178,7 @@ def backbone_scores(backbone: Path, pretrain: Path) -> dict[str, float]:
     val = load_benchmark("synthetic", pretrain, "val")
     hits = query_hits(val, evaluate(method.eval(), val, batch_size=64, num_frames=1, progress=False))
     scores = {family: rate(hits, "R@1", family) for family in ("explicit", "multi", "implicit")}
-    atomic_write_json(record, scores)
+    atomic_write_json(record, {"step": step, "scores": scores})
     return scores
 
 
