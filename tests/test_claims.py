@@ -372,7 +372,7 @@ def test_the_backbone_is_measured_again_once_it_has_trained_further(tmp_path):
     record.write_text(json.dumps({"step": 10, "scores": {"explicit": 47.6}}))
     assert board.backbone_scores(tmp_path / "backbone", tmp_path / "pretrain") == {"explicit": 47.6}
     (best / "trainer_state.json").write_text(json.dumps({"step": 20}))
-    with pytest.raises(ComposirError, match="no config.yaml"):  # not the kept scores: it loads the run to measure
+    with pytest.raises(ComposirError, match=r"no config\.yaml"):  # not the kept scores: it loads the run to measure
         board.backbone_scores(tmp_path / "backbone", tmp_path / "pretrain")
 
 
