@@ -404,6 +404,31 @@ def test_inference_only_variants_share_one_training_run(tmp_path):
     assert hits[("baseline", 0)].parent != Path(specs[("reason", 0)].out)
 
 
+def test_cir_cot_variants_start_from_the_seeds_captioner_on_the_board_and_in_the_compare(tmp_path):
+    """The paper's model starts from a multimodal LLM that can describe an image: every CIR-CoT
+    variant starts from the seed's learned captioner, a model apart from one that does not."""
+    from composir.experiments import board
+    from composir.experiments.captioner import needs_captioner
+
+    claim = registered_claims()["CIR-CoT"]
+    assert all(v.start == "captioner" for v in (claim.baseline, *claim.variants.values()))
+    assert needs_captioner([claim.baseline]) and not needs_captioner([Variant("cir_cot")])
+    assert Variant("cir_cot", start="captioner").training_key != Variant("cir_cot").training_key
+    with pytest.raises(ConfigError, match="start must be"):
+        Variant("cir_cot", start="scratch")
+    caches = {0: tmp_path / "captioner-s0" / "learned.jsonl", 1: tmp_path / "captioner-s1" / "learned.jsonl"}
+    backbone = tmp_path / "backbone"
+    assert board.run_start(claim.baseline, 1, backbone, caches) == str(tmp_path / "captioner-s1")
+    assert board.run_start(Variant("qformer_fusion"), 1, backbone, caches) == str(backbone)
+    compare = _compare_module()
+    members = {"baseline": Variant("qformer_fusion"), "reason": claim.variants["CIR-CoT (reason)"]}
+    args = type("Args", (), {"seeds": [0, 1], "steps": 10, "points": 2, "lr": 1e-3})()
+    data = {0: tmp_path / "d0", 1: tmp_path / "d1"}
+    specs, _ = compare.plan_runs(members, data, tmp_path, args, None, {0: "cap0", 1: "cap1"})
+    assert "train.init_from=cap1" in specs[("reason", 1)].overrides()
+    assert not any(o.startswith("train.init_from") for o in specs[("baseline", 1)].overrides())
+
+
 def test_the_nearest_class_mean_probe_reads_separable_features_and_not_noise():
     from composir.experiments.verdicts import nearest_class_mean_accuracy
 

@@ -525,13 +525,19 @@ def write_board(
 
 
 def learned_captions_for(variants, data: dict[int, Path], root: Path, backbone: Path, size: BoardSize, jobs: int):
-    """Per seed, a learned captioner's caption cache, when a variant reads captions (else empty)."""
-    from composir.experiments.captioner import learned_captions, reads_captions
+    """Per seed, a learned captioner's caption cache (in its run folder), when a variant reads
+    captions or starts from the captioner (else empty)."""
+    from composir.experiments.captioner import learned_captions, needs_captioner
 
-    if not reads_captions(variants):
+    if not needs_captioner(variants):
         return {}
     found = learned_captions(data, root, size.captioner_steps, jobs, init_from=str(backbone))
     return {s: cache for s, (cache, _) in found.items()}
+
+
+def run_start(variant: Variant, seed: int, backbone: Path, captions: dict[int, Path]) -> str:
+    """The run a variant's training starts from: the backbone, or the seed's learned captioner."""
+    return str(captions[seed].parent) if variant.start == "captioner" else str(backbone)
 
 
 def caption_note(root: Path, size: BoardSize) -> list[str]:
@@ -642,8 +648,8 @@ def main() -> None:
     for key, v in variants.items():
         trainer.setdefault(v.training_key, key)
     specs = [
-        RunSpec(v, s, str(data[s]), str(backbone), str(root / f"{key}-s{s}"), size.steps, args.lr,
-                None if trainer[v.training_key] == key else str(root / f"{trainer[v.training_key]}-s{s}"),
+        RunSpec(v, s, str(data[s]), run_start(v, s, backbone, captions), str(root / f"{key}-s{s}"), size.steps,
+                args.lr, None if trainer[v.training_key] == key else str(root / f"{trainer[v.training_key]}-s{s}"),
                 str(captions[s]) if captions and v.captions == "default" else None)
         for s in size.seeds
         for key, v in variants.items()

@@ -120,6 +120,13 @@ def caption_lines(captions: dict[int, tuple[Path, dict]], steps: int, start: str
     ]
 
 
+def needs_captioner(variants: Iterable[Variant]) -> bool:
+    """Whether an experiment over these variants trains a captioner per seed: a model reads target
+    captions, or a run starts from the captioner (``Variant.start``)."""
+    variants = list(variants)
+    return any(v.start == "captioner" for v in variants) or reads_captions(variants)
+
+
 def reads_captions(variants: Iterable[Variant]) -> bool:
     """Whether any variant's model reads target captions (only then is a captioner trained)."""
     from composir.encoders import build_encoder

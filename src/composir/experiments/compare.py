@@ -74,6 +74,7 @@ class CompareSpec:
     # Variants that train the very same model (``Variant.training_key``) and differ only at
     # inference: (hits file name in ``out``, variant), scored from this run's checkpoints.
     also_scored: tuple[tuple[str, Variant], ...] = ()
+    init_from: str | None = None  # a run to start from (``Variant.start: captioner``); None: random init
 
     def overrides(self) -> list[str]:
         every = max(1, self.steps // self.points)
@@ -81,7 +82,9 @@ class CompareSpec:
             [f"data.root={self.train_root}", "data.benchmark=cirr"] if self.train_root else [f"data.root={self.data}"]
         )
         captions = [f"data.target_captions={self.captions}"] if self.captions else []
+        start = [f"train.init_from={self.init_from}"] if self.init_from else []
         return [
+            *start,
             *train_data,
             *captions,
             f"method.name={self.variant.method}",
@@ -445,10 +448,17 @@ def generated_lines(runs: dict[str, list[dict]], method_name: str, precision: di
 
 
 def plan_runs(
-    members: dict[str, Variant], data: dict[int, Path], root: Path, args, captions: dict[int, Path] | None = None
+    members: dict[str, Variant],
+    data: dict[int, Path],
+    root: Path,
+    args,
+    captions: dict[int, Path] | None = None,
+    captioners: dict[int, str] | None = None,
 ) -> tuple[dict[tuple[str, int], CompareSpec], dict[tuple[str, int], Path]]:
     """One training run per (trained model, seed) -- variants that differ only at inference are
-    scored from the same run -- and where each (variant, seed)'s hits will be."""
+    scored from the same run -- and where each (variant, seed)'s hits will be. ``captions``: per
+    seed, the caption cache caption-reading runs read; ``captioners``: per seed, the captioner run
+    that variants with ``start: captioner`` start from."""
     groups: dict[str, list[str]] = {}
     for name, variant in members.items():
         groups.setdefault(variant.training_key, []).append(name)
@@ -459,9 +469,11 @@ def plan_runs(
             out = root / f"{first.key}-s{s}"
             others = tuple((f"hits-{members[n].key}.json", members[n]) for n in names[1:])
             learned = str(captions[s]) if captions and first.captions == "default" else None
+            init = captioners[s] if captioners and first.start == "captioner" else None
             specs[(names[0], s)] = CompareSpec(
-                first, s, str(data[s]), str(out), args.steps, args.points, args.lr, captions=learned, also_scored=others
-            )
+                first, s, str(data[s]), str(out), args.steps, args.points, args.lr, captions=learned,
+                also_scored=others, init_from=init,
+            )  # fmt: skip
             hits_files[(names[0], s)] = out / "hits.json"
             hits_files.update({(n, s): out / file for n, (file, _) in zip(names[1:], others)})
     return specs, hits_files
@@ -506,8 +518,11 @@ def main() -> None:
     chosen = {n: v for n, v in claim.variants.items() if not args.only or n in args.only}
     members = {BASELINE: claim.baseline, **chosen, **{m: Variant(m) for m in args.also}}
     learned = args.captions == "learned" and reads_captions(members.values())
-    captions = learned_captions(data, root, args.captioner_steps, args.jobs) if learned else {}
-    specs, hits_files = plan_runs(members, data, root, args, {s: c[0] for s, c in captions.items()})
+    starts = any(v.start == "captioner" for v in members.values())
+    captioners = learned_captions(data, root, args.captioner_steps, args.jobs) if learned or starts else {}
+    captions = captioners if learned else {}
+    start = {s: str(c[0].parent) for s, c in captioners.items()}
+    specs, hits_files = plan_runs(members, data, root, args, {s: c[0] for s, c in captions.items()}, start)
     method_name = next(iter(chosen))
     precision = add_generated_runs(specs, hits_files, chosen[method_name], data, root, args) if args.generated else {}
     board.run_all(list(specs.values()), args.jobs, run=run_compare)
@@ -520,7 +535,7 @@ def main() -> None:
         runs.setdefault(name, []).append(load_run_hits(path))
     done = min(len(r) for r in runs.values())
     runs = {n: r[:done] for n, r in runs.items()}
-    extra = caption_lines(captions, args.captioner_steps, "encoder included") if captions else []
+    extra = caption_lines(captioners, args.captioner_steps, "encoder included") if captioners else []
     extra += generated_lines(runs, method_name, precision) if GENERATED in runs else []
     seconds = (
         cached_step_seconds(members, data[args.seeds[0]], args.time_steps, Path(args.out)) if args.time_steps else None

@@ -52,11 +52,17 @@ class Variant:
     # Where target captions come from, in training and at test: ``default``, the experiment's own
     # source (a learned captioner's where it trains one), or ``oracle``, the generator's ground truth.
     captions: str = "default"
+    # Where training starts: ``default``, the experiment's own start (the board's backbone, the
+    # compare's random init), or ``captioner``, the experiment's learned captioner of the same seed
+    # (CIR-CoT's caption stage: what the paper's pretrained multimodal LLM stands for here).
+    start: str = "default"
 
     def __post_init__(self) -> None:
         parse_gallery_captions(self.gallery_captions)
         if self.captions not in ("default", "oracle"):
             raise ConfigError(f"captions must be default or oracle, got {self.captions!r}")
+        if self.start not in ("default", "captioner"):
+            raise ConfigError(f"start must be default or captioner, got {self.start!r}")
 
     @property
     def key(self) -> str:
@@ -82,6 +88,8 @@ class Variant:
         parts: list[Any] = [self.method, settings, self.train]
         if self.captions != "default":  # another model: trained on other captions
             parts.append({"captions": self.captions})
+        if self.start != "default":  # another model: trained from another start
+            parts.append({"start": self.start})
         if kind == "" and self.gallery_captions != "as_given":  # scored apart; trained as the same model
             parts.append(self.gallery_captions)
         text = json.dumps(parts, sort_keys=True, default=str)
