@@ -18,40 +18,19 @@ cleared before every reason call (each one generates); median and p90 ms, one th
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from composir.data import load_benchmark
 from composir.data.media import load_media
-from composir.experiments.captions import attribute_accuracy
+from composir.experiments.captions import attribute_accuracy, object_f1, parse_attribute_caption
 from composir.train import load_run
 
 FAMILIES = ("explicit", "multi", "implicit")
-
-
-def parse_attributes(caption: str) -> tuple[Counter, str]:
-    """(multiset of object phrases without articles, background) of an attribute-level caption."""
-    caption = caption.strip().lower()
-    match = re.search(r"\bon an? (.+?) background\s*$", caption)
-    background = match.group(1) if match else ""
-    body = caption[: match.start()] if match else caption
-    parts = [p.strip() for p in re.split(r",| and ", body) if p.strip()]
-    objects = Counter(re.sub(r"^(a|an|the) ", "", p) for p in parts)
-    return objects, background
-
-
-def object_f1(predicted: Counter, gold: Counter) -> float:
-    overlap = sum((predicted & gold).values())
-    if not predicted and not gold:
-        return 1.0
-    precision = overlap / max(1, sum(predicted.values()))
-    recall = overlap / max(1, sum(gold.values()))
-    return 0.0 if overlap == 0 else 2 * precision * recall / (precision + recall)
 
 
 def _frames(method, bench, ids: list[str]) -> torch.Tensor:
@@ -87,8 +66,8 @@ def cmd_quality(args) -> None:
         method, _ = load_run(run)
         rows = defaultdict(list)
         for family, chain, gold, gold_caption in chains(method.eval(), bench, args.n):
-            pred_objects, pred_bg = parse_attributes(chain["conclusion"])
-            gold_objects, gold_bg = parse_attributes(gold)
+            pred_objects, pred_bg = parse_attribute_caption(chain["conclusion"])
+            gold_objects, gold_bg = parse_attribute_caption(gold)
             row = (
                 chain["conclusion"].strip().lower() == gold.strip().lower(),
                 object_f1(pred_objects, gold_objects),

@@ -341,6 +341,61 @@ def test_board_renders_a_claim(tmp_path):
     assert "| baseline R@1 leaves ≥ 4 points of headroom on schema-1shot | 70 | yes |" in text
     assert "| v | 40.0 ± 0.0 (+10.0 [" in text  # R@1 on schema-1shot: 30% + 10 points
     assert (tmp_path / "img" / "claims-paper-x.png").stat().st_size > 10_000
+    assert "Sub-tasks the claim relies on" not in text  # none recorded: no table
+    for seed, shift in enumerate((4.0, 6.0, 8.0)):  # recorded by the baseline only
+        results[(claim.baseline.key, seed)]["hits"]["subtasks"] = {"concept map shift": shift}
+    board.write_board(doc, ["# board", ""], {"Paper X": claim}, results, (0, 1, 2), tmp_path / "img", budget)
+    text = doc.read_text()
+    assert "| variant | concept map shift |" in text and "| baseline | 6.0 ± 2.0 |" in text
+    assert "| v |" not in text.split("| variant | concept map shift |")[1].split("\n\n")[0]
+
+
+def test_conclusions_are_scored_by_the_objects_they_name():
+    from composir.experiments.captions import conclusion_quality
+
+    gold = "a small red circle and a large blue cross on a beige background"
+    scores = conclusion_quality(
+        ["a small red circle and a large green cross on a beige background", gold, "a small red circle"],
+        [gold, gold, gold],
+    )
+    # objects right: 1 of 2 both ways (F1 0.5), all, 1 of 1 said of 2 (P 1, R 0.5: F1 2/3)
+    assert scores["conclusion object F1"] == pytest.approx(100 * (0.5 + 1 + 2 / 3) / 3)
+    assert scores["conclusion exact"] == pytest.approx(100 / 3)
+    assert scores["conclusion attributes"] == pytest.approx(100 * (6 + 7 + 3) / 21)  # 7 gold words each
+
+
+def test_the_board_adds_the_chain_scores_a_run_did_not_record(tmp_path, monkeypatch):
+    """A run that wrote chains before their object F1 was recorded gets it on the next render;
+    a run with every number, or one that writes no chains, is not loaded again."""
+    import json
+
+    import composir.data
+    import composir.train
+    from composir.experiments import board
+
+    records = {
+        "old": {"conclusion attributes": 55.0},
+        "new": {"conclusion attributes": 55.0, "conclusion object F1": 9.0},
+        "plain": {"bank entries": 3.0},
+    }
+    for key, tasks in records.items():
+        (tmp_path / f"{key}-s0" / "checkpoints").mkdir(parents=True)
+        (tmp_path / f"{key}-s0" / "hits.json").write_text(json.dumps({"subtasks": tasks, "seconds": 1}))
+    loaded = []
+
+    def load_run(run):
+        loaded.append(Path(run).name)
+        return torch.nn.Linear(1, 1), {}
+
+    monkeypatch.setattr(composir.train, "load_run", load_run)
+    monkeypatch.setattr(composir.data, "load_benchmark", lambda *a, **k: None)
+    monkeypatch.setattr(board, "chain_quality", lambda method, bench: {"conclusion object F1": 12.0})
+    results = {(key, 0): {"hits": {"subtasks": dict(tasks)}} for key, tasks in records.items()}
+    board.backfill_chain_quality(tmp_path, results)
+    assert loaded == ["old-s0"]
+    stored = json.loads((tmp_path / "old-s0" / "hits.json").read_text())["subtasks"]
+    assert stored == {"conclusion attributes": 55.0, "conclusion object F1": 12.0}
+    assert results[("old", 0)]["hits"]["subtasks"]["conclusion object F1"] == 12.0
 
 
 def test_the_board_header_says_what_backbone_the_variants_start_from():

@@ -252,26 +252,51 @@ def backfill_probes(root: Path, results: dict, claims: dict[str, Claim]) -> None
 
 
 def subtasks(method, bench, n: int = 128) -> dict[str, float]:
-    """Numbers on the sub-tasks a method relies on: its own validation metrics on the test split,
-    and for a method that writes chains, how many of the target's attribute words (the generator's
-    attribute-level caption) the conclusions of ``n`` test queries name (``SubTask`` preconditions)."""
+    """Numbers on the sub-tasks a method relies on (``SubTask`` preconditions): its own validation
+    metrics on the test split and, for a method that writes chains, their conclusions' quality."""
+    return {**method.validation_metrics(bench, 1), **chain_quality(method, bench, n)}
+
+
+def chain_quality(method, bench, n: int = 128) -> dict[str, float]:
+    """For a method that writes chains: how well the conclusions of ``n`` test queries describe the
+    target (the generator's attribute-level caption; ``captions.conclusion_quality``); else empty."""
     import torch
 
-    from composir.experiments.captions import attribute_accuracy
+    from composir.experiments.captions import conclusion_quality
     from composir.methods.base import media_frames
 
-    out = dict(method.validation_metrics(bench, 1))
     queries = [q for q in bench.queries if (q.extra.get("target_captions") or {}).get("attributes")][:n]
     if not queries:
-        return out
+        return {}
     with torch.no_grad():
         frames = media_frames(method, [bench.media_item(q.reference_id).path for q in queries], 1)
         explanations = method.explain(frames, method.encoder.tokenize([q.text for q in queries]))
     chains = [(e or {}).get("chain") for e in explanations or []]
-    if chains and all(isinstance(c, dict) and "conclusion" in c for c in chains):
-        gold = [q.extra["target_captions"]["attributes"] for q in queries]
-        out["conclusion attributes"] = attribute_accuracy([c["conclusion"] for c in chains], gold)
-    return out
+    if not chains or not all(isinstance(c, dict) and "conclusion" in c for c in chains):
+        return {}
+    gold = [q.extra["target_captions"]["attributes"] for q in queries]
+    return conclusion_quality([c["conclusion"] for c in chains], gold)
+
+
+def backfill_chain_quality(root: Path, results: dict) -> None:
+    """Chain quality for finished runs that wrote chains before all of it was recorded: the run's
+    model loaded again and its chains scored on its seed's test split (written into ``hits.json``)."""
+    from composir.data import load_benchmark
+    from composir.train import load_run
+
+    for (key, seed), result in results.items():
+        have = result["hits"].get("subtasks", {})
+        run = root / f"{key}-s{seed}"
+        if "conclusion attributes" not in have or "conclusion object F1" in have:
+            continue
+        if not (run / "checkpoints").is_dir():
+            continue
+        method, _ = load_run(run)
+        found = chain_quality(method.eval(), load_benchmark("synthetic", root / f"schema-data-s{seed}", "test"))
+        record = json.loads((run / "hits.json").read_text())
+        record["subtasks"] = {**record.get("subtasks", {}), **found}
+        atomic_write_json(run / "hits.json", record)
+        result["hits"]["subtasks"] = record["subtasks"]
 
 
 def _diagnostics(method, bench, n: int = 256) -> dict[str, float]:
@@ -433,6 +458,28 @@ def diagnostics_table(claim: Claim, results: dict, seeds: list[int]) -> list[str
     return lines
 
 
+def subtask_table(claim: Claim, results: dict, seeds: list[int]) -> list[str]:
+    """Every sub-task number the claim's runs recorded (``subtasks``), per variant: mean ± std over
+    ``seeds`` (variants that record none are left out)."""
+    named = {"baseline": claim.baseline, **claim.variants}
+    rows = {}
+    for name, variant in named.items():
+        runs = [results[(variant.key, s)]["hits"].get("subtasks", {}) for s in seeds if (variant.key, s) in results]
+        if any(runs):
+            rows[name] = runs
+    keys = sorted({k for runs in rows.values() for d in runs for k in d})
+    if not keys:
+        return []
+    lines = ["| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for name, runs in rows.items():
+        cells = []
+        for k in keys:
+            vals = [d[k] for d in runs if k in d]
+            cells.append(mean_sd(vals) if vals else "—")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def plot_claim(claim: Claim, hits: dict, path: Path) -> None:
     """R@1 and Rsubset@1 by shot level, R@1 on the other buckets: mean over seeds (error bars: the
     seeds' range on the curves, their std on the bars)."""
@@ -504,6 +551,10 @@ def claim_section(
     for metric in [m for m in TABLE_METRICS if m in hits[BASELINE][0]]:
         lines += [f"{metric} on the test split, mean ± std over seeds (difference to the baseline "
                   "[95% paired bootstrap interval]):", "", *metric_table(hits, metric), ""]  # fmt: skip
+    tasks = subtask_table(claim, results, done)
+    if tasks:
+        lines += ["Sub-tasks the claim relies on, on each run's test split (`subtasks`), mean ± std over seeds:"]
+        lines += ["", *tasks, ""]
     diag = diagnostics_table(claim, results, done)
     if diag:
         lines += ["Mechanism diagnostics on 256 schema test queries (`method.diagnostics`), mean ± std over seeds:", ""]
@@ -596,6 +647,7 @@ def draw_board(
     to train): every registered claim, the backbone's scores and the captioners' in the header."""
     results = finished_runs(root)
     backfill_probes(root, results, claims)
+    backfill_chain_quality(root, results)
     seeds = tuple(sorted({seed for _, seed in results}))
     backbone = root / "backbone"
     scores = backbone_scores(backbone, root / "pretrain-data") if (backbone / "checkpoints").is_dir() else None

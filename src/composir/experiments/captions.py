@@ -48,6 +48,40 @@ def attribute_accuracy(said: list[str], gold: list[str]) -> float:
     return 100.0 * right / max(total, 1)
 
 
+def parse_attribute_caption(caption: str) -> tuple[Counter, str]:
+    """(multiset of object phrases without articles, background) of an attribute-level caption
+    ("a small red circle and a large blue cross on a beige background")."""
+    caption = caption.strip().lower()
+    match = re.search(r"\bon an? (.+?) background\s*$", caption)
+    background = match.group(1) if match else ""
+    body = caption[: match.start()] if match else caption
+    parts = [p.strip() for p in re.split(r",| and ", body) if p.strip()]
+    return Counter(re.sub(r"^(a|an|the) ", "", p) for p in parts), background
+
+
+def object_f1(predicted: Counter, gold: Counter) -> float:
+    """F1 of two multisets of object phrases (1 when both are empty)."""
+    overlap = sum((predicted & gold).values())
+    if not predicted and not gold:
+        return 1.0
+    precision = overlap / max(1, sum(predicted.values()))
+    recall = overlap / max(1, sum(gold.values()))
+    return 0.0 if overlap == 0 else 2 * precision * recall / (precision + recall)
+
+
+def conclusion_quality(said: list[str], gold: list[str]) -> dict[str, float]:
+    """How well written conclusions describe their targets' attribute-level captions, in %: the
+    share of the gold attribute words they name (``attribute_accuracy``), the mean F1 of the objects
+    they name (each "size colour shape" phrase), and exact matches."""
+    f1 = [object_f1(parse_attribute_caption(s)[0], parse_attribute_caption(g)[0]) for s, g in zip(said, gold)]
+    exact = [s.strip().lower() == g.strip().lower() for s, g in zip(said, gold)]
+    return {
+        "conclusion attributes": attribute_accuracy(said, gold),
+        "conclusion object F1": 100.0 * float(np.mean(f1)) if f1 else 0.0,
+        "conclusion exact": 100.0 * float(np.mean(exact)) if exact else 0.0,
+    }
+
+
 def noisy_caption(caption: str, rate: float, rng: np.random.Generator) -> str:
     """``caption`` with each attribute word replaced, with probability ``rate``, by another word of
     its kind."""
