@@ -28,6 +28,7 @@ from composir.methods.claims import (
     LosesGain,
     Parity,
     RecoversGap,
+    Retrieves,
     Shrinks,
     Variant,
     registered_claims,
@@ -210,6 +211,9 @@ def test_preconditions_measure_range_headroom_and_engagement():
     assert check_precondition(Headroom("R@1", ("few",), 4.0), hits).value == pytest.approx(70.0)
     assert not check_precondition(Headroom("R@1", ("few",), 80.0), hits).met
     assert check_precondition(HasRange("R@1", ("few",), ("many",), 4.0), hits).value == pytest.approx(0.0)
+    floor = check_precondition(Retrieves("R@1", ("few",), 5.0), hits)  # the baseline retrieves 30 %
+    assert floor.met and floor.value == pytest.approx(30.0) and floor.text == "baseline R@1 ≥ 5 on few"
+    assert not check_precondition(Retrieves("R@1", ("few",), 35.0), hits).met
     missing = check_precondition(HasRange("R@1", ("few",), ("schema-64shot",), 4.0), hits)
     assert missing.value is None and not missing.met and "not in these runs" in missing.text
     hits[BASELINE] = [dict(run) for run in hits[BASELINE]]

@@ -31,6 +31,7 @@ from composir.methods.claims import (
     Parity,
     Precondition,
     RecoversGap,
+    Retrieves,
     Shrinks,
     SubTask,
 )
@@ -189,6 +190,10 @@ def check_precondition(pre: Precondition, hits: Hits) -> PreconditionResult:
         where = ", ".join(pre.buckets)
         return _at_least(f"baseline {pre.metric} leaves ≥ {pre.at_least:g} points of headroom on {where}", value,
                          pre.at_least)  # fmt: skip
+    if isinstance(pre, Retrieves):
+        value = _rate(hits, BASELINE, pre.metric, pre.buckets)
+        where = ", ".join(pre.buckets)
+        return _at_least(f"baseline {pre.metric} ≥ {pre.at_least:g} on {where}", value, pre.at_least)
     if isinstance(pre, Engaged):
         text = f"removing {pre.variant}'s mechanism at test ({pre.ablation}) changes ≥ {pre.at_least:.0%} of top-1s"
         runs = list(zip(hits.get(pre.variant, ()), hits.get(pre.ablation, ())))

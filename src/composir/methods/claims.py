@@ -174,6 +174,16 @@ class Headroom:
 
 
 @dataclass(frozen=True)
+class Retrieves:
+    """The baseline retrieves at all on the checked buckets: ``metric`` at least ``at_least`` points
+    (a baseline at the floor has no range for a gain or a loss to show in)."""
+
+    metric: str
+    buckets: tuple[str, ...]
+    at_least: float
+
+
+@dataclass(frozen=True)
 class Engaged:
     variant: str
     ablation: str  # the variant with its mechanism removed at test time only
@@ -204,7 +214,7 @@ class SubTask:
     at_least: float
 
 
-Precondition = HasRange | Headroom | Engaged | Decodes | SubTask
+Precondition = HasRange | Headroom | Retrieves | Engaged | Decodes | SubTask
 
 
 @dataclass(frozen=True)
