@@ -30,6 +30,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -445,6 +446,14 @@ def precondition_table(results: list[PreconditionResult]) -> list[str]:
 
 def diagnostics_table(claim: Claim, results: dict, seeds: list[int]) -> list[str]:
     rows = {name: [results[(claim.variants[name].key, s)]["diagnostics"] for s in seeds] for name in claim.diagnose}
+    return variant_table(
+        rows, lambda vals: f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals) if len(vals) > 1 else 0:.3f}"
+    )
+
+
+def variant_table(rows: dict[str, list[dict]], cell: Callable[[list[float]], str]) -> list[str]:
+    """A table of per-run numbers: a row per variant (its runs' dicts), a column per key any run
+    has, each cell ``cell`` of the values its runs recorded ("—" where none did); empty: no table."""
     keys = sorted({k for runs in rows.values() for d in runs for k in d})
     if not keys:
         return []
@@ -453,7 +462,7 @@ def diagnostics_table(claim: Claim, results: dict, seeds: list[int]) -> list[str
         cells = []
         for k in keys:
             vals = [d[k] for d in runs if k in d]
-            cells.append(f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals) if len(vals) > 1 else 0:.3f}")
+            cells.append(cell(vals) if vals else "—")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -467,17 +476,7 @@ def subtask_table(claim: Claim, results: dict, seeds: list[int]) -> list[str]:
         runs = [results[(variant.key, s)]["hits"].get("subtasks", {}) for s in seeds if (variant.key, s) in results]
         if any(runs):
             rows[name] = runs
-    keys = sorted({k for runs in rows.values() for d in runs for k in d})
-    if not keys:
-        return []
-    lines = ["| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    for name, runs in rows.items():
-        cells = []
-        for k in keys:
-            vals = [d[k] for d in runs if k in d]
-            cells.append(mean_sd(vals) if vals else "—")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
+    return variant_table(rows, mean_sd)
 
 
 def plot_claim(claim: Claim, hits: dict, path: Path) -> None:
