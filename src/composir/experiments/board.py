@@ -229,27 +229,31 @@ def probes(method, bench, pairs: set[tuple[str, str]], n: int = 512) -> dict[str
 def backfill_probes(root: Path, results: dict, claims: dict[str, Claim]) -> None:
     """Probes for finished runs recorded before their claim's Decodes precondition existed: the run's
     model loaded again and probed on its seed's test split (written into its ``hits.json``)."""
-    from composir.data import load_benchmark
-    from composir.train import load_run
-
     pairs = decoding_pairs(claims)
     wanted = {c.variants[p.variant].key for c in claims.values() for p in c.preconditions
               if isinstance(p, Decodes) and p.variant in c.variants}  # fmt: skip
     for (key, seed), result in results.items():
         have = result["hits"].get("probes", {})
-        run = root / f"{key}-s{seed}"
-        if (
-            key not in wanted
-            or all(probe_key(f, lab) in have for f, lab in pairs)
-            or not (run / "checkpoints").is_dir()
-        ):
-            continue
-        method, _ = load_run(run)
-        found = probes(method.eval(), load_benchmark("synthetic", root / f"schema-data-s{seed}", "test"), pairs)
-        record = json.loads((run / "hits.json").read_text())
-        record["probes"] = {**record.get("probes", {}), **found}
-        atomic_write_json(run / "hits.json", record)
-        result["hits"]["probes"] = record["probes"]
+        if key in wanted and not all(probe_key(f, lab) in have for f, lab in pairs):
+            measure_again(root, key, seed, result, "probes", lambda method, bench: probes(method, bench, pairs))
+
+
+def measure_again(root: Path, key: str, seed: int, result: dict, field: str, measure) -> None:
+    """Load a finished run's model again, ``measure(method, its seed's test split)`` and merge what it
+    finds into the run's recorded ``field`` (``hits.json`` and ``result``); runs scored from another
+    run's weights (no checkpoints of their own) are left as they are."""
+    from composir.data import load_benchmark
+    from composir.train import load_run
+
+    run = root / f"{key}-s{seed}"
+    if not (run / "checkpoints").is_dir():
+        return
+    method, _ = load_run(run)
+    found = measure(method.eval(), load_benchmark("synthetic", root / f"schema-data-s{seed}", "test"))
+    record = json.loads((run / "hits.json").read_text())
+    record[field] = {**record.get(field, {}), **found}
+    atomic_write_json(run / "hits.json", record)
+    result["hits"][field] = record[field]
 
 
 def subtasks(method, bench, n: int = 128) -> dict[str, float]:
@@ -282,22 +286,10 @@ def chain_quality(method, bench, n: int = 128) -> dict[str, float]:
 def backfill_chain_quality(root: Path, results: dict) -> None:
     """Chain quality for finished runs that wrote chains before all of it was recorded: the run's
     model loaded again and its chains scored on its seed's test split (written into ``hits.json``)."""
-    from composir.data import load_benchmark
-    from composir.train import load_run
-
     for (key, seed), result in results.items():
         have = result["hits"].get("subtasks", {})
-        run = root / f"{key}-s{seed}"
-        if "conclusion attributes" not in have or "conclusion object F1" in have:
-            continue
-        if not (run / "checkpoints").is_dir():
-            continue
-        method, _ = load_run(run)
-        found = chain_quality(method.eval(), load_benchmark("synthetic", root / f"schema-data-s{seed}", "test"))
-        record = json.loads((run / "hits.json").read_text())
-        record["subtasks"] = {**record.get("subtasks", {}), **found}
-        atomic_write_json(run / "hits.json", record)
-        result["hits"]["subtasks"] = record["subtasks"]
+        if "conclusion attributes" in have and "conclusion object F1" not in have:
+            measure_again(root, key, seed, result, "subtasks", chain_quality)
 
 
 def _diagnostics(method, bench, n: int = 256) -> dict[str, float]:
@@ -470,7 +462,7 @@ def variant_table(rows: dict[str, list[dict]], cell: Callable[[list[float]], str
 def subtask_table(claim: Claim, results: dict, seeds: list[int]) -> list[str]:
     """Every sub-task number the claim's runs recorded (``subtasks``), per variant: mean ± std over
     ``seeds`` (variants that record none are left out)."""
-    named = {"baseline": claim.baseline, **claim.variants}
+    named = {BASELINE: claim.baseline, **claim.variants}
     rows = {}
     for name, variant in named.items():
         runs = [results[(variant.key, s)]["hits"].get("subtasks", {}) for s in seeds if (variant.key, s) in results]

@@ -518,11 +518,12 @@ def main() -> None:
     chosen = {n: v for n, v in claim.variants.items() if not args.only or n in args.only}
     members = {BASELINE: claim.baseline, **chosen, **{m: Variant(m) for m in args.also}}
     learned = args.captions == "learned" and reads_captions(members.values())
-    starts = any(v.start == "captioner" for v in members.values())
-    captioners = learned_captions(data, root, args.captioner_steps, args.jobs) if learned or starts else {}
+    start_from_captioner = any(v.start == "captioner" for v in members.values())
+    trained = learned or start_from_captioner
+    captioners = learned_captions(data, root, args.captioner_steps, args.jobs) if trained else {}
     captions = captioners if learned else {}
-    start = {s: str(c[0].parent) for s, c in captioners.items()}
-    specs, hits_files = plan_runs(members, data, root, args, {s: c[0] for s, c in captions.items()}, start)
+    captioner_runs = {s: str(cache.parent) for s, (cache, _) in captioners.items()}
+    specs, hits_files = plan_runs(members, data, root, args, {s: c[0] for s, c in captions.items()}, captioner_runs)
     method_name = next(iter(chosen))
     precision = add_generated_runs(specs, hits_files, chosen[method_name], data, root, args) if args.generated else {}
     board.run_all(list(specs.values()), args.jobs, run=run_compare)
