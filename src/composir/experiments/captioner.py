@@ -26,22 +26,28 @@ CACHE, ACCURACY = "learned.jsonl", "accuracy.json"  # in a captioner's run folde
 
 @dataclass(frozen=True)
 class CaptionerSpec:
-    """One seed's captioner: trained ``steps`` at ``lr`` on ``data``'s training split into ``out``;
-    from ``init_from`` (a run whose encoder it reuses, then kept frozen) or from scratch (the
-    encoder learns too)."""
+    """One seed's captioner: trained ``steps`` at ``lr`` on ``data``'s training split into ``out``,
+    from ``init_from`` (a run whose encoder it starts from) or from scratch; ``encoder_frozen``: only
+    the visual projection and the decoder learn (from scratch the encoder must learn: it would see
+    nothing)."""
 
     data: str
     out: str
     steps: int
     lr: float
     init_from: str | None = None
+    encoder_frozen: bool = False
+
+    def __post_init__(self) -> None:
+        if self.encoder_frozen and self.init_from is None:
+            raise ValueError("a captioner trained from scratch cannot keep its encoder frozen")
 
     @property
     def cache(self) -> Path:
         return Path(self.out) / CACHE
 
     def overrides(self) -> list[str]:
-        config = {"stage": "caption", "caption_encoder_frozen": self.init_from is not None}
+        config = {"stage": "caption", "caption_encoder_frozen": self.encoder_frozen}
         start = [f"train.init_from={self.init_from}"] if self.init_from else []
         return [
             f"data.root={self.data}", "data.num_frames=1", "method.config=null",
@@ -76,10 +82,13 @@ def train_captioner(spec: CaptionerSpec) -> Path:
 
 
 def learned_captions(
-    data: dict[int, Path], root: Path, steps: int, jobs: int, init_from: str | None = None
+    data: dict[int, Path], root: Path, steps: int, jobs: int, init_from: str | None = None, encoder_frozen: bool = False
 ) -> dict[int, tuple[Path, dict]]:
     """Per seed: the learned captioner's cache and its measured accuracy (trained where missing)."""
-    specs = {s: CaptionerSpec(str(d), str(root / f"captioner-s{s}"), steps, 1e-3, init_from) for s, d in data.items()}
+    specs = {
+        s: CaptionerSpec(str(d), str(root / f"captioner-s{s}"), steps, 1e-3, init_from, encoder_frozen)
+        for s, d in data.items()
+    }
     board.run_all(list(specs.values()), jobs, run=train_captioner, result=ACCURACY)
     out = {}
     for s, spec in specs.items():
