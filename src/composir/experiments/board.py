@@ -70,7 +70,16 @@ class BoardSize:
     pretrain_steps: int
     steps: int  # fine-tuning steps per variant and seed
     seeds: tuple[int, ...]
-    captioner_steps: int = 1500  # the learned captioner's (from the backbone, encoder frozen)
+    # The learned captioner's (from the backbone): 4,500 steps with its encoder trained carry 92% of the
+    # generator's attribute words on seed 0's test gallery, 1,500 with it frozen 79% (docs/benchmarks.md).
+    captioner_steps: int = 4500
+    captioner_encoder_frozen: bool = False
+
+    @property
+    def captioner(self) -> str:
+        """The folder (under the board's cache) of the captioners and of every run that depends on
+        them: runs from another captioner are other runs."""
+        return f"captioner-{self.captioner_steps}-encoder-{'frozen' if self.captioner_encoder_frozen else 'trained'}"
 
 
 # The full board's backbone: 10,000 steps on 20,000 plain triplets reach explicit R@1 48 on their
@@ -235,17 +244,18 @@ def backfill_probes(root: Path, results: dict, claims: dict[str, Claim]) -> None
     for (key, seed), result in results.items():
         have = result["hits"].get("probes", {})
         if key in wanted and not all(probe_key(f, lab) in have for f, lab in pairs):
-            measure_again(root, key, seed, result, "probes", lambda method, bench: probes(method, bench, pairs))
+            measure_again(root, seed, result, "probes", lambda method, bench: probes(method, bench, pairs))
 
 
-def measure_again(root: Path, key: str, seed: int, result: dict, field: str, measure) -> None:
-    """Load a finished run's model again, ``measure(method, its seed's test split)`` and merge what it
-    finds into the run's recorded ``field`` (``hits.json`` and ``result``); runs scored from another
-    run's weights (no checkpoints of their own) are left as they are."""
+def measure_again(root: Path, seed: int, result: dict, field: str, measure) -> None:
+    """Load a finished run's model again (from its ``folder``), ``measure(method, its seed's test split
+    in root)`` and merge what it finds into the run's recorded ``field`` (``hits.json`` and
+    ``result``); runs scored from another run's weights (no checkpoints of their own) are left as
+    they are."""
     from composir.data import load_benchmark
     from composir.train import load_run
 
-    run = root / f"{key}-s{seed}"
+    run = Path(result["folder"])
     if not (run / "checkpoints").is_dir():
         return
     method, _ = load_run(run)
@@ -286,10 +296,10 @@ def chain_quality(method, bench, n: int = 128) -> dict[str, float]:
 def backfill_chain_quality(root: Path, results: dict) -> None:
     """Chain quality for finished runs that wrote chains before all of it was recorded: the run's
     model loaded again and its chains scored on its seed's test split (written into ``hits.json``)."""
-    for (key, seed), result in results.items():
+    for (_, seed), result in results.items():
         have = result["hits"].get("subtasks", {})
         if "conclusion attributes" in have and "conclusion object F1" not in have:
-            measure_again(root, key, seed, result, "subtasks", chain_quality)
+            measure_again(root, seed, result, "subtasks", chain_quality)
 
 
 def _diagnostics(method, bench, n: int = 256) -> dict[str, float]:
@@ -373,6 +383,24 @@ def finished_runs(root: Path) -> dict[tuple[str, int], dict]:
     return out
 
 
+def board_runs(root: Path, size: BoardSize, claims: dict[str, Claim]) -> dict[tuple[str, int], dict]:
+    """The runs the board is drawn from: a variant that depends on the learned captioner from the
+    folder of this size's captioner, every other one from the cache's top level."""
+    from composir.experiments.captioner import depends_on_captioner
+
+    variants = [v for c in claims.values() for v in (c.baseline, *c.variants.values())]
+    dependent = {v.key for v in variants if depends_on_captioner(v)}
+    top = {k: r for k, r in finished_runs(root).items() if k[0] not in dependent}
+    return {**top, **{k: r for k, r in finished_runs(root / size.captioner).items() if k[0] in dependent}}
+
+
+def run_folder(root: Path, size: BoardSize, key: str, variant: Variant, seed: int) -> Path:
+    """Where the run of ``variant`` (under ``key``) on ``seed`` lives in the board's cache."""
+    from composir.experiments.captioner import depends_on_captioner
+
+    return (root / size.captioner if depends_on_captioner(variant) else root) / f"{key}-s{seed}"
+
+
 def load_hits(path: Path) -> dict:
     record = json.loads(path.read_text())
     arrays = {k: np.asarray(record[k], dtype=float) for k in ("R@1", "R@10", "R@50", "Rsubset@1") if k in record}
@@ -381,7 +409,8 @@ def load_hits(path: Path) -> dict:
         arrays["top1"] = np.asarray(record["top1"], dtype=object)
     arrays["probes"] = record.get("probes", {})  # read by Decodes preconditions
     arrays["subtasks"] = record.get("subtasks", {})  # read by SubTask preconditions
-    return {"hits": arrays, "diagnostics": record.get("diagnostics", {}), "seconds": record["seconds"]}
+    diagnostics = record.get("diagnostics", {})
+    return {"hits": arrays, "diagnostics": diagnostics, "seconds": record["seconds"], "folder": path.parent}
 
 
 # ------------------------------------------------------------------------------ the board
@@ -573,7 +602,9 @@ def learned_captions_for(variants, data: dict[int, Path], root: Path, backbone: 
 
     if not needs_captioner(variants):
         return {}
-    found = learned_captions(data, root, size.captioner_steps, jobs, init_from=str(backbone))
+    found = learned_captions(
+        data, root / size.captioner, size.captioner_steps, jobs, str(backbone), size.captioner_encoder_frozen
+    )
     return {s: cache for s, (cache, _) in found.items()}
 
 
@@ -586,8 +617,9 @@ def caption_note(root: Path, size: BoardSize) -> list[str]:
     """The board's paragraph on its captions, from the captioners' recorded accuracy (none: no lines)."""
     from composir.experiments.captioner import caption_lines, recorded_captioners
 
-    found = recorded_captioners(root)
-    return caption_lines(found, size.captioner_steps, "from the backbone, its encoder frozen") if found else []
+    found = recorded_captioners(root / size.captioner)
+    start = "from the backbone, its encoder " + ("frozen" if size.captioner_encoder_frozen else "trained too")
+    return caption_lines(found, size.captioner_steps, start) if found else []
 
 
 def header_lines(
@@ -636,7 +668,7 @@ def draw_board(
 ) -> dict:
     """The board from every finished run in the cache (``--papers`` and ``--seeds`` only choose what
     to train): every registered claim, the backbone's scores and the captioners' in the header."""
-    results = finished_runs(root)
+    results = board_runs(root, size, claims)
     backfill_probes(root, results, claims)
     backfill_chain_quality(root, results)
     seeds = tuple(sorted({seed for _, seed in results}))
@@ -657,6 +689,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: by size)")
     parser.add_argument("--pretrain-steps", type=int, default=None, help="backbone steps (default: by size)")
     parser.add_argument("--captioner-steps", type=int, default=None, help="learned captioner steps (default: by size)")
+    parser.add_argument(
+        "--captioner-encoder-frozen", action="store_true", help="the learned captioner trains its decoder only"
+    )
     parser.add_argument("--out", default=None, help="cache folder (default: runs/claims or runs/claims-quick)")
     parser.add_argument("--render", action="store_true", help="only redraw the board from the finished runs")
     parser.add_argument("--doc", default=None, help="default: docs/claims.md (docs/claims-quick.md with --quick)")
@@ -665,6 +700,7 @@ def main() -> None:
     changes = {"seeds": tuple(args.seeds or size.seeds), "steps": args.steps or size.steps}
     changes["pretrain_steps"] = args.pretrain_steps or size.pretrain_steps
     changes["captioner_steps"] = args.captioner_steps or size.captioner_steps
+    changes["captioner_encoder_frozen"] = args.captioner_encoder_frozen or size.captioner_encoder_frozen
     size = BoardSize(**{**asdict(size), **changes})
     claims = registered_claims()
     unknown = sorted(set(args.papers or []) - set(claims))
@@ -691,8 +727,9 @@ def main() -> None:
     for key, v in variants.items():
         trainer.setdefault(v.training_key, key)
     specs = [
-        RunSpec(v, s, str(data[s]), run_start(v, s, backbone, captions), str(root / f"{key}-s{s}"), size.steps,
-                args.lr, None if trainer[v.training_key] == key else str(root / f"{trainer[v.training_key]}-s{s}"),
+        RunSpec(v, s, str(data[s]), run_start(v, s, backbone, captions), str(run_folder(root, size, key, v, s)),
+                size.steps, args.lr,
+                None if trainer[v.training_key] == key else str(run_folder(root, size, trainer[v.training_key], v, s)),
                 str(captions[s]) if captions and v.captions == "default" else None)
         for s in size.seeds
         for key, v in variants.items()

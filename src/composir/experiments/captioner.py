@@ -136,10 +136,17 @@ def needs_captioner(variants: Iterable[Variant]) -> bool:
     return any(v.start == "captioner" for v in variants) or reads_captions(variants)
 
 
+def depends_on_captioner(variant: Variant) -> bool:
+    """Whether a variant's run changes with the learned captioner: its model reads the captioner's
+    captions, or its training starts from the captioner."""
+    return variant.start == "captioner" or (variant.captions == "default" and reads_captions([variant]))
+
+
 def reads_captions(variants: Iterable[Variant]) -> bool:
-    """Whether any variant's model reads target captions (only then is a captioner trained)."""
+    """Whether any variant's model reads target captions (only then is a captioner trained): each
+    built, small, with the experiments' 16 query tokens (which every registered variant fits)."""
     from composir.encoders import build_encoder
     from composir.methods import build_method
 
-    encoder = build_encoder("tiny", config={"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 4})
+    encoder = build_encoder("tiny", config={"width": 32, "embed_dim": 16, "heads": 2, "num_query_tokens": 16})
     return any(build_method(v.method, encoder, v.config).target_text for v in variants)

@@ -423,6 +423,7 @@ FIRST_UPDATE_RULE = {
     "assignment": "batch_softmax",
     "centre_features": False,
     "prototype_init": "query_tokens",
+    "num_prototypes": 0,  # as many as the encoder's query tokens: what query-token init gives
     "imagery_bias": True,
     "detach_schema_target": False,
     "modulation_init": 0.0,
