@@ -473,6 +473,44 @@ def test_runs_that_depend_on_the_captioner_are_kept_apart_per_captioner(tmp_path
     assert (cot.key, 1) not in board.board_runs(tmp_path, frozen, claims)
 
 
+def test_the_board_probes_the_runs_a_decodes_precondition_needs_once(tmp_path, monkeypatch):
+    """A run of a variant a Decodes precondition names, finished before its probe was recorded, is
+    loaded again and probed on its own seed's test split; a probed run, or another variant's, is not."""
+    import json
+
+    import composir.data
+    import composir.train
+    from composir.experiments import board
+
+    claim = registered_claims()["IMAGINE"]
+    imagine, baseline = claim.variants["IMAGINE"].key, claim.baseline.key
+    probed = {"m -> schema.name": {"accuracy": 30.0, "chance": 4.0}}
+    records = {(imagine, 0): {}, (imagine, 1): probed, (baseline, 2): {}}
+    results = {}
+    for (key, seed), have in records.items():
+        folder = tmp_path / "elsewhere" / f"{key}-s{seed}"  # wherever the run lives
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "hits.json").write_text(json.dumps({"probes": have, "seconds": 1}))
+        results[(key, seed)] = {"hits": {"probes": dict(have)}, "folder": folder}
+    loaded, benchmarks = [], []
+
+    def load_run(run):
+        loaded.append(Path(run).name)
+        return torch.nn.Linear(1, 1), {}
+
+    def load_benchmark(name, root, split):
+        benchmarks.append((Path(root).name, split))
+
+    monkeypatch.setattr(composir.train, "load_run", load_run)
+    monkeypatch.setattr(composir.data, "load_benchmark", load_benchmark)
+    found = {"m -> schema.name": {"accuracy": 12.5, "chance": 4.0}}
+    monkeypatch.setattr(board, "probes", lambda method, bench, pairs: found if ("m", "schema.name") in pairs else {})
+    board.backfill_probes(tmp_path, results, {"IMAGINE": claim})
+    assert loaded == [f"{imagine}-s0"] and benchmarks == [("schema-data-s0", "test")]
+    assert json.loads((tmp_path / "elsewhere" / f"{imagine}-s0" / "hits.json").read_text())["probes"] == found
+    assert results[(imagine, 0)]["hits"]["probes"] == found and results[(imagine, 1)]["hits"]["probes"] == probed
+
+
 def test_the_board_header_says_what_backbone_the_variants_start_from():
     from types import SimpleNamespace
 
