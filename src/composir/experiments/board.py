@@ -70,8 +70,8 @@ class BoardSize:
     pretrain_steps: int
     steps: int  # fine-tuning steps per variant and seed
     seeds: tuple[int, ...]
-    # The learned captioner's (from the backbone): 4,500 steps with its encoder trained carry 92% of the
-    # generator's attribute words on seed 0's test gallery, 1,500 with it frozen 79% (docs/benchmarks.md).
+    # The learned captioner's (from the backbone): 4,500 steps with its encoder trained carry 93% of the
+    # generator's attribute words on the test galleries (seeds 0, 1), 1,500 with it frozen 79% (docs/benchmarks.md).
     captioner_steps: int = 4500
     captioner_encoder_frozen: bool = False
 
