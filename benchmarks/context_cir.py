@@ -13,6 +13,15 @@ gold concepts, so chunks there count against precision. Reported per family with
 
 ``triplets``: precision of ``composir make-triplets`` output against the generator's scenes: a
 generated triplet is correct when reference and target differ by the text's edit and nothing else.
+
+``budget``: whether the claims board's ConText-CIR baseline (the authors' direction, no concept
+loss) retrieves given more fine-tuning steps or the text's padding attended: each setting
+fine-tuned from the board's backbone on one seed's schema benchmark exactly as the board runs it
+(``composir.experiments.board.run_variant``, one thread per run), then R@1 per family on the test
+split and the concept map shift. Runs are cached in ``--out``.
+
+    .venv/bin/python benchmarks/context_cir.py budget --board runs/claims --seed 0 --steps 600 2400 \
+        --padding masked attended --out runs/context-cir-budget
 """
 
 from __future__ import annotations
@@ -157,6 +166,34 @@ def _pct(a: int, b: int) -> str:
     return f"{100 * a / b:.1f}" if b else "–"
 
 
+def cmd_budget(args) -> None:
+    import json
+
+    import numpy as np
+
+    from composir.experiments.board import RunSpec, run_all
+    from composir.methods.claims import Variant
+
+    board = Path(args.board)
+    runs = {}
+    for steps in args.steps:
+        for padding in args.padding:
+            config = {"layers": 2, "heads": 4, "cc_weight": 0.0, "text_padding": padding}
+            variant = Variant("context_cir", config, train={"eval_every": min(steps, 600)})
+            out = Path(args.out) / f"{padding}-{steps}-s{args.seed}"
+            data, backbone = board / f"schema-data-s{args.seed}", board / "backbone"
+            runs[(steps, padding)] = RunSpec(variant, args.seed, str(data), str(backbone), str(out), steps, args.lr)
+    run_all(list(runs.values()), args.jobs)
+    print("| steps | text padding | R@1 explicit | R@1 multi | R@1 implicit | concept map shift | min |")
+    print("|---|---|---|---|---|---|---|")
+    for (steps, padding), spec in runs.items():
+        record = json.loads((Path(spec.out) / "hits.json").read_text())
+        bucket, hit = np.asarray(record["bucket"]), np.asarray(record["R@1"], dtype=float)
+        r1 = " | ".join(f"{100 * hit[bucket == f].mean():.2f}" for f in ("explicit", "multi", "implicit"))
+        shift = record.get("subtasks", {}).get("concept map shift", float("nan"))
+        print(f"| {steps} | {padding} | {r1} | {shift:.1f} | {record['seconds'] / 60:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +205,15 @@ def main() -> None:
     p.add_argument("--data", required=True, help="the synthetic benchmark the images came from")
     p.add_argument("--generated", required=True, help="make-triplets output folder")
     p.set_defaults(func=cmd_triplets)
+    p = sub.add_parser("budget")
+    p.add_argument("--board", default="runs/claims", help="the claims board's cache (its backbone and data)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, nargs="+", default=[600, 2400])
+    p.add_argument("--padding", nargs="+", default=["masked", "attended"], choices=["masked", "attended"])
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--out", default="runs/context-cir-budget")
+    p.set_defaults(func=cmd_budget)
     args = parser.parse_args()
     args.func(args)
 

@@ -197,6 +197,25 @@ def test_padding_takes_no_attention_in_the_authors_direction():
     assert float(long_maps[:, 4:].abs().max()) == 0.0
 
 
+def test_with_padding_attended_the_padding_positions_take_attention_and_change_the_query():
+    """``text_padding: attended`` (the authors' code): patches attend to the padding positions too,
+    so their features change the query, and a phrase's map shares each patch's attention with them."""
+    from composir.methods.context_cir import ConTextCIRConfig, TextConditionedPatches
+
+    torch.manual_seed(1)
+    fusion = TextConditionedPatches(16, 12, 16, ConTextCIRConfig(layers=2, heads=2, text_padding="attended"), 8)
+    fusion.eval()
+    text, patches = torch.randn(1, 4, 16), torch.randn(1, 5, 12)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        short, short_maps = fusion(text, torch.ones(1, 4, dtype=torch.long), patches)
+        long, long_maps = fusion(torch.cat([text, torch.randn(1, 3, 16)], 1), mask, patches)
+    assert float(long_maps[:, 4:].sum(0).min()) > 0.0  # every padding position has some patch's attention
+    torch.testing.assert_close(long_maps.sum(1), torch.ones(1, 5))  # each patch's attention sums to 1 over all 7
+    assert float(long_maps[:, :4].sum()) < float(short_maps.sum())  # the words lose attention to the padding
+    assert not torch.allclose(long, short, atol=1e-4)
+
+
 def test_the_authors_direction_is_the_default_and_its_loss_reads_raw_maps(monkeypatch):
     """The query is the pooled text-conditioned patches (no image feature added); the concept loss
     is computed on the raw maps (max-scaling them changes it)."""
@@ -244,3 +263,11 @@ def test_concept_map_shift_is_the_distance_between_a_phrases_maps(synth_root, mo
     apart = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.2, 0.2, 0.3, 0.3]])
     monkeypatch.setattr(method, "concept_maps", lambda batch, memory, attention: (maps, apart))
     assert method.validation_metrics(bench, 1)["concept map shift"] == pytest.approx(50.0)  # one of two disjoint
+
+
+def test_an_unknown_text_padding_is_one_clear_config_error():
+    from composir.errors import ConfigError
+    from composir.methods.context_cir import ConTextCIRConfig
+
+    with pytest.raises(ConfigError, match=r"context_cir\.text_padding must be one of"):
+        ConTextCIRConfig(text_padding="ignored").validate()

@@ -32,6 +32,7 @@ from composir.methods.registry import register_method
 from composir.utils.typed import bounded
 
 DIRECTIONS = ("image_to_text", "text_to_image")
+TEXT_PADDING = ("masked", "attended")
 
 
 @dataclass
@@ -48,10 +49,17 @@ class ConTextCIRConfig(MethodConfig):
     # image_to_text: each layer's attended text replaces the patch features, as the authors' layers do
     # (false), or is added to them in a pre-norm residual block with an MLP (true).
     patch_residual: bool = False
+    # image_to_text: whether patches may attend to the text's padding positions, as the authors'
+    # code does (``attended``: CLIP's padding states are contextual, position-distinct slots), or
+    # only to its words (``masked``).
+    text_padding: str = "masked"
 
     def validate(self) -> None:
         if self.direction not in DIRECTIONS:
             raise ConfigError(f"context_cir.direction must be one of {list(DIRECTIONS)}, got {self.direction!r}")
+        if self.text_padding not in TEXT_PADDING:
+            choices = list(TEXT_PADDING)
+            raise ConfigError(f"context_cir.text_padding must be one of {choices}, got {self.text_padding!r}")
         if not self.concept_model.strip():
             raise ConfigError("context_cir.concept_model must name an installed spaCy pipeline")
         if self.layers < 1 or self.heads < 1 or self.max_concepts < 0:
@@ -121,7 +129,7 @@ class PatchesQueryText(nn.Module):
             self.norm_q, self.norm_kv, self.norm_mlp = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
             self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
 
-    def forward(self, patches: torch.Tensor, text: torch.Tensor, padding: torch.Tensor):
+    def forward(self, patches: torch.Tensor, text: torch.Tensor, padding: torch.Tensor | None):
         query, kv = (self.norm_q(patches), self.norm_kv(text)) if self.residual else (patches, text)
         attended, weights = self.attention(query, kv, kv, key_padding_mask=padding, need_weights=True)
         if not self.residual:
@@ -142,13 +150,14 @@ class TextConditionedPatches(nn.Module):
         self.pool_query = nn.Parameter(torch.randn(1, 1, width) * width**-0.5)
         self.pool = nn.MultiheadAttention(width, cfg.heads, batch_first=True)
         self.out = nn.Linear(width, out_dim)
+        self.attend_padding = cfg.text_padding == "attended"
 
     def forward(self, text: torch.Tensor, mask: torch.Tensor, patches: torch.Tensor):
         """(pooled (B, out_dim), attention (B, L, P) averaged over layers and heads). Entry (l, p) is
         patch p's attention on token l -- laid out per token like ``ConceptFusion``'s, so a phrase's
         map is read the same way in both directions."""
         x, t = self.patch_in(patches), self.text_in(text)
-        padding = ~mask.bool()
+        padding = None if self.attend_padding else ~mask.bool()
         maps = []
         for block in self.blocks:
             x, weights = block(x, t, padding)
