@@ -652,3 +652,29 @@ def test_imagine_exposes_its_imagery_for_the_decoding_probe():
     features = method.probe_features(frames, tokens)
     torch.testing.assert_close(features["m"], method.compose(frames, tokens)["m"])
     assert build_method("imagine", encoder, {"use_sic": False}).probe_features(frames, tokens) == {}
+
+
+def test_a_claim_that_asks_for_more_steps_gets_them_on_the_board_apart_from_the_boards_budget(tmp_path):
+    """ConText-CIR's fusion starts from scratch, so its claim asks for 4x the board's steps: every
+    run of its variants fine-tunes that long (warm-up and evaluation scaled with it), its runs are
+    other runs than the same variants' at the board's budget, and its verdict prints its budget."""
+    from dataclasses import replace
+
+    from composir.experiments.board import FULL, QUICK, Budget, plan_runs, sized_claim
+
+    claim = registered_claims()["ConText-CIR"]
+    assert claim.steps_factor == 4.0
+    longer, plain = sized_claim(claim, FULL.steps), sized_claim(replace(claim, steps_factor=1.0), FULL.steps)
+
+    def specs(c):
+        variants = {v.key: v for v in (c.baseline, *c.variants.values())}
+        size = replace(FULL, seeds=(0,))
+        return plan_runs(variants, size, tmp_path, {0: tmp_path / "data"}, tmp_path / "backbone", {}, 5e-4)
+
+    assert {s.steps for s in specs(longer)} == {2400}
+    assert {s.steps for s in specs(plain)} == {600}
+    assert {"train.max_steps=2400", "train.warmup_steps=240", "train.eval_every=2400"} <= set(specs(longer)[0].overrides())
+    assert not {s.out for s in specs(longer)} & {s.out for s in specs(plain)}
+    assert "fine-tuned 2400 steps" in Budget(FULL.steps, 5e-4, 10_000).for_claim(claim).note()
+    quick = Budget(QUICK.steps, 5e-4, 600).for_claim(claim)
+    assert quick.limited and "800 of the full board's 2400" in quick.note()

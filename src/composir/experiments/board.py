@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -542,17 +542,40 @@ class Budget:
     steps: int
     lr: float
     pretrain_steps: int
+    full_steps: int = FULL.steps  # what the full board gives
 
     def note(self) -> str:
         text = (f"Budget: each variant fine-tuned {self.steps} steps × 32 at lr {self.lr:g} from a `qformer_fusion` "
                 f"backbone pretrained {self.pretrain_steps} steps (none from scratch).")  # fmt: skip
         if self.limited:
-            text += f" **Budget-limited**: {self.steps} of the full board's {FULL.steps} fine-tuning steps."
+            text += f" **Budget-limited**: {self.steps} of the full board's {self.full_steps} fine-tuning steps."
         return text
 
     @property
     def limited(self) -> bool:
-        return self.steps < FULL.steps
+        return self.steps < self.full_steps
+
+    def for_claim(self, claim: Claim) -> Budget:
+        """This budget as ``claim``'s variants get it (``Claim.steps_factor``)."""
+        return replace(self, steps=scaled_steps(self.steps, claim), full_steps=scaled_steps(self.full_steps, claim))
+
+
+def scaled_steps(steps: int, claim: Claim) -> int:
+    return max(1, round(steps * claim.steps_factor))
+
+
+def sized_claim(claim: Claim, steps: int) -> Claim:
+    """The claim as the board runs it at ``steps`` fine-tuning steps: where it asks for more
+    (``Claim.steps_factor``), every variant's ``train.max_steps`` is set, which makes its runs other
+    runs than those of the same variants at the board's budget."""
+    if claim.steps_factor == 1:
+        return claim
+    n = scaled_steps(steps, claim)
+
+    def longer(v: Variant) -> Variant:
+        return replace(v, train={**v.train, "max_steps": n})
+
+    return replace(claim, baseline=longer(claim.baseline), variants={k: longer(v) for k, v in claim.variants.items()})
 
 
 def claim_section(
@@ -565,6 +588,7 @@ def claim_section(
     if not done:
         return [*lines, "No finished runs yet.", ""]
     verdict, checks, preconditions = judge_claim(claim, hits)
+    budget = budget.for_claim(claim)
     limited = " (budget-limited)" if budget.limited else ""
     lines += [f"**Verdict: {verdict}**{limited} (seeds {', '.join(map(str, done))}).", "", budget.note(), ""]
     lines += [*precondition_table(preconditions), "", *check_table(checks), ""]
@@ -679,6 +703,31 @@ def draw_board(
     return results
 
 
+def plan_runs(
+    variants: dict[str, Variant],
+    size: BoardSize,
+    root: Path,
+    data: dict[int, Path],
+    backbone: Path,
+    captions: dict[int, Path],
+    lr: float,
+) -> list[RunSpec]:
+    """One run per variant (by key) and seed: its start, folder, steps (the board's, or the
+    variant's own ``train.max_steps``), captions, and the run that trains the same model if another
+    variant's does (then this one is only scored)."""
+    trainer: dict[str, str] = {}  # training key -> the variant key whose run trains that model
+    for key, v in variants.items():
+        trainer.setdefault(v.training_key, key)
+    return [
+        RunSpec(v, s, str(data[s]), run_start(v, s, backbone, captions), str(run_folder(root, size, key, v, s)),
+                int(v.train.get("max_steps", size.steps)), lr,
+                None if trainer[v.training_key] == key else str(run_folder(root, size, trainer[v.training_key], v, s)),
+                str(captions[s]) if captions and v.captions == "default" else None)
+        for s in size.seeds
+        for key, v in variants.items()
+    ]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 seeds, smaller sets and runs (< 30 min on 2 cores)")
@@ -702,7 +751,7 @@ def main() -> None:
     changes["captioner_steps"] = args.captioner_steps or size.captioner_steps
     changes["captioner_encoder_frozen"] = args.captioner_encoder_frozen or size.captioner_encoder_frozen
     size = BoardSize(**{**asdict(size), **changes})
-    claims = registered_claims()
+    claims = {paper: sized_claim(claim, size.steps) for paper, claim in registered_claims().items()}
     unknown = sorted(set(args.papers or []) - set(claims))
     if unknown:
         parser.error(f"unknown paper(s) {unknown}; registered: {sorted(claims)}")
@@ -723,17 +772,7 @@ def main() -> None:
     backbone = train_backbone(root, pretrain, size.pretrain_steps)
     variants = {v.key: v for c in to_run.values() for v in (c.baseline, *c.variants.values())}
     captions = learned_captions_for(variants.values(), data, root, backbone, size, args.jobs)
-    trainer: dict[str, str] = {}  # training key -> the variant key whose run trains that model
-    for key, v in variants.items():
-        trainer.setdefault(v.training_key, key)
-    specs = [
-        RunSpec(v, s, str(data[s]), run_start(v, s, backbone, captions), str(run_folder(root, size, key, v, s)),
-                size.steps, args.lr,
-                None if trainer[v.training_key] == key else str(run_folder(root, size, trainer[v.training_key], v, s)),
-                str(captions[s]) if captions and v.captions == "default" else None)
-        for s in size.seeds
-        for key, v in variants.items()
-    ]  # fmt: skip
+    specs = plan_runs(variants, size, root, data, backbone, captions, args.lr)
     run_all([s for s in specs if s.trained_in is None], args.jobs)
     run_all([s for s in specs if s.trained_in is not None], args.jobs)  # scored from those runs' weights
     seconds = time.time() - start

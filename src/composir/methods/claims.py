@@ -230,8 +230,13 @@ class Claim:
     diagnose: tuple[str, ...] = ()
     note: str = ""
     preconditions: tuple[Precondition, ...] = ()
+    # The board fine-tunes this claim's variants this many times its steps (a method whose new
+    # layers start from scratch may need more than the board's budget to retrieve at all).
+    steps_factor: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.steps_factor <= 0:
+            raise ConfigError(f"claim {self.paper!r}: steps_factor must be positive, got {self.steps_factor}")
         for check in (*self.checks, *self.preconditions):
             names = [getattr(check, a) for a in ("variant", "ablation") if hasattr(check, a)]
             for name in names:
