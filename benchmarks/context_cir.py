@@ -15,8 +15,8 @@ gold concepts, so chunks there count against precision. Reported per family with
 generated triplet is correct when reference and target differ by the text's edit and nothing else.
 
 ``budget``: whether the claims board's ConText-CIR baseline (the authors' direction, no concept
-loss) retrieves given more fine-tuning steps or the text's padding attended: each setting
-fine-tuned from the board's backbone on one seed's schema benchmark exactly as the board runs it
+loss; ``--cc-weight`` turns it on) retrieves given more fine-tuning steps or the text's padding
+attended: each setting fine-tuned from the board's backbone on one seed's schema benchmark exactly as the board runs it
 (``composir.experiments.board.run_variant``, one thread per run), then R@1 per family on the test
 split and the concept map shift. Runs are cached in ``--out``.
 
@@ -178,9 +178,10 @@ def cmd_budget(args) -> None:
     runs = {}
     for steps in args.steps:
         for padding in args.padding:
-            config = {"layers": 2, "heads": 4, "cc_weight": 0.0, "text_padding": padding}
+            config = {"layers": 2, "heads": 4, "cc_weight": args.cc_weight, "text_padding": padding}
             variant = Variant("context_cir", config, train={"eval_every": min(steps, 600)})
-            out = Path(args.out) / f"{padding}-{steps}-s{args.seed}"
+            loss = f"-cc{args.cc_weight:g}" if args.cc_weight else ""
+            out = Path(args.out) / f"{padding}-{steps}{loss}-s{args.seed}"
             data, backbone = board / f"schema-data-s{args.seed}", board / "backbone"
             runs[(steps, padding)] = RunSpec(variant, args.seed, str(data), str(backbone), str(out), steps, args.lr)
     run_all(list(runs.values()), args.jobs)
@@ -211,6 +212,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[600, 2400])
     p.add_argument("--padding", nargs="+", default=["masked", "attended"], choices=["masked", "attended"])
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--cc-weight", type=float, default=0.0, help="the concept loss (0: the claim's baseline)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/context-cir-budget")
     p.set_defaults(func=cmd_budget)
