@@ -673,7 +673,8 @@ def test_a_claim_that_asks_for_more_steps_gets_them_on_the_board_apart_from_the_
 
     assert {s.steps for s in specs(longer)} == {2400}
     assert {s.steps for s in specs(plain)} == {600}
-    assert {"train.max_steps=2400", "train.warmup_steps=240", "train.eval_every=2400"} <= set(specs(longer)[0].overrides())
+    scaled = {"train.max_steps=2400", "train.warmup_steps=240", "train.eval_every=2400"}
+    assert scaled <= set(specs(longer)[0].overrides())
     assert not {s.out for s in specs(longer)} & {s.out for s in specs(plain)}
     assert "fine-tuned 2400 steps" in Budget(FULL.steps, 5e-4, 10_000).for_claim(claim).note()
     quick = Budget(QUICK.steps, 5e-4, 600).for_claim(claim)

@@ -119,8 +119,9 @@ class ConceptFusion(nn.Module):
 
 
 class PatchesQueryText(nn.Module):
-    """One layer of the authors' direction: patches attend to the text tokens (padding attended or masked, ``text_padding``).
-    Returns the new patch features and the attention (B, P, L), averaged over heads."""
+    """One layer of the authors' direction: patches attend to the text tokens (their padding too
+    unless masked, ``text_padding``). Returns the new patch features and the attention (B, P, L),
+    averaged over heads."""
 
     def __init__(self, width: int, heads: int, residual: bool):
         super().__init__()
