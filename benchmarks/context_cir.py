@@ -16,8 +16,8 @@ generated triplet is correct when reference and target differ by the text's edit
 
 ``budget``: whether the claims board's ConText-CIR baseline (the authors' direction, no concept
 loss; ``--cc-weight`` turns it on) retrieves given more fine-tuning steps or the text's padding
-attended: each setting fine-tuned from the board's backbone on one seed's schema benchmark exactly as the board runs it
-(``composir.experiments.board.run_variant``, one thread per run), then R@1 per family on the test
+attended: each setting fine-tuned from the board's backbone on one seed's schema benchmark exactly
+as the board runs it (``composir.experiments.board.run_variant``, one thread per run), then R@1 per family on the test
 split and the concept map shift. Runs are cached in ``--out``.
 
     .venv/bin/python benchmarks/context_cir.py budget --board runs/claims --seed 0 --steps 600 2400 \
@@ -167,14 +167,16 @@ def _pct(a: int, b: int) -> str:
 
 
 def cmd_budget(args) -> None:
-    import json
-
-    import numpy as np
-
-    from composir.experiments.board import RunSpec, run_all
+    from composir.experiments.board import RunSpec, load_hits, rate, run_all
     from composir.methods.claims import Variant
 
     board = Path(args.board)
+    data, backbone = board / f"schema-data-s{args.seed}", board / "backbone"
+    for need in (data, backbone / "checkpoints"):
+        if not need.is_dir():
+            raise SystemExit(
+                f"--board {board}: no {need.relative_to(board)} (run benchmarks/board.py for seed {args.seed} first)"
+            )
     runs = {}
     for steps in args.steps:
         for padding in args.padding:
@@ -182,16 +184,17 @@ def cmd_budget(args) -> None:
             variant = Variant("context_cir", config, train={"eval_every": min(steps, 600)})
             loss = f"-cc{args.cc_weight:g}" if args.cc_weight else ""
             out = Path(args.out) / f"{padding}-{steps}{loss}-s{args.seed}"
-            data, backbone = board / f"schema-data-s{args.seed}", board / "backbone"
             runs[(steps, padding)] = RunSpec(variant, args.seed, str(data), str(backbone), str(out), steps, args.lr)
     run_all(list(runs.values()), args.jobs)
     print("| steps | text padding | R@1 explicit | R@1 multi | R@1 implicit | concept map shift | min |")
     print("|---|---|---|---|---|---|---|")
     for (steps, padding), spec in runs.items():
-        record = json.loads((Path(spec.out) / "hits.json").read_text())
-        bucket, hit = np.asarray(record["bucket"]), np.asarray(record["R@1"], dtype=float)
-        r1 = " | ".join(f"{100 * hit[bucket == f].mean():.2f}" for f in ("explicit", "multi", "implicit"))
-        shift = record.get("subtasks", {}).get("concept map shift", float("nan"))
+        found = Path(spec.out) / "hits.json"
+        if not found.is_file():  # run_all has said why
+            continue
+        record = load_hits(found)
+        r1 = " | ".join(f"{rate(record['hits'], 'R@1', f):.2f}" for f in ("explicit", "multi", "implicit"))
+        shift = record["hits"]["subtasks"].get("concept map shift", float("nan"))
         print(f"| {steps} | {padding} | {r1} | {shift:.1f} | {record['seconds'] / 60:.1f} |")
 
 
