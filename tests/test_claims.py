@@ -679,3 +679,81 @@ def test_a_claim_that_asks_for_more_steps_gets_them_on_the_board_apart_from_the_
     assert "fine-tuned 2400 steps" in Budget(FULL.steps, 5e-4, 10_000).for_claim(claim).note()
     quick = Budget(QUICK.steps, 5e-4, 600).for_claim(claim)
     assert quick.limited and "800 of the full board's 2400" in quick.note()
+
+
+def test_the_boards_record_draws_the_same_board_on_a_fresh_cache(tmp_path):
+    """What the board is drawn from (runs' hits, the backbone's scores, the captioners' accuracy) is
+    kept in its record; a cache restored from it draws the same runs, without the runs of variants
+    no claim registers, and a restored captioner is not taken for a finished one."""
+    import json
+
+    from composir.experiments import board
+    from composir.experiments.captioner import finished_captioner, recorded_captioners
+    from composir.experiments.records import restore_record, save_record
+
+    claims = {"CSMCIR": registered_claims()["CSMCIR"]}
+    plain = claims["CSMCIR"].baseline
+    reads = next(v for v in claims["CSMCIR"].variants.values() if v.captions == "default")
+    cache, record, fresh = tmp_path / "cache", tmp_path / "record", tmp_path / "fresh"
+
+    def finish(folder: Path, r1: float) -> None:
+        folder.mkdir(parents=True)
+        (folder / "hits.json").write_text(json.dumps({"R@1": [r1], "bucket": ["explicit"], "seconds": 1}))
+
+    finish(cache / f"{plain.key}-s0", 10)
+    finish(cache / board.FULL.captioner / f"{reads.key}-s0", 40)
+    finish(cache / "orphan0123456789-s0", 70)  # a run of a variant no claim registers now
+    (cache / "backbone").mkdir()
+    (cache / "backbone" / board.BACKBONE_SCORES).write_text(json.dumps({"step": 9, "scores": {"explicit": 47.6}}))
+    captioner = cache / board.FULL.captioner / "captioner-s0"
+    captioner.mkdir()
+    (captioner / "accuracy.json").write_text(json.dumps({"attribute_accuracy": 93.0, "exact": 56.0}))
+    (captioner / "learned.jsonl").write_text("")
+
+    results = board.board_runs(cache, board.FULL, claims)
+    assert set(results) == {(plain.key, 0), (reads.key, 0)}  # the orphan is neither drawn nor recorded
+    board.keep_record(record, cache, board.FULL, results)
+    assert save_record(cache, record, [cache / f"{plain.key}-s0" / "hits.json"]) == 0  # unchanged: not rewritten
+    assert not any("orphan" in p.name for p in record.rglob("*"))
+
+    assert restore_record(record, fresh) == 4
+    again = board.board_runs(fresh, board.FULL, claims)
+    assert {k: r["hits"]["R@1"].tolist() for k, r in again.items()} == {(plain.key, 0): [10], (reads.key, 0): [40]}
+    assert board.recorded_backbone_scores(fresh / "backbone", fresh / "pretrain-data") == {"explicit": 47.6}
+    assert recorded_captioners(fresh / board.FULL.captioner) == {0: {"attribute_accuracy": 93.0, "exact": 56.0}}
+    assert finished_captioner(fresh / board.FULL.captioner / "captioner-s0") is None  # no caption cache: train it
+    assert finished_captioner(captioner) is not None
+
+    finish(tmp_path / "mine" / f"{plain.key}-s0", 20)  # a run finished here is never replaced by a recorded one
+    assert restore_record(record, tmp_path / "mine") == 3
+    assert json.loads((tmp_path / "mine" / f"{plain.key}-s0" / "hits.json").read_text())["R@1"] == [20]
+    (record / "backbone" / f"{board.BACKBONE_SCORES}.gz").write_bytes(b"not gzip")
+    with pytest.raises(SystemExit, match=r"val_r1_by_family\.json\.gz: not a readable gzip record"):
+        restore_record(record, tmp_path / "other")
+
+
+def test_a_claim_without_runs_keeps_its_previously_drawn_section_said_to_be_carried(tmp_path):
+    from composir.experiments import board
+
+    drawn = Claim("Paper X", "v helps", Variant("base"), {"v": Variant("m")}, (Gain("v", ("explicit",), "R@1", 1.0),))
+    gone = Claim("Paper Y", "w helps", Variant("base"), {"w": Variant("w")}, (Gain("w", ("explicit",), "R@1", 1.0),))
+    new = Claim("Paper Z", "u helps", Variant("base"), {"u": Variant("u")}, (Gain("u", ("explicit",), "R@1", 1.0),))
+    rng = np.random.default_rng(0)
+    results = {
+        (variant.key, seed): {"hits": _run({"explicit": list(_coin(rng, 200, p))}), "diagnostics": {}, "seconds": 1.0}
+        for variant, p in ((drawn.baseline, 0.3), (drawn.variants["v"], 0.6))
+        for seed in (0, 1)
+    }
+    doc = tmp_path / "claims.md"
+    doc.write_text("# board\n\n## Paper Y\n\n**Claim.** w helps\n\n**Verdict: reproduced** (seeds 0).\n\n| w | 9 |\n")
+    claims = {"Paper X": drawn, "Paper Y": gone, "Paper Z": new}
+    budget = board.Budget(board.FULL.steps, 5e-4, 2000)
+    for _ in range(2):  # drawn twice: carried once, said once
+        board.write_board(doc, ["# board", ""], claims, results, (0, 1), tmp_path / "img", budget)
+        sections = board.drawn_sections(doc.read_text())
+        assert "**Verdict: reproduced** (seeds 0, 1)." in "\n".join(sections["Paper X"])
+        carried = "\n".join(sections["Paper Y"])
+        assert carried.count("*Carried over from this document's previous drawing") == 1
+        assert "`--papers Paper Y` draws it again" in carried
+        assert "**Verdict: reproduced** (seeds 0)." in carried and "| w | 9 |" in carried
+        assert board.NO_RUNS in "\n".join(sections["Paper Z"])  # never drawn: nothing to carry

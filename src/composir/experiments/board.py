@@ -16,8 +16,12 @@ Variants with identical settings share runs across claims (the baseline is train
         [--papers IMAGINE ...] [--out runs/claims] [--doc docs/claims.md]
 
 Everything is cached under --out: a repeated command reuses finished runs (an interrupted run
-resumes from its last checkpoint) and only redraws the board. ``--jobs`` runs that many trainings
-at once, one thread each (2 on a 2-core machine). Run with ``OMP_WAIT_POLICY=PASSIVE``.
+resumes from its last checkpoint) and only redraws the board. What the board is drawn from is also
+kept in its record in the repository (``--record``, ``benchmarks/records/claims``;
+``composir.experiments.records``): a fresh clone redraws the board with ``--render`` and adds seeds
+or papers to it without rerunning what is recorded. A claim with no runs in either keeps the
+section drawn before, said to be carried over. ``--jobs`` runs that many trainings at once, one
+thread each (2 on a 2-core machine). Run with ``OMP_WAIT_POLICY=PASSIVE``.
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from composir.experiments.records import restore_record, save_record
 from composir.experiments.verdicts import (
     BASELINE,
     CheckResult,
@@ -60,6 +66,8 @@ BUCKETS = (
 )  # fmt: skip
 SHOT_BUCKETS = BUCKETS[:4]
 TABLE_METRICS = ("R@1", "R@10", "Rsubset@1")
+BACKBONE_SCORES = "val_r1_by_family.json"  # in the backbone's folder
+NO_RUNS = "No finished runs yet."
 
 
 @dataclass(frozen=True)
@@ -166,6 +174,15 @@ def train_backbone(root: Path, pretrain: Path, steps: int) -> Path:
     return out
 
 
+def recorded_backbone_scores(backbone: Path, pretrain: Path) -> dict[str, float] | None:
+    """The backbone's scores: measured where its checkpoints are, else as recorded (a cache restored
+    from the board's record has no checkpoints), else None."""
+    if (backbone / "checkpoints").is_dir():
+        return backbone_scores(backbone, pretrain)
+    record = backbone / BACKBONE_SCORES
+    return json.loads(record.read_text())["scores"] if record.is_file() else None
+
+
 def backbone_scores(backbone: Path, pretrain: Path) -> dict[str, float]:
     """The backbone's R@1 per family on its own pretraining set's val split, kept in the run folder
     with the step it was measured at (a backbone trained further is measured again): the board's
@@ -176,7 +193,7 @@ def backbone_scores(backbone: Path, pretrain: Path) -> dict[str, float]:
     if folder is None:
         raise RuntimeError(f"{backbone}: the backbone has no checkpoint")
     step = ckpt.read_trainer_state(folder)["step"]
-    record = backbone / "val_r1_by_family.json"
+    record = backbone / BACKBONE_SCORES
     kept = json.loads(record.read_text()) if record.is_file() else {}
     if kept.get("step") == step:
         return kept["scores"]
@@ -357,9 +374,14 @@ def run_variant(spec: RunSpec) -> Path:
     return result_file
 
 
-def run_all(specs: list, jobs: int, run=run_variant, result: str = "hits.json") -> None:
-    """``run`` each spec without a ``result`` file in its ``out`` folder, ``jobs`` processes at a time."""
-    todo = [s for s in specs if not (Path(s.out) / result).is_file()]
+def scored(spec) -> bool:
+    """Whether a run's ``hits.json`` is in its folder."""
+    return (Path(spec.out) / "hits.json").is_file()
+
+
+def run_all(specs: list, jobs: int, run=run_variant, finished: Callable[[Any], bool] = scored) -> None:
+    """``run`` each spec not yet ``finished``, ``jobs`` processes at a time."""
+    todo = [s for s in specs if not finished(s)]
     if not todo:
         return
     context = multiprocessing.get_context("spawn")  # no OpenMP state inherited by the workers
@@ -384,13 +406,15 @@ def finished_runs(root: Path) -> dict[tuple[str, int], dict]:
 
 
 def board_runs(root: Path, size: BoardSize, claims: dict[str, Claim]) -> dict[tuple[str, int], dict]:
-    """The runs the board is drawn from: a variant that depends on the learned captioner from the
-    folder of this size's captioner, every other one from the cache's top level."""
+    """The runs the board is drawn from, those of the claims' variants only: a variant that depends
+    on the learned captioner from the folder of this size's captioner, every other one from the
+    cache's top level."""
     from composir.experiments.captioner import depends_on_captioner
 
     variants = [v for c in claims.values() for v in (c.baseline, *c.variants.values())]
     dependent = {v.key for v in variants if depends_on_captioner(v)}
-    top = {k: r for k, r in finished_runs(root).items() if k[0] not in dependent}
+    plain = {v.key for v in variants} - dependent
+    top = {k: r for k, r in finished_runs(root).items() if k[0] in plain}
     return {**top, **{k: r for k, r in finished_runs(root / size.captioner).items() if k[0] in dependent}}
 
 
@@ -586,7 +610,7 @@ def claim_section(
     if claim.note:
         lines += [claim.note, ""]
     if not done:
-        return [*lines, "No finished runs yet.", ""]
+        return [*lines, NO_RUNS, ""]
     verdict, checks, preconditions = judge_claim(claim, hits)
     budget = budget.for_claim(claim)
     limited = " (budget-limited)" if budget.limited else ""
@@ -613,10 +637,44 @@ def write_board(
     doc: Path, header: list[str], claims: dict[str, Claim], results: dict, seeds, img: Path, budget: Budget
 ) -> None:
     lines = list(header)
+    drawn = drawn_sections(doc.read_text(encoding="utf-8")) if doc.is_file() else {}
     for claim in claims.values():
-        lines += claim_section(claim, results, seeds, img, doc, budget)
+        section = claim_section(claim, results, seeds, img, doc, budget)
+        if NO_RUNS in section and VERDICT in "".join(drawn.get(claim.paper, [])):
+            section = carried_section(drawn[claim.paper])
+        lines += section
     with atomic_open(doc) as f:
         f.write("\n".join(lines))
+
+
+VERDICT = "**Verdict: "
+CARRIED = (
+    "*Carried over from this document's previous drawing: the runs behind this section are in neither "
+    "the board's cache nor its record (they were made before the record was kept); `--papers {paper}` "
+    "draws it again from new runs.*"
+)
+
+
+def drawn_sections(text: str) -> dict[str, list[str]]:
+    """A drawn board's claim sections by paper (from each ``## <paper>`` line to the next)."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.split("\n"):
+        if line.startswith("## "):
+            current = sections.setdefault(line[3:], [])
+        if current is not None:
+            current.append(line)
+    return sections
+
+
+def carried_section(lines: list[str]) -> list[str]:
+    """A section drawn before, kept where its claim has no runs to draw from, and said to be carried."""
+    paper = lines[0][3:]
+    note = CARRIED.format(paper=paper)
+    body = [line for line in lines[1:] if line != note]
+    while body and not body[0]:
+        body = body[1:]
+    return [lines[0], "", note, "", *body]
 
 
 def learned_captions_for(variants, data: dict[int, Path], root: Path, backbone: Path, size: BoardSize, jobs: int):
@@ -672,7 +730,9 @@ def header_lines(
             else f"This invocation took {seconds / 60:.0f} min of wall time (finished runs are reused)."
         ),
         "The full board (no `--quick`) is 5 seeds; `--quick` (2 seeds, smaller sets and runs, written to",
-        "docs/claims-quick.md) is sized to finish in under 30 minutes on 2 cores.",
+        "docs/claims-quick.md) is sized to finish in under 30 minutes on 2 cores. The runs' per-query results",
+        f"are kept in `benchmarks/records/{'claims-quick' if args.quick else 'claims'}/`: `--render` draws this "
+        "page again from them on a fresh clone.",
         "",
         "How to read it: a check is a paired contrast between variants' per-query hit rates (points);",
         "its 95% interval comes from a two-level bootstrap (seeds, then test queries within a seed, the",
@@ -696,11 +756,25 @@ def draw_board(
     backfill_probes(root, results, claims)
     backfill_chain_quality(root, results)
     seeds = tuple(sorted({seed for _, seed in results}))
-    backbone = root / "backbone"
-    scores = backbone_scores(backbone, root / "pretrain-data") if (backbone / "checkpoints").is_dir() else None
+    scores = recorded_backbone_scores(root / "backbone", root / "pretrain-data")
     header = header_lines(args, size, seconds, results, scores) + caption_note(root, size)
     write_board(doc, header, claims, results, seeds, img, budget)
     return results
+
+
+def keep_record(record: Path | None, root: Path, size: BoardSize, results: dict) -> None:
+    """Save what the board was drawn from into its record: the runs' ``hits.json``, the backbone's
+    scores and this size's captioners' accuracy."""
+    if record is None:
+        return
+    from composir.experiments.captioner import ACCURACY
+
+    files = [Path(r["folder"]) / "hits.json" for r in results.values()]
+    files += [f for f in (root / "backbone" / BACKBONE_SCORES,) if f.is_file()]
+    files += sorted((root / size.captioner).glob(f"captioner-s*/{ACCURACY}"))
+    written = save_record(root, record, files)
+    if written:
+        print(f"{written} result file(s) written to the record {record}")
 
 
 def plan_runs(
@@ -742,6 +816,12 @@ def main() -> None:
         "--captioner-encoder-frozen", action="store_true", help="the learned captioner trains its decoder only"
     )
     parser.add_argument("--out", default=None, help="cache folder (default: runs/claims or runs/claims-quick)")
+    parser.add_argument(
+        "--record",
+        default=None,
+        help="the board's record, kept in the repository: what it is drawn from, restored into the cache "
+        "where missing and updated after drawing (default: benchmarks/records/claims[-quick]; 'none': no record)",
+    )
     parser.add_argument("--render", action="store_true", help="only redraw the board from the finished runs")
     parser.add_argument("--doc", default=None, help="default: docs/claims.md (docs/claims-quick.md with --quick)")
     args = parser.parse_args()
@@ -762,10 +842,18 @@ def main() -> None:
     img = doc.parent / "img" / ("quick" if args.quick else "")  # the quick board's plots apart from the full one's
     budget = Budget(size.steps, args.lr, size.pretrain_steps)
 
+    name = "claims-quick" if args.quick else "claims"
+    record = None if args.record == "none" else Path(args.record or REPO / "benchmarks" / "records" / name)
+    if record is not None:
+        restored = restore_record(record, root)
+        if restored:
+            print(f"{restored} result file(s) restored from the record {record}")
+
     one_thread()
     start = time.time()
     if args.render:
         results = draw_board(doc, args, size, None, root, claims, img, budget)
+        keep_record(record, root, size, results)
         print(f"wrote {doc} from {len(results)} finished runs")
         return
     pretrain, data = make_data(root, size)
@@ -776,7 +864,7 @@ def main() -> None:
     run_all([s for s in specs if s.trained_in is None], args.jobs)
     run_all([s for s in specs if s.trained_in is not None], args.jobs)  # scored from those runs' weights
     seconds = time.time() - start
-    draw_board(doc, args, size, seconds, root, claims, img, budget)
+    keep_record(record, root, size, draw_board(doc, args, size, seconds, root, claims, img, budget))
     done = sum((Path(spec.out) / "hits.json").is_file() for spec in specs)
     print(f"wrote {doc} ({done}/{len(specs)} runs of this invocation, {seconds / 60:.1f} min)")
 

@@ -89,7 +89,7 @@ def learned_captions(
         s: CaptionerSpec(str(d), str(root / f"captioner-s{s}"), steps, 1e-3, init_from, encoder_frozen)
         for s, d in data.items()
     }
-    board.run_all(list(specs.values()), jobs, run=train_captioner, result=ACCURACY)
+    board.run_all(list(specs.values()), jobs, run=train_captioner, finished=captioner_finished)
     out = {}
     for s, spec in specs.items():
         found = finished_captioner(Path(spec.out))
@@ -100,25 +100,30 @@ def learned_captions(
 
 
 def finished_captioner(out: Path) -> tuple[Path, dict] | None:
-    """(caption cache, recorded accuracy) of a captioner run folder, or None while it is unfinished."""
-    done = out / ACCURACY
-    return (out / CACHE, json.loads(done.read_text())) if done.is_file() else None
+    """(caption cache, recorded accuracy) of a captioner run folder, or None while it is unfinished
+    (an accuracy restored from the board's record, with no caption cache beside it, is unfinished)."""
+    done, cache = out / ACCURACY, out / CACHE
+    return (cache, json.loads(done.read_text())) if done.is_file() and cache.is_file() else None
 
 
-def recorded_captioners(root: Path) -> dict[int, tuple[Path, dict]]:
-    """Per seed, the finished captioners under an experiment's folder (``captioner-s<seed>``)."""
-    found = {}
-    for folder in sorted(root.glob("captioner-s*")):
-        finished = finished_captioner(folder)
-        if finished is not None:
-            found[int(folder.name.removeprefix("captioner-s"))] = finished
-    return found
+def captioner_finished(spec: CaptionerSpec) -> bool:
+    return finished_captioner(Path(spec.out)) is not None
 
 
-def caption_lines(captions: dict[int, tuple[Path, dict]], steps: int, start: str) -> list[str]:
-    """The report's paragraph on where the captions came from and how good they are."""
-    accuracy = [c[1]["attribute_accuracy"] for c in captions.values()]
-    exact = [c[1]["exact"] for c in captions.values()]
+def recorded_captioners(root: Path) -> dict[int, dict]:
+    """Per seed, the recorded accuracy of the finished captioners under an experiment's folder
+    (``captioner-s<seed>``; their caption caches need not be there)."""
+    return {
+        int(done.parent.name.removeprefix("captioner-s")): json.loads(done.read_text())
+        for done in sorted(root.glob(f"captioner-s*/{ACCURACY}"))
+    }
+
+
+def caption_lines(accuracies: dict[int, dict], steps: int, start: str) -> list[str]:
+    """The report's paragraph on where the captions came from and how good they are (per seed, the
+    captioner's recorded ``accuracy.json``)."""
+    accuracy = [a["attribute_accuracy"] for a in accuracies.values()]
+    exact = [a["exact"] for a in accuracies.values()]
     return [
         f"**Captions.** Every variant that reads captions reads a learned captioner's (CIR-CoT's caption "
         f"stage, `cir_cot` with `stage: caption`, trained {steps} steps on each seed's training split, "

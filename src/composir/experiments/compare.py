@@ -536,7 +536,8 @@ def main() -> None:
         runs.setdefault(name, []).append(load_run_hits(path))
     done = min(len(r) for r in runs.values())
     runs = {n: r[:done] for n, r in runs.items()}
-    extra = caption_lines(captions, args.captioner_steps, "encoder included") if captions else []
+    accuracies = {s: accuracy for s, (_, accuracy) in captions.items()}
+    extra = caption_lines(accuracies, args.captioner_steps, "encoder included") if captions else []
     extra += generated_lines(runs, method_name, precision) if GENERATED in runs else []
     seconds = (
         cached_step_seconds(members, data[args.seeds[0]], args.time_steps, Path(args.out)) if args.time_steps else None
