@@ -757,3 +757,16 @@ def test_a_claim_without_runs_keeps_its_previously_drawn_section_said_to_be_carr
         assert "`--papers Paper Y` draws it again" in carried
         assert "**Verdict: reproduced** (seeds 0)." in carried and "| w | 9 |" in carried
         assert board.NO_RUNS in "\n".join(sections["Paper Z"])  # never drawn: nothing to carry
+
+
+def test_the_captions_paragraph_is_carried_over_once_when_no_captioner_is_recorded(tmp_path):
+    from composir.experiments import board
+
+    doc = tmp_path / "claims.md"
+    assert board.carried_caption_note(doc) == []
+    doc.write_text("# board\n\n**Captions.** Every variant reads a learned captioner's (93.2 %).\n\n## X\n")
+    carried = board.carried_caption_note(doc)
+    assert carried[0].startswith("**Captions.** *(Carried over from this document's previous drawing")
+    assert carried[0].endswith("Every variant reads a learned captioner's (93.2 %).")
+    doc.write_text("# board\n\n" + "\n".join(carried) + "\n## X\n")
+    assert board.carried_caption_note(doc) == carried  # carried again: said once

@@ -704,6 +704,20 @@ def caption_note(root: Path, size: BoardSize) -> list[str]:
     return caption_lines(found, size.captioner_steps, start) if found else []
 
 
+CAPTIONS = "**Captions.** "
+CARRIED_CAPTIONS = "*(Carried over from this document's previous drawing: its captioners are not in the record.)* "
+
+
+def carried_caption_note(doc: Path) -> list[str]:
+    """The captions paragraph drawn before, said to be carried over, where no captioner's accuracy is
+    recorded (the carried sections that read those captions keep it); none if there was none."""
+    lines = doc.read_text(encoding="utf-8").split("\n") if doc.is_file() else []
+    drawn = next((line for line in lines if line.startswith(CAPTIONS)), None)
+    if drawn is None:
+        return []
+    return [CAPTIONS + CARRIED_CAPTIONS + drawn.removeprefix(CAPTIONS).removeprefix(CARRIED_CAPTIONS), ""]
+
+
 def header_lines(
     args, size: BoardSize, seconds: float | None, results: dict, backbone: dict[str, float] | None = None
 ) -> list[str]:
@@ -757,7 +771,9 @@ def draw_board(
     backfill_chain_quality(root, results)
     seeds = tuple(sorted({seed for _, seed in results}))
     scores = recorded_backbone_scores(root / "backbone", root / "pretrain-data")
-    header = header_lines(args, size, seconds, results, scores) + caption_note(root, size)
+    header = header_lines(args, size, seconds, results, scores) + (
+        caption_note(root, size) or carried_caption_note(doc)
+    )
     write_board(doc, header, claims, results, seeds, img, budget)
     return results
 
