@@ -733,30 +733,48 @@ def test_the_boards_record_draws_the_same_board_on_a_fresh_cache(tmp_path):
 
 
 def test_a_claim_without_runs_keeps_its_previously_drawn_section_said_to_be_carried(tmp_path):
+    """Until the recorded runs cover the seeds a section was drawn on, that section is kept, said
+    to be carried over (once); a claim never drawn shows that it has no runs."""
     from composir.experiments import board
 
     drawn = Claim("Paper X", "v helps", Variant("base"), {"v": Variant("m")}, (Gain("v", ("explicit",), "R@1", 1.0),))
     gone = Claim("Paper Y", "w helps", Variant("base"), {"w": Variant("w")}, (Gain("w", ("explicit",), "R@1", 1.0),))
     new = Claim("Paper Z", "u helps", Variant("base"), {"u": Variant("u")}, (Gain("u", ("explicit",), "R@1", 1.0),))
     rng = np.random.default_rng(0)
-    results = {
-        (variant.key, seed): {"hits": _run({"explicit": list(_coin(rng, 200, p))}), "diagnostics": {}, "seconds": 1.0}
-        for variant, p in ((drawn.baseline, 0.3), (drawn.variants["v"], 0.6))
-        for seed in (0, 1)
-    }
+
+    def runs(variants, seeds) -> dict:
+        return {
+            (variant.key, seed): {"hits": _run({"explicit": list(_coin(rng, 200, p))}), "diagnostics": {}, "seconds": 1}
+            for variant, p in variants
+            for seed in seeds
+        }
+
+    results = runs(((drawn.baseline, 0.3), (drawn.variants["v"], 0.6)), (0, 1))
     doc = tmp_path / "claims.md"
-    doc.write_text("# board\n\n## Paper Y\n\n**Claim.** w helps\n\n**Verdict: reproduced** (seeds 0).\n\n| w | 9 |\n")
+    doc.write_text(
+        "# board\n\n## Paper Y\n\n**Claim.** w helps\n\n**Verdict: reproduced** (seeds 0, 1).\n\n| w | 9 |\n"
+    )
     claims = {"Paper X": drawn, "Paper Y": gone, "Paper Z": new}
     budget = board.Budget(board.FULL.steps, 5e-4, 2000)
-    for _ in range(2):  # drawn twice: carried once, said once
+
+    def draw() -> dict[str, str]:
         board.write_board(doc, ["# board", ""], claims, results, (0, 1), tmp_path / "img", budget)
-        sections = board.drawn_sections(doc.read_text())
-        assert "**Verdict: reproduced** (seeds 0, 1)." in "\n".join(sections["Paper X"])
-        carried = "\n".join(sections["Paper Y"])
-        assert carried.count("*Carried over from this document's previous drawing") == 1
-        assert "`--papers Paper Y` draws it again" in carried
-        assert "**Verdict: reproduced** (seeds 0)." in carried and "| w | 9 |" in carried
-        assert board.NO_RUNS in "\n".join(sections["Paper Z"])  # never drawn: nothing to carry
+        return {paper: "\n".join(lines) for paper, lines in board.drawn_sections(doc.read_text()).items()}
+
+    for _ in range(2):  # drawn twice: carried once, said once
+        sections = draw()
+        assert "**Verdict: reproduced** (seeds 0, 1)." in sections["Paper X"]
+        assert sections["Paper Y"].count("*Carried over from this document's previous drawing") == 1
+        assert "`--papers Paper Y` draws it again from new runs.*" in sections["Paper Y"]
+        assert "**Verdict: reproduced** (seeds 0, 1)." in sections["Paper Y"] and "| w | 9 |" in sections["Paper Y"]
+        assert board.NO_RUNS in sections["Paper Z"]  # never drawn: nothing to carry
+    results.update(runs(((gone.baseline, 0.3), (gone.variants["w"], 0.3)), (0,)))
+    sections = draw()  # seed 0 is recorded, the section stood on 0 and 1: still carried
+    assert sections["Paper Y"].count("*Carried over") == 1 and "(recorded now: seeds 0).*" in sections["Paper Y"]
+    results.update(runs(((gone.baseline, 0.3), (gone.variants["w"], 0.3)), (1,)))
+    sections = draw()  # now drawn from the runs
+    assert "Carried over" not in sections["Paper Y"] and "| w | 9 |" not in sections["Paper Y"]
+    assert "**Verdict: " in sections["Paper Y"] and "(seeds 0, 1)." in sections["Paper Y"]
 
 
 def test_the_captions_paragraph_is_carried_over_once_when_no_captioner_is_recorded(tmp_path):

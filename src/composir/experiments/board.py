@@ -640,19 +640,13 @@ def write_board(
     drawn = drawn_sections(doc.read_text(encoding="utf-8")) if doc.is_file() else {}
     for claim in claims.values():
         section = claim_section(claim, results, seeds, img, doc, budget)
-        if NO_RUNS in section and VERDICT in "".join(drawn.get(claim.paper, [])):
-            section = carried_section(drawn[claim.paper])
-        lines += section
+        lines += kept_section(drawn[claim.paper], section) if claim.paper in drawn else section
     with atomic_open(doc) as f:
         f.write("\n".join(lines))
 
 
 VERDICT = "**Verdict: "
-CARRIED = (
-    "*Carried over from this document's previous drawing: the runs behind this section are in neither "
-    "the board's cache nor its record (they were made before the record was kept); `--papers {paper}` "
-    "draws it again from new runs.*"
-)
+CARRIED = "*Carried over from this document's previous drawing"
 
 
 def drawn_sections(text: str) -> dict[str, list[str]]:
@@ -667,14 +661,31 @@ def drawn_sections(text: str) -> dict[str, list[str]]:
     return sections
 
 
-def carried_section(lines: list[str]) -> list[str]:
-    """A section drawn before, kept where its claim has no runs to draw from, and said to be carried."""
-    paper = lines[0][3:]
-    note = CARRIED.format(paper=paper)
-    body = [line for line in lines[1:] if line != note]
+def section_seeds(lines: list[str]) -> set[int] | None:
+    """The seeds a drawn section's verdict was taken on (None: it has no verdict)."""
+    line = next((line for line in lines if line.startswith(VERDICT)), None)
+    if line is None:
+        return None
+    seeds = line.rpartition("(seeds ")[2].partition(")")[0]
+    return {int(s) for s in seeds.split(", ") if s.isdigit()}
+
+
+def kept_section(drawn: list[str], section: list[str]) -> list[str]:
+    """``section`` (drawn from the runs there are), unless the section drawn before stands on seeds
+    these runs do not cover (its runs are in neither the cache nor the record): then that one, said
+    to be carried over, with the seeds that are recorded."""
+    before, now = section_seeds(drawn), section_seeds(section) or set()
+    if before is None or before <= now:
+        return section
+    paper = drawn[0][3:]
+    note = (f"{CARRIED}: the runs behind this section are in neither the board's cache nor its record "
+            f"(they were made before the record was kept); `--papers {paper}` draws it again from new "
+            "runs")  # fmt: skip
+    note += f" (recorded now: seeds {', '.join(map(str, sorted(now)))}).*" if now else ".*"
+    body = [line for line in drawn[1:] if not line.startswith(CARRIED)]
     while body and not body[0]:
         body = body[1:]
-    return [lines[0], "", note, "", *body]
+    return [drawn[0], "", note, "", *body]
 
 
 def learned_captions_for(variants, data: dict[int, Path], root: Path, backbone: Path, size: BoardSize, jobs: int):
