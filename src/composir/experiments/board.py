@@ -679,7 +679,8 @@ def kept_section(drawn: list[str], section: list[str]) -> list[str]:
         return section
     paper = drawn[0][3:]
     note = (f"{CARRIED}: the runs behind this section are in neither the board's cache nor its record "
-            f"(they were made before the record was kept); `--papers {paper}` draws it again from new "
+            f"(they were made before the record was kept, on an earlier training of the backbone); "
+            f"`--papers {paper}` draws it again from new "
             "runs")  # fmt: skip
     note += f" (recorded now: seeds {', '.join(map(str, sorted(now)))}).*" if now else ".*"
     body = [line for line in drawn[1:] if not line.startswith(CARRIED)]
