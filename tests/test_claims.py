@@ -681,10 +681,11 @@ def test_a_claim_that_asks_for_more_steps_gets_them_on_the_board_apart_from_the_
     assert quick.limited and "800 of the full board's 2400" in quick.note()
 
 
-def test_the_boards_record_draws_the_same_board_on_a_fresh_cache(tmp_path):
-    """What the board is drawn from (runs' hits, the backbone's scores, the captioners' accuracy) is
-    kept in its record; a cache restored from it draws the same runs, without the runs of variants
-    no claim registers, and a restored captioner is not taken for a finished one."""
+def test_the_boards_record_draws_the_same_board_on_a_fresh_cache(tmp_path, monkeypatch):
+    """What the board is drawn from (runs' hits, the finished backbone's weights and scores, the
+    captioners' accuracy) is kept in its record; a cache restored from it draws the same runs,
+    without the runs of variants no claim registers, starts new runs from the same backbone
+    without training it again, and does not take a restored captioner for a finished one."""
     import json
 
     from composir.experiments import board
@@ -703,8 +704,14 @@ def test_the_boards_record_draws_the_same_board_on_a_fresh_cache(tmp_path):
     finish(cache / f"{plain.key}-s0", 10)
     finish(cache / board.FULL.captioner / f"{reads.key}-s0", 40)
     finish(cache / "orphan0123456789-s0", 70)  # a run of a variant no claim registers now
-    (cache / "backbone").mkdir()
-    (cache / "backbone" / board.BACKBONE_SCORES).write_text(json.dumps({"step": 9, "scores": {"explicit": 47.6}}))
+    steps = board.FULL.pretrain_steps
+    for name in ("best", "step-last"):  # the backbone's weights the runs start from, and its last step
+        (cache / "backbone" / "checkpoints" / name).mkdir(parents=True)
+        (cache / "backbone" / "checkpoints" / name / "trainer_state.json").write_text(json.dumps({"step": steps}))
+        (cache / "backbone" / "checkpoints" / name / "model.safetensors").write_bytes(name.encode())
+    (cache / "backbone" / board.BACKBONE_SCORES).write_text(json.dumps({"step": steps, "scores": {"explicit": 47.6}}))
+    assert not board.backbone_finished(cache / "backbone", steps)  # no latest checkpoint yet
+    (cache / "backbone" / "checkpoints" / "latest").write_text("step-last\n")
     captioner = cache / board.FULL.captioner / "captioner-s0"
     captioner.mkdir()
     (captioner / "accuracy.json").write_text(json.dumps({"attribute_accuracy": 93.0, "exact": 56.0}))
@@ -716,7 +723,16 @@ def test_the_boards_record_draws_the_same_board_on_a_fresh_cache(tmp_path):
     assert save_record(cache, record, [cache / f"{plain.key}-s0" / "hits.json"]) == 0  # unchanged: not rewritten
     assert not any("orphan" in p.name for p in record.rglob("*"))
 
-    assert restore_record(record, fresh) == 4
+    assert restore_record(record, fresh) == 7
+    assert (fresh / "backbone" / "checkpoints" / "best" / "model.safetensors").read_bytes() == b"best"
+    assert not (fresh / "backbone" / "checkpoints" / "step-last").exists()  # nor its optimizer: too large to keep
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the recorded backbone was trained again")
+
+    monkeypatch.setattr("composir.train.train", no_training)
+    assert board.train_backbone(fresh, fresh / "pretrain-data", steps) == fresh / "backbone"
+    assert not board.backbone_finished(fresh / "backbone", steps * 2)  # more steps asked: trained further
     again = board.board_runs(fresh, board.FULL, claims)
     assert {k: r["hits"]["R@1"].tolist() for k, r in again.items()} == {(plain.key, 0): [10], (reads.key, 0): [40]}
     assert board.recorded_backbone_scores(fresh / "backbone", fresh / "pretrain-data") == {"explicit": 47.6}
@@ -725,7 +741,7 @@ def test_the_boards_record_draws_the_same_board_on_a_fresh_cache(tmp_path):
     assert finished_captioner(captioner) is not None
 
     finish(tmp_path / "mine" / f"{plain.key}-s0", 20)  # a run finished here is never replaced by a recorded one
-    assert restore_record(record, tmp_path / "mine") == 3
+    assert restore_record(record, tmp_path / "mine") == 6
     assert json.loads((tmp_path / "mine" / f"{plain.key}-s0" / "hits.json").read_text())["R@1"] == [20]
     (record / "backbone" / f"{board.BACKBONE_SCORES}.gz").write_bytes(b"not gzip")
     with pytest.raises(SystemExit, match=r"val_r1_by_family\.json\.gz: not a readable gzip record"):

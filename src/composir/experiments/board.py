@@ -67,6 +67,7 @@ BUCKETS = (
 SHOT_BUCKETS = BUCKETS[:4]
 TABLE_METRICS = ("R@1", "R@10", "Rsubset@1")
 BACKBONE_SCORES = "val_r1_by_family.json"  # in the backbone's folder
+BACKBONE_FINISHED = "finished.json"  # in the backbone's folder
 NO_RUNS = "No finished runs yet."
 
 
@@ -159,11 +160,29 @@ def make_data(root: Path, size: BoardSize) -> tuple[Path, dict[int, Path]]:
     return pretrain, data
 
 
+def backbone_finished(backbone: Path, steps: int) -> bool:
+    """Whether the backbone in this folder finished its ``steps`` (``finished.json``, written once its
+    latest checkpoint is at that step): a backbone restored from the record has no latest
+    checkpoint, only the ``best`` one every variant starts from, and is not trained again."""
+    from composir.runs import checkpoint as ckpt
+
+    done = backbone / BACKBONE_FINISHED
+    if done.is_file() and json.loads(done.read_text()).get("steps") == steps:
+        return ckpt.best_or_latest(backbone / "checkpoints") is not None
+    latest = ckpt.latest_checkpoint(backbone / "checkpoints")
+    if latest is None or ckpt.read_trainer_state(latest)["step"] < steps:
+        return False
+    atomic_write_json(done, {"steps": steps})
+    return True
+
+
 def train_backbone(root: Path, pretrain: Path, steps: int) -> Path:
-    """qformer_fusion trained from scratch on the plain synthetic set (seed 0)."""
+    """qformer_fusion trained from scratch on the plain synthetic set (seed 0), unless finished."""
     from composir.train import load_config, train
 
     out = root / "backbone"
+    if backbone_finished(out, steps):
+        return out
     every = max(min(500, steps), steps // 5)
     overrides = [
         f"data.root={pretrain}", "data.num_frames=1", "method.name=qformer_fusion", "method.config=null",
@@ -171,6 +190,7 @@ def train_backbone(root: Path, pretrain: Path, steps: int) -> Path:
         f"train.save_every={every}", "train.num_workers=0", f"train.warmup_steps={steps // 10}",
     ]  # fmt: skip
     train(load_config(CONFIG, overrides), resume=True, progress=True)
+    backbone_finished(out, steps)
     return out
 
 
@@ -791,14 +811,21 @@ def draw_board(
 
 
 def keep_record(record: Path | None, root: Path, size: BoardSize, results: dict) -> None:
-    """Save what the board was drawn from into its record: the runs' ``hits.json``, the backbone's
-    scores and this size's captioners' accuracy."""
+    """Save what the board was drawn from into its record: the runs' ``hits.json``, the finished
+    backbone (its ``best`` weights, which every run starts from: a backbone trained again on another
+    machine differs, and later seeds must start where the recorded ones did) with its scores, and
+    this size's captioners' accuracy."""
     if record is None:
         return
     from composir.experiments.captioner import ACCURACY
 
     files = [Path(r["folder"]) / "hits.json" for r in results.values()]
-    files += [f for f in (root / "backbone" / BACKBONE_SCORES,) if f.is_file()]
+    backbone = root / "backbone"
+    if backbone_finished(backbone, size.pretrain_steps):  # the weights every recorded run starts from
+        best = backbone / "checkpoints" / "best"
+        kept = (BACKBONE_FINISHED, BACKBONE_SCORES, "config.yaml")
+        files += [f for f in (*(backbone / n for n in kept), best / "model.safetensors", best / "trainer_state.json")
+                  if f.is_file()]  # fmt: skip
     files += sorted((root / size.captioner).glob(f"captioner-s*/{ACCURACY}"))
     written = save_record(root, record, files)
     if written:
