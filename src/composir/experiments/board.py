@@ -698,11 +698,10 @@ def kept_section(drawn: list[str], section: list[str]) -> list[str]:
     if before is None or before <= now:
         return section
     paper = drawn[0][3:]
+    recorded = f" (recorded now: seeds {', '.join(map(str, sorted(now)))})" if now else ""
     note = (f"{CARRIED}: the runs behind this section are in neither the board's cache nor its record "
-            f"(they were made before the record was kept, on an earlier training of the backbone); "
-            f"`--papers {paper}` draws it again from new "
-            "runs")  # fmt: skip
-    note += f" (recorded now: seeds {', '.join(map(str, sorted(now)))}).*" if now else ".*"
+            "(they were made before the record was kept, on an earlier training of the backbone); "
+            f"`--papers {paper}` draws it again from new runs{recorded}.*")  # fmt: skip
     body = [line for line in drawn[1:] if not line.startswith(CARRIED)]
     while body and not body[0]:
         body = body[1:]
