@@ -898,6 +898,8 @@ def main() -> None:
 
     name = "claims-quick" if args.quick else "claims"
     record = None if args.record == "none" else Path(args.record or REPO / "benchmarks" / "records" / name)
+    if record is not None and record.exists() and not record.is_dir():
+        parser.error(f"--record {record}: not a folder")
     if record is not None:
         restored = restore_record(record, root)
         if restored:
